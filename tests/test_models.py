@@ -1,0 +1,97 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmlib.models import ARCHS, build_model, merge_state_dicts, resnet8, resnet32, split_state_dict
+
+
+def resnet_parameter_count(blocks: int, num_classes: int, bias: bool) -> int:
+    """Convolutions (3x3, no bias) and BatchNorm (scale, shift) of the CIFAR ResNet, plus the head."""
+    count = 3 * 16 * 9 + 2 * 16
+    in_planes = 16
+    for planes in (16, 32, 64):
+        for _ in range(blocks):
+            count += in_planes * planes * 9 + planes * planes * 9 + 4 * planes
+            in_planes = planes
+    return count + 64 * num_classes + (num_classes if bias else 0)
+
+
+def test_resnet32_has_the_papers_parameter_count():
+    count = sum(p.numel() for p in resnet32(10).parameters())
+    assert count == resnet_parameter_count(5, 10, bias=True)
+    assert round(count / 1e6, 2) == 0.46
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_every_arch_has_6n_plus_2_layers(arch):
+    model = build_model(arch, 100, normed=True)
+    blocks = (ARCHS[arch] - 2) // 6
+    assert len(model.layers) == 3 * blocks
+    assert sum(p.numel() for p in model.parameters()) == resnet_parameter_count(blocks, 100, bias=False)
+
+
+def test_cosine_head_outputs_cosines():
+    torch.manual_seed(0)
+    model = resnet8(10, normed=True).eval()
+    x = torch.randn(6, 3, 32, 32)
+    logits = model(x)
+    features = F.normalize(model.features(x).squeeze(1), dim=1)
+    weight = F.normalize(model.fc.weight, dim=1)
+    torch.testing.assert_close(logits, features @ weight.T)
+    assert logits.abs().max() <= 1.0 + 1e-6
+    assert model.fc.bias is None
+
+
+def test_option_a_shortcut_pads_channels_with_zeros():
+    block = resnet8(10).layers[1]  # 16 -> 32 channels, stride 2
+    x = torch.randn(2, 16, 8, 8)
+    out = block.shortcut(x)
+    assert out.shape == (2, 32, 4, 4)
+    assert (out[:, :8] == 0).all() and (out[:, 24:] == 0).all()
+    torch.testing.assert_close(out[:, 8:24], x[:, :, ::2, ::2])
+
+
+def test_kaiming_normal_init_scale():
+    torch.manual_seed(0)
+    conv = resnet32(10).layers[14].conv2.weight  # 64 -> 64, 3x3: std sqrt(2 / (64 * 9))
+    assert conv.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
+
+
+def test_fused_model_equals_its_runs():
+    """K networks fused (grouped convolutions, per-run BatchNorm) compute what each computes alone."""
+    torch.manual_seed(0)
+    singles = [resnet8(5, normed=normed) for normed in (True, True, True)]
+    fused = resnet8(5, normed=True, runs=3)
+    fused.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))
+    xs = [torch.randn(4, 3, 32, 32) for _ in singles]
+    out = fused(torch.cat(xs, dim=1))  # training mode: batch statistics per run
+    assert out.shape == (4, 3, 5)
+    for k, (model, x) in enumerate(zip(singles, xs)):
+        torch.testing.assert_close(out[:, k], model(x), rtol=1e-4, atol=1e-5)
+    for k, state in enumerate(split_state_dict(fused.state_dict(), 3)):
+        for name, tensor in state.items():  # running statistics were updated per run
+            torch.testing.assert_close(tensor, singles[k].state_dict()[name], rtol=1e-4, atol=1e-6)
+
+
+def test_split_and_merge_are_inverse():
+    fused = resnet8(10, runs=2)
+    state = fused.state_dict()
+    merged = merge_state_dicts(split_state_dict(state, 2))
+    assert merged.keys() == state.keys()
+    for name in state:
+        assert torch.equal(merged[name], state[name])
+    single = resnet8(10)
+    single.load_state_dict(split_state_dict(state, 2)[1])
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: build_model("resnet33", 10), "unknown arch 'resnet33'; valid: resnet8, resnet20"),
+        (lambda: build_model("resnet32", 0), "num_classes must be >= 1"),
+        (lambda: build_model("resnet32", 10, runs=0), "runs must be >= 1"),
+    ],
+)
+def test_bad_model_parameters(make, message):
+    with pytest.raises(ValueError, match=message):
+        make()
