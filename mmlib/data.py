@@ -1,0 +1,412 @@
+"""Imbalanced datasets of the LDAM-DRW CIFAR protocol (Cao et al. 2019), built from wherever the images are.
+
+A dataset is the full balanced test set plus a long-tailed ("exp") or step-imbalanced subset of the
+training set, selected exactly as LDAM-DRW's IMBALANCECIFAR10/100 do it. CIFAR images are read from
+the official python pickles, from an image-folder tree, or downloaded by torchvision on request;
+"digits" (scikit-learn's handwritten digits) is a small real dataset that needs no files at all.
+"""
+
+import hashlib
+import math
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from mmlib.rundir import atomic_write
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2023, 0.1994, 0.2010)  # the protocol's constants, also used for CIFAR-100 and digits
+DATASETS = ("cifar10", "cifar100", "digits")
+IMBALANCE_TYPES = ("exp", "step", "balanced")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+IMAGE_SIZE = 32
+DIGITS_TRAIN_PER_CLASS = 120  # load_digits has 174..183 images a class, so every class keeps >= 54 test images
+
+
+@dataclass(frozen=True)
+class CifarSpec:
+    """What a complete copy of one CIFAR dataset looks like on disk."""
+
+    num_classes: int
+    train_per_class: int  # n_max of the imbalanced subsets
+    test_per_class: int
+    pickle_folder: str
+    train_files: tuple[str, ...]
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+
+
+# Module-level so that tests can shrink the expected counts to tiny fixtures.
+CIFAR_SPECS = {
+    "cifar10": CifarSpec(
+        num_classes=10, train_per_class=5000, test_per_class=1000, pickle_folder="cifar-10-batches-py",
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)), test_files=("test_batch",),
+        meta_file="batches.meta", label_key=b"labels", names_key=b"label_names",
+    ),
+    "cifar100": CifarSpec(
+        num_classes=100, train_per_class=500, test_per_class=100, pickle_folder="cifar-100-python",
+        train_files=("train",), test_files=("test",),
+        meta_file="meta", label_key=b"fine_labels", names_key=b"fine_label_names",
+    ),
+}
+
+
+@dataclass
+class ImbalancedDataset:
+    """An imbalanced training subset and the full balanced test set, as uint8 NHWC arrays."""
+
+    name: str
+    imb_type: str
+    ratio: float
+    rand_number: int
+    classes: list[str]
+    train_images: np.ndarray  # uint8 (N, 32, 32, 3), in selection order
+    train_labels: np.ndarray  # int64 (N,)
+    test_images: np.ndarray  # uint8 (M, 32, 32, 3)
+    test_labels: np.ndarray  # int64 (M,)
+    indices: np.ndarray  # int64 (N,), positions of the selected images in the full training set
+    cls_num_list: list[int]
+    source: str
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def groups(self) -> dict[str, list[int]]:
+        """Class indices by training-set size: many (>100), medium (20..100) and few (<20) shots."""
+        return {
+            "many": [c for c, n in enumerate(self.cls_num_list) if n > 100],
+            "medium": [c for c, n in enumerate(self.cls_num_list) if 20 <= n <= 100],
+            "few": [c for c, n in enumerate(self.cls_num_list) if n < 20],
+        }
+
+    @property
+    def description(self) -> str:
+        return (
+            f"{self.name} {self.imb_type} ratio {self.ratio:g}: {len(self.train_labels)} train / "
+            f"{len(self.test_labels)} test images, {max(self.cls_num_list)}..{min(self.cls_num_list)} "
+            f"train images per class, from {self.source}"
+        )
+
+
+@dataclass
+class _BalancedSplit:
+    """A full training set (in its original order) and test set, before any imbalance is applied."""
+
+    classes: list[str]
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str
+
+
+def class_counts(n_max: int, num_classes: int, imb_type: str, ratio: float) -> list[int]:
+    """Training images per class, exactly as LDAM-DRW's get_img_num_per_cls computes them."""
+    if imb_type not in IMBALANCE_TYPES:
+        raise ValueError(f"imb_type must be one of {IMBALANCE_TYPES}, got {imb_type!r}")
+    if not math.isfinite(ratio) or ratio < 1:
+        raise ValueError(f"ratio must be a finite number >= 1 (n_max / n_min), got {ratio!r}")
+    imb_factor = 1.0 / ratio
+    if imb_type == "exp":
+        counts = [int(n_max * imb_factor ** (i / (num_classes - 1.0))) for i in range(num_classes)]
+    elif imb_type == "step":
+        half = num_classes // 2
+        counts = [int(n_max)] * half + [int(n_max * imb_factor)] * (num_classes - half)
+    else:
+        if ratio != 1:
+            raise ValueError(f"ratio has no meaning for imb_type='balanced', use ratio=1 (got ratio={ratio!r})")
+        counts = [n_max] * num_classes
+    if min(counts) < 1:
+        raise ValueError(f"ratio={ratio!r} leaves a class with no training images; it must be at most n_max={n_max}")
+    return counts
+
+
+def select_indices(labels: np.ndarray, counts: Sequence[int], rand_number: int = 0) -> np.ndarray:
+    """Positions of LDAM-DRW's imbalanced subset: per class in ascending order, a seeded shuffle's first n_i.
+
+    One RandomState seeded once produces the same stream as LDAM's np.random.seed + np.random.shuffle,
+    without touching numpy's global state.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.RandomState(rand_number)
+    selected = []
+    for cls, n in enumerate(counts):
+        idx = np.where(labels == cls)[0]
+        if len(idx) < n:
+            raise ValueError(f"counts asks for {n} images of class {cls}, but labels has only {len(idx)}")
+        rng.shuffle(idx)
+        selected.append(idx[:n])
+    return np.concatenate(selected).astype(np.int64)
+
+
+def check_dataset_args(name, root, imb_type, ratio, download) -> None:
+    """Validate dataset arguments without reading any images, so configs can fail early."""
+    if name not in DATASETS:
+        raise ValueError(f"dataset name must be one of {DATASETS}, got {name!r}")
+    n_max, num_classes = _size_of(name)
+    class_counts(n_max, num_classes, imb_type, ratio)
+    if name == "digits":
+        return
+    if root is None:
+        raise FileNotFoundError(_missing_data_message(name, None, "no data root given (root=None)"))
+    if not download and not Path(root).exists():
+        raise FileNotFoundError(_missing_data_message(name, Path(root), f"data root {root} does not exist"))
+
+
+def load_dataset(name: str, root: str | os.PathLike | None = None, imb_type: str = "exp", ratio: float = 100.0,
+                 rand_number: int = 0, download: bool = False) -> ImbalancedDataset:
+    """Load `name`, keep LDAM-DRW's imbalanced training subset and the full test set.
+
+    root and download are ignored for "digits", which ships with scikit-learn.
+    """
+    check_dataset_args(name, root, imb_type, ratio, download)
+    split = _load_digits() if name == "digits" else _load_cifar(name, Path(root), download)
+    n_max, num_classes = _size_of(name)
+    counts = class_counts(n_max, num_classes, imb_type, ratio)
+    indices = select_indices(split.train_labels, counts, rand_number)
+    return ImbalancedDataset(
+        name=name, imb_type=imb_type, ratio=float(ratio), rand_number=rand_number, classes=split.classes,
+        train_images=split.train_images[indices], train_labels=split.train_labels[indices],
+        test_images=split.test_images, test_labels=split.test_labels,
+        indices=indices, cls_num_list=counts, source=split.source,
+    )
+
+
+def cache_dir() -> Path:
+    """The folder for mmlib's caches (decoded image folders here, others elsewhere): $MMLIB_CACHE or ~/.cache/mmlib."""
+    return Path(os.environ.get("MMLIB_CACHE", Path.home() / ".cache" / "mmlib"))
+
+
+def _size_of(name: str) -> tuple[int, int]:
+    """(n_max, num_classes) of a dataset."""
+    if name == "digits":
+        return DIGITS_TRAIN_PER_CLASS, 10
+    spec = CIFAR_SPECS[name]
+    return spec.train_per_class, spec.num_classes
+
+
+def _load_digits() -> _BalancedSplit:
+    """scikit-learn's 8x8 digits as 32x32 RGB: the first DIGITS_TRAIN_PER_CLASS of each class train, the rest test.
+
+    Each pixel (0..16) is scaled to 0..255 and becomes a 4x4 block (nearest-neighbour upsampling: no
+    invented intensities, and the protocol's 4-pixel crop jitter is exactly one source pixel), copied
+    to all three channels.
+    """
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
+    images = images.repeat(IMAGE_SIZE // 8, axis=1).repeat(IMAGE_SIZE // 8, axis=2)
+    images = np.repeat(images[..., None], 3, axis=3)
+    labels = digits.target.astype(np.int64)
+    # Rank of each image within its class, in the dataset's order.
+    rank = np.zeros(len(labels), dtype=np.int64)
+    for cls in range(10):
+        members = labels == cls
+        rank[members] = np.arange(members.sum())
+    is_train = rank < DIGITS_TRAIN_PER_CLASS
+    return _BalancedSplit(
+        classes=[str(d) for d in range(10)],
+        train_images=images[is_train], train_labels=labels[is_train],
+        test_images=images[~is_train], test_labels=labels[~is_train],
+        source="scikit-learn load_digits (8x8 upsampled to 32x32)",
+    )
+
+
+def _load_cifar(name: str, root: Path, download: bool) -> _BalancedSplit:
+    """Read CIFAR from the first layout found under root: pickles, then image folder, then a download."""
+    spec = CIFAR_SPECS[name]
+    pickle_folder = _find_pickle_folder(root, spec)
+    if pickle_folder is not None:
+        return _read_pickle_layout(name, pickle_folder, "python pickles")
+    if (root / "train").is_dir() or (root / "test").is_dir():
+        return _read_image_folder(name, root)
+    if download:
+        return _download(name, root)
+    raise FileNotFoundError(_missing_data_message(name, root, f"no {name} data found in {root}"))
+
+
+def _missing_data_message(name: str, root: Path | None, problem: str) -> str:
+    """The one message for absent or unusable data: what was wrong, where we looked, how to get the data."""
+    spec = CIFAR_SPECS[name]
+    where = "ROOT" if root is None else str(root)
+    return (
+        f"{problem}. Looked for {name} as the official python pickles ({where}/{spec.pickle_folder}/, or "
+        f"{where} being that folder) or as an image folder ({where}/train/<class>/<image> and "
+        f"{where}/test/<class>/<image>, images {'/'.join(IMAGE_SUFFIXES)}). To get the data, pass "
+        f"download=True (--download on the command line), or point the data root at an existing copy."
+    )
+
+
+def _find_pickle_folder(root: Path, spec: CifarSpec) -> Path | None:
+    """The folder holding the official pickles: ROOT/<pickle folder> or ROOT itself; None if neither does."""
+    names = spec.train_files + spec.test_files + (spec.meta_file,)
+    for folder in (root / spec.pickle_folder, root):
+        if any((folder / f).is_file() for f in names):
+            return folder
+    return None
+
+
+def _read_pickle_layout(name: str, folder: Path, source: str) -> _BalancedSplit:
+    """Decode the official CIFAR python pickles in `folder` (training batches in their official order)."""
+    spec = CIFAR_SPECS[name]
+    meta_path = folder / spec.meta_file
+    meta = _read_pickle(name, meta_path)
+    if spec.names_key not in meta:
+        raise ValueError(f"{meta_path}: no {spec.names_key!r} entry, so not a {name} meta file")
+    classes = [n.decode() for n in meta[spec.names_key]]
+    if len(classes) != spec.num_classes:
+        raise ValueError(f"{meta_path}: found {len(classes)} class names, expected {spec.num_classes} for {name}")
+    train_images, train_labels = _read_batches(name, folder, spec.train_files)
+    test_images, test_labels = _read_batches(name, folder, spec.test_files)
+    _check_per_class(train_labels, spec.train_per_class, classes, f"{folder} (training batches)")
+    _check_per_class(test_labels, spec.test_per_class, classes, f"{folder} (test batches)")
+    return _BalancedSplit(classes, train_images, train_labels, test_images, test_labels, f"{source} {folder}")
+
+
+def _read_pickle(name: str, path: Path) -> dict:
+    if not path.is_file():
+        raise FileNotFoundError(_missing_data_message(name, path.parent, f"missing file {path}"))
+    try:
+        with open(path, "rb") as f:
+            content = pickle.load(f, encoding="bytes")
+    except Exception as err:  # a damaged pickle can fail in many ways; all mean the same to the user
+        raise ValueError(_missing_data_message(name, path.parent, f"{path} is not a readable CIFAR pickle ({err!r})")) from err
+    if not isinstance(content, dict):
+        raise ValueError(f"{path}: expected a dict, found {type(content).__name__}")
+    return content
+
+
+def _read_batches(name: str, folder: Path, files: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenate the images (as NHWC) and labels of the given pickle batches, in order."""
+    spec = CIFAR_SPECS[name]
+    images, labels = [], []
+    for file in files:
+        path = folder / file
+        batch = _read_pickle(name, path)
+        for key in (b"data", spec.label_key):
+            if key not in batch:
+                raise ValueError(f"{path}: no {key!r} entry in this CIFAR batch")
+        data = np.asarray(batch[b"data"])
+        pixels = 3 * IMAGE_SIZE * IMAGE_SIZE
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
+            raise ValueError(f"{path}: b'data' must be uint8 (N, {pixels}), found {data.dtype} {data.shape}")
+        if len(batch[spec.label_key]) != len(data):
+            raise ValueError(f"{path}: {len(data)} images but {len(batch[spec.label_key])} labels")
+        images.append(data.reshape(-1, 3, IMAGE_SIZE, IMAGE_SIZE).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[spec.label_key], dtype=np.int64))
+    return np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels)
+
+
+def _check_per_class(labels: np.ndarray, expected: int, classes: list[str], where: str) -> None:
+    if labels.min() < 0 or labels.max() >= len(classes):
+        raise ValueError(f"{where}: labels must lie in 0..{len(classes) - 1}, found {labels.min()}..{labels.max()}")
+    found = np.bincount(labels, minlength=len(classes))
+    for cls, n in enumerate(found):
+        if n != expected:
+            raise ValueError(f"{where}: class {cls} ({classes[cls]}) has {n} images, expected {expected}")
+
+
+def _download(name: str, root: Path) -> _BalancedSplit:
+    """Let torchvision download and extract the official archive into root, then read its pickles."""
+    import torchvision
+
+    dataset_class = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
+    dataset_class(str(root), train=True, download=True)
+    return _read_pickle_layout(name, root / CIFAR_SPECS[name].pickle_folder, "python pickles (downloaded)")
+
+
+def _read_image_folder(name: str, root: Path) -> _BalancedSplit:
+    """Read ROOT/{train,test}/<class>/<image>; decoded arrays are cached, keyed by the files' paths, sizes and mtimes."""
+    spec = CIFAR_SPECS[name]
+    train_files = _list_image_folder(name, root / "train", spec.train_per_class)
+    test_files = _list_image_folder(name, root / "test", spec.test_per_class)
+    if list(train_files) != list(test_files):
+        differ = sorted(set(train_files) ^ set(test_files))
+        raise ValueError(f"{root}/test: class folders differ from {root}/train: {differ} are in only one of them")
+    cache_path = cache_dir() / f"imagefolder-{_cache_key(root, train_files, test_files)}.npz"
+    if cache_path.is_file():
+        return _read_cache(cache_path, source=f"image folder {root}")
+    split = _decode_image_folder(train_files, test_files, source=f"image folder {root}")
+    _write_cache(cache_path, split)
+    return split
+
+
+def _list_image_folder(name: str, split_dir: Path, per_class: int) -> dict[str, list[Path]]:
+    """Class name -> sorted image files of one split, after checking the class and image counts."""
+    if not split_dir.is_dir():
+        raise FileNotFoundError(_missing_data_message(name, split_dir.parent, f"missing folder {split_dir}"))
+    class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir())
+    expected_classes = CIFAR_SPECS[name].num_classes
+    if len(class_dirs) != expected_classes:
+        raise ValueError(f"{split_dir}: found {len(class_dirs)} class folders, expected {expected_classes} for {name}")
+    files = {}
+    for class_dir in class_dirs:
+        images = sorted(f for f in class_dir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if len(images) != per_class:
+            raise ValueError(f"{class_dir}: found {len(images)} images, expected {per_class} for {name}")
+        files[class_dir.name] = images
+    return files
+
+
+def _cache_key(root: Path, *splits: dict[str, list[Path]]) -> str:
+    """Hash of the absolute root and every image's (relative path, size, mtime_ns): any changed file changes it."""
+    digest = hashlib.sha256(f"mmlib image folder v1\n{root.absolute()}\n".encode())
+    for split in splits:
+        for images in split.values():
+            for path in images:
+                stat = path.stat()
+                digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
+
+
+def _decode_image_folder(train_files: dict[str, list[Path]], test_files: dict[str, list[Path]],
+                         source: str) -> _BalancedSplit:
+    """Decode both splits, class by class; a label is its class's position in the sorted class names."""
+    arrays = []
+    for split in (train_files, test_files):
+        images = [_decode_image(path) for files in split.values() for path in files]
+        labels = [cls for cls, files in enumerate(split.values()) for _ in files]
+        arrays += [np.stack(images), np.array(labels, dtype=np.int64)]
+    return _BalancedSplit(list(train_files), *arrays, source=source)
+
+
+def _decode_image(path: Path) -> np.ndarray:
+    """One image as uint8 (32, 32, 3), refusing anything that is not a 32x32 RGB image."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+    except (OSError, Image.DecompressionBombError) as err:
+        raise ValueError(f"{path}: cannot be decoded as an image ({err})") from err
+    if image.mode != "RGB":
+        raise ValueError(f"{path}: image mode is {image.mode!r}, expected 'RGB'")
+    if image.size != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"{path}: image is {image.size[0]}x{image.size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    return np.asarray(image)
+
+
+_CACHED_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def _read_cache(path: Path, source: str) -> _BalancedSplit:
+    try:
+        with np.load(path) as cached:
+            classes = [str(c) for c in cached["classes"]]
+            arrays = [cached[key] for key in _CACHED_ARRAYS]
+    except Exception as err:  # written atomically, so this is outside damage; say how to recover
+        raise ValueError(f"{path}: unreadable image cache ({err!r}); delete it to decode the images again") from err
+    return _BalancedSplit(classes, *arrays, source=source)
+
+
+def _write_cache(path: Path, split: _BalancedSplit) -> None:
+    arrays = {key: getattr(split, key) for key in _CACHED_ARRAYS}
+    atomic_write(path, lambda f: np.savez(f, classes=np.array(split.classes), **arrays))
