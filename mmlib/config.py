@@ -1,0 +1,200 @@
+"""One run's parameters: defaults, help, validation. The CLI and the notebooks share this.
+
+Defaults are the LDAM-DRW CIFAR protocol (ResNet-32, SGD 0.9 / 2e-4, batch 128, lr 0.1 with 5
+warm-up epochs, x0.01 at epochs 160 and 180, re-balancing switch at 160, 200 epochs). Parameters
+left at None are derived from the others by ``resolve`` (milestones scale with the epochs).
+"""
+
+import argparse
+import dataclasses
+import importlib.util
+import math
+import re
+from dataclasses import dataclass, field
+
+from mmlib import data
+from mmlib.methods import METHODS, get_method
+from mmlib.models import ARCHS
+
+MM_VARIANTS = ("equations", "released")
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
+DEFAULT_SCALE = {"ldam": 30.0, "am": 30.0, "hinge": 30.0, "ldam-hinge": 30.0, "mm": 10.0, "mm-ldam": 10.0}
+
+
+def _param(default, help, choices=None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class RunConfig:
+    # what to train
+    method: str = _param("mm-drw", "method of Table 1", tuple(METHODS))
+    dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", data.DATASETS)
+    imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", data.IMBALANCE_TYPES)
+    ratio: float = _param(100.0, "imbalance ratio n_max / n_min (>= 1; 1 for balanced)")
+    data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders)")
+    download: bool = _param(False, "download CIFAR into data_root with torchvision")
+    rand_number: int = _param(0, "seed of the imbalanced subset's selection (LDAM-DRW's rand_number)")
+    arch: str = _param("resnet32", "network", tuple(ARCHS))
+    # schedule
+    epochs: int = _param(200, "training epochs")
+    batch_size: int = _param(128, "batch size")
+    lr: float = _param(0.1, "base learning rate")
+    momentum: float = _param(0.9, "SGD momentum")
+    weight_decay: float = _param(2e-4, "weight decay, on all parameters")
+    warmup_epochs: int | None = _param(None, "linear warm-up epochs (default: 5, at most a tenth of the run)")
+    lr_milestones: list[int] | None = _param(None, "epochs where the lr is multiplied by lr_decay (default: 0.8 and 0.9 of the run)")
+    lr_decay: float = _param(0.01, "lr factor at each milestone")
+    switch_epoch: int | None = _param(None, "epoch where DRW / DRS switch on (default: the first milestone)")
+    # losses
+    s: float | None = _param(None, "logit scale of the margin losses (default: 30 for LDAM / hinge / M-DRW as released; 10 for MM as the paper states)")
+    max_m: float = _param(0.5, "LDAM's largest margin (that of the rarest class)")
+    margin: float = _param(0.5, "uniform margin of HG-DRS and M-DRW (unpublished; LDAM's largest margin by default)")
+    delta_neg: float = _param(0.6, "MM's delta^- (Eq. 3; default: Table 2's best for CIFAR-10 long-tailed 100)")
+    beta: float = _param(1.5, "MM's beta, delta^+ = beta * delta^- (Eq. 5)")
+    mm_variant: str = _param("equations", "MM as the paper's equations, or as the released code behaves", MM_VARIANTS)
+    focal_gamma: float = _param(1.0, "focal loss gamma (1, as the released LDAM-DRW code)")
+    cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.)")
+    ssp_epochs: int | None = _param(None, "rotation pre-training epochs of ldam-drw-ssp (default: the run's epochs)")
+    ssp_seed: int = _param(0, "seed of ldam-drw-ssp's pre-training (runs of any seed share one pre-trained backbone)")
+    # randomness and hardware
+    seed: int = _param(0, "seed of the model's initialisation")
+    data_seed: int | None = _param(None, "seed of the data order and augmentation (default: seed)")
+    device: str = _param("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
+    bf16: bool = _param(False, "bf16 autocast (losses stay in float32)")
+    channels_last: bool = _param(False, "channels-last memory format")
+    deterministic: bool = _param(False, "deterministic algorithms only")
+    compile: str = _param("off", "torch.compile the model with this mode (reduce-overhead: CUDA graphs)", COMPILE_MODES)
+    # evaluation and output
+    eval_every: int = _param(1, "evaluate on the test set every this many epochs (and at the end)")
+    eval_batch_size: int = _param(1024, "evaluation batch size")
+    quiet: bool = _param(False, "no progress bar")
+    tensorboard: bool = _param(False, "write TensorBoard scalars into the run directory")
+
+    def __post_init__(self):
+        validate(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "RunConfig":
+        """From a dict (e.g. a notebook's parameters); unknown keys are an error, not ignored."""
+        unknown = sorted(set(params) - set(cls.names()))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(cls.names())}")
+        return cls(**params)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def resolve(self) -> "RunConfig":
+        """A copy with every None default derived."""
+        milestones = self.lr_milestones or [int(0.8 * self.epochs), int(0.9 * self.epochs)]
+        loss = get_method(self.method).loss
+        return dataclasses.replace(
+            self,
+            warmup_epochs=min(5, self.epochs // 10) if self.warmup_epochs is None else self.warmup_epochs,
+            lr_milestones=list(milestones),
+            switch_epoch=milestones[0] if self.switch_epoch is None else self.switch_epoch,
+            s=DEFAULT_SCALE.get(loss) if self.s is None else self.s,
+            data_seed=self.seed if self.data_seed is None else self.data_seed,
+            ssp_epochs=self.epochs if self.ssp_epochs is None else self.ssp_epochs,
+        )
+
+    def loss_params(self) -> dict:
+        """The keyword arguments of mmlib.losses.build_loss for this run's method (resolved config)."""
+        loss = get_method(self.method).loss
+        if loss == "ce":
+            return {}
+        if loss == "focal":
+            return {"gamma": self.focal_gamma}
+        if loss == "ldam":
+            return {"max_m": self.max_m, "s": self.s}
+        if loss in ("am", "hinge"):
+            return {"margin": self.margin, "s": self.s}
+        if loss == "ldam-hinge":
+            return {"margin": self.max_m, "s": self.s}
+        return {
+            "delta_neg": self.delta_neg,
+            "beta": self.beta,
+            "s": self.s,
+            "official": self.mm_variant == "released",
+        }
+
+
+def _check_type(name: str, value, annotation) -> None:
+    """Papermill and dicts bypass argparse, so types are checked here once for every route."""
+    allowed = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
+    optional = "None" in str(annotation)
+    if value is None:
+        if not optional:
+            raise ValueError(f"{name} must not be None")
+        return
+    base = next(t for t in (list, bool, int, float, str) if re.search(rf"\b{t.__name__}\b", str(annotation)))
+    if base is list:
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{name} must be a list of integers, got {value!r}")
+        return
+    if not isinstance(value, allowed[base]) or (base is not bool and isinstance(value, bool)):
+        raise ValueError(f"{name} must be of type {base.__name__}, got {value!r}")
+
+
+def validate(config: RunConfig) -> None:
+    """Raises one ValueError naming the first bad parameter; nothing is loaded or trained."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        _check_type(f.name, value, f.type)
+        if f.metadata["choices"] and value not in f.metadata["choices"]:
+            raise ValueError(f"unknown {f.name} {value!r}; valid: {', '.join(f.metadata['choices'])}")
+
+    def at_least(name, low, strict=False):
+        value = getattr(config, name)
+        if value is not None and (not math.isfinite(value) or value < low or (strict and value == low)):
+            raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
+
+    for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+        at_least(name, 1)
+    for name in ("lr", "s"):
+        at_least(name, 0, strict=True)
+    for name in ("momentum", "weight_decay", "max_m", "margin", "delta_neg", "beta", "focal_gamma", "warmup_epochs", "ssp_epochs"):
+        at_least(name, 0)
+    at_least("ratio", 1)
+    if not 0 <= config.cb_beta < 1:
+        raise ValueError(f"cb_beta must be in [0, 1), got {config.cb_beta}")
+    if config.switch_epoch is not None and not 0 <= config.switch_epoch < config.epochs:
+        raise ValueError(
+            f"switch_epoch {config.switch_epoch} is beyond the run: it must be in [0, {config.epochs}) for {config.epochs} epochs"
+        )
+    if config.lr_milestones is not None:
+        if list(config.lr_milestones) != sorted(config.lr_milestones) or not all(0 <= m <= config.epochs for m in config.lr_milestones):
+            raise ValueError(f"lr_milestones must be ascending epochs in [0, {config.epochs}], got {config.lr_milestones}")
+        if not config.lr_milestones and config.switch_epoch is None:
+            raise ValueError("lr_milestones is empty: give switch_epoch explicitly")
+    if config.warmup_epochs is not None and config.warmup_epochs > config.epochs:
+        raise ValueError(f"warmup_epochs {config.warmup_epochs} exceeds epochs {config.epochs}")
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard")
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
+    data.check_dataset_args(config.dataset, config.data_root, config.imb_type, config.ratio, config.download)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One --option per RunConfig field, with its default and help."""
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        text = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+        elif f.name == "lr_milestones":
+            parser.add_argument(flag, type=int, nargs="*", default=None, help=text)
+        else:
+            kind = next(t for t in (int, float, str) if re.search(rf"\b{t.__name__}\b", str(f.type)))
+            parser.add_argument(flag, type=kind, default=f.default, choices=f.metadata["choices"], help=text)
+
+
+def from_args(args: argparse.Namespace) -> RunConfig:
+    return RunConfig(**{name: getattr(args, name) for name in RunConfig.names()})
+

@@ -1,0 +1,459 @@
+"""Training under the LDAM-DRW protocol: one run, or K runs trained at once as one fused model.
+
+``run(config, run_dir)`` trains a run (resuming it from its checkpoint if there is one) and returns
+its results. ``run_many(configs, run_dirs)`` trains runs that differ only in seeds, loss
+hyper-parameters or method (same head) as one model built of K grouped networks
+(mmlib.models, runs=K): each run keeps its own initialisation, data order, augmentation, class
+weights and BatchNorm statistics, so it trains as it would alone, and lands in its own run directory.
+
+The hot loop stays on the device: no host sync per step; losses and errors accumulate on the device
+and are read once an epoch.
+"""
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+import mmlib
+from mmlib import rundir
+from mmlib.config import RunConfig
+from mmlib.data import ImbalancedDataset, cache_dir, load_dataset
+from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights
+from mmlib.methods import active, get_method
+from mmlib.models import build_model, merge_state_dicts, split_state_dict
+from mmlib.pipeline import TrainStream, eval_batches, to_device
+
+# Parameters that may differ between runs trained as one fused model.
+FUSABLE = {
+    "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant",
+    "focal_gamma", "cb_beta", "quiet", "tensorboard",
+}
+# Parameters a resumed run may change: they do not change what is computed.
+RESUMABLE_CHANGES = {"quiet", "tensorboard", "device", "compile", "eval_batch_size"}
+BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the run's last good checkpoint is kept."""
+
+
+def learning_rate(config: RunConfig, epoch: int) -> float:
+    """The learning rate of 0-based ``epoch``: linear warm-up, then x lr_decay at each milestone."""
+    config = config.resolve()
+    if epoch < config.warmup_epochs:
+        return config.lr * (epoch + 1) / config.warmup_epochs
+    return config.lr * config.lr_decay ** sum(epoch >= m for m in config.lr_milestones)
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} asked for, but CUDA is not available here")
+    return torch.device(name)
+
+
+def run(config: RunConfig | dict, run_dir: str | Path) -> dict:
+    """Train one run into ``run_dir`` (resuming it if interrupted) and return its results."""
+    return run_many([config], [run_dir])[0]
+
+
+def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> list[dict]:
+    """Train several runs as one fused model; finished runs are skipped, interrupted ones resumed."""
+    configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
+    configs = [c.resolve() for c in configs]
+    run_dirs = [Path(d) for d in run_dirs]
+    _check_group(configs, run_dirs)
+    pending = [i for i, d in enumerate(run_dirs) if not rundir.is_finished(d)]
+    if pending:
+        first = configs[0]
+        dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
+        device = select_device(first.device)
+        by_epoch = {}
+        for i in pending:  # runs fuse only when they resume from the same epoch
+            by_epoch.setdefault(_checkpoint_epoch(run_dirs[i]), []).append(i)
+        for group in by_epoch.values():
+            _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device).train()
+    return [rundir.load_results(d) for d in run_dirs]
+
+
+def fusion_key(config: RunConfig) -> tuple:
+    """What runs must share to train as one fused model."""
+    resolved = config.resolve()
+    method = get_method(config.method)
+    shared = {k: v for k, v in resolved.to_dict().items() if k not in FUSABLE}
+    return (json.dumps(shared, sort_keys=True), method.head, method.ssp)
+
+
+def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
+    """Every problem with the group, found before any data is loaded."""
+    if len(configs) != len(run_dirs) or not configs:
+        raise ValueError(f"give one run_dir per config ({len(configs)} configs, {len(run_dirs)} run_dirs)")
+    if len({d.resolve() for d in run_dirs}) != len(run_dirs):
+        raise ValueError("run_dirs must be distinct")
+    keys = [fusion_key(c) for c in configs]
+    for config, key in zip(configs[1:], keys[1:]):
+        if key != keys[0]:
+            a, b = configs[0].to_dict(), config.to_dict()
+            differ = [k for k in a if k not in FUSABLE and a[k] != b[k]]
+            raise ValueError(
+                f"runs {configs[0].method} and {config.method} cannot train fused: they differ in "
+                f"{', '.join(differ) or 'head or SSP pre-training'}"
+            )
+    for config, run_dir in zip(configs, run_dirs):
+        saved = run_dir / rundir.CONFIG
+        if saved.exists():
+            before = rundir.read_json(saved)["config"]
+            after = config.to_dict()
+            changed = [k for k in after if k not in RESUMABLE_CHANGES and before.get(k) != after[k]]
+            if changed:
+                details = ", ".join(f"{k}: {before.get(k)!r} -> {after[k]!r}" for k in changed)
+                raise ValueError(f"{run_dir} holds a run with other parameters ({details}); use another run_dir")
+
+
+def _checkpoint_epoch(run_dir: Path) -> int:
+    path = run_dir / rundir.CHECKPOINT
+    return torch.load(path, map_location="cpu", weights_only=False)["epoch"] if path.exists() else 0
+
+
+def _environment(config: RunConfig, device: torch.device) -> dict:
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(mmlib.__file__).parent, capture_output=True, text=True, timeout=10
+        ).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {
+        "config": config.to_dict(),
+        "mmlib_version": mmlib.__version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "git_commit": commit,
+    }
+
+
+@contextlib.contextmanager
+def _determinism(deterministic: bool, device: torch.device):
+    """Deterministic algorithms (or cuDNN autotuning) for the run, restored afterwards."""
+    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(deterministic)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0])
+        torch.backends.cudnn.benchmark = before[1]
+
+
+def _init_model(config: RunConfig, num_classes: int, backbone: dict | None) -> torch.nn.Module:
+    """One run's network on the CPU, initialised from its seed (and the SSP backbone, if any)."""
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, num_classes, normed=get_method(config.method).normed)
+    if backbone is not None:
+        missing, unexpected = model.load_state_dict(backbone, strict=False)
+        if unexpected or any(not k.startswith("fc.") for k in missing):
+            raise RuntimeError(f"SSP backbone does not fit {config.arch}: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def _split_optimizer_state(state: dict, runs: int) -> list[dict]:
+    per_param = [
+        {i: split_state_dict(s, runs)[k] for i, s in state["state"].items()} for k in range(runs)
+    ]
+    return [{"state": p, "param_groups": state["param_groups"]} for p in per_param]
+
+
+def _merge_optimizer_states(states: list[dict]) -> dict:
+    merged = {i: merge_state_dicts([s["state"][i] for s in states]) for i in states[0]["state"]}
+    return {"state": merged, "param_groups": states[0]["param_groups"]}
+
+
+def _error_record(epoch: int, confusion: torch.Tensor, groups: dict[str, list[int]]) -> dict:
+    """Top-1 error (%), per-class and many/medium/few-shot errors from one confusion matrix."""
+    totals, correct = confusion.sum(1), confusion.diagonal()
+    per_class = (100.0 * (1 - correct / totals.clamp(min=1))).tolist()
+    group_error = {}
+    for name, classes in groups.items():
+        n = totals[classes].sum().item()
+        group_error[name] = 100.0 * (1 - correct[classes].sum().item() / n) if n else None
+    return {
+        "epoch": epoch,
+        "error": 100.0 * (1 - correct.sum().item() / totals.sum().item()),
+        "per_class_error": per_class,
+        "group_error": group_error,
+        "confusion": confusion.tolist(),
+    }
+
+
+def _train_epoch(model, streams, criteria, optimizer, autocast, channels_last, transform=None):
+    """One epoch of K runs; returns per-run mean loss, train error (%) and first non-finite step (-1: none)."""
+    model.train()
+    runs, device = len(streams), streams[0].labels.device
+    loss_sum = torch.zeros(runs, device=device)
+    wrong = torch.zeros(runs, device=device)
+    first_bad = torch.full((runs,), -1, device=device)
+    seen = 0
+    for step, batches in enumerate(zip(*(s.epoch() for s in streams))):
+        if transform is not None:
+            batches = [transform(x, y, s.generator) for (x, y), s in zip(batches, streams)]
+        x = torch.cat([b[0] for b in batches], dim=1)
+        y = torch.stack([b[1] for b in batches], dim=1)  # (B, K)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            logits = model(x).view(len(y), runs, -1)
+        losses = torch.stack([criterion(logits[:, k], y[:, k]) for k, criterion in enumerate(criteria)])
+        optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        optimizer.step()
+        losses = losses.detach()
+        loss_sum += losses * len(y)
+        wrong += (logits.detach().argmax(-1) != y).sum(0)
+        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
+        seen += len(y)
+    return (loss_sum / seen).tolist(), (100.0 * wrong / seen).tolist(), first_bad.tolist()
+
+
+@torch.no_grad()
+def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last) -> torch.Tensor:
+    """(K, C, C) confusion matrices (rows: true class) of the K runs on a test set."""
+    model.eval()
+    counts = torch.zeros(runs * num_classes * num_classes, dtype=torch.int64, device=labels.device)
+    offsets = torch.arange(runs, device=labels.device) * num_classes * num_classes
+    for x, y in eval_batches(images, labels, batch_size):
+        x = x.repeat(1, runs, 1, 1)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast:
+            pred = model(x).view(len(y), runs, -1).argmax(-1)
+        index = offsets + y[:, None] * num_classes + pred
+        counts += torch.bincount(index.flatten(), minlength=counts.numel())
+    return counts.view(runs, num_classes, num_classes).cpu()
+
+
+def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+    """Rotation prediction (Gidaris et al. 2018): each image turned by k * 90 degrees, k its new label."""
+    k = torch.randint(0, 4, (len(images),), generator=generator, device=images.device)
+    turned = torch.stack([torch.rot90(images, r, dims=(2, 3)) for r in range(4)])
+    return turned[k, torch.arange(len(images), device=images.device)], k
+
+
+class _Group:
+    """K runs (K >= 1) of one setting, trained together."""
+
+    def __init__(self, configs: list[RunConfig], run_dirs: list[Path], dataset: ImbalancedDataset, device):
+        self.configs, self.run_dirs, self.dataset, self.device = configs, run_dirs, dataset, device
+        self.first = configs[0]
+        self.methods = [get_method(c.method) for c in configs]
+        self.counts = dataset.cls_num_list
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.first.bf16)
+        self.channels_last = self.first.channels_last
+
+    def train(self) -> None:
+        first, runs, device = self.first, len(self.configs), self.device
+        with _determinism(first.deterministic, device):
+            train_x, train_y = to_device(self.dataset.train_images, self.dataset.train_labels, device)
+            test_x, test_y = to_device(self.dataset.test_images, self.dataset.test_labels, device)
+            backbone = ssp_backbone(first, self.dataset, device) if self.methods[0].ssp else None
+            singles = [_init_model(c, self.dataset.num_classes, backbone) for c in self.configs]
+            model = build_model(first.arch, self.dataset.num_classes, self.methods[0].normed, runs)
+            model.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))
+            model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+            optimizer = torch.optim.SGD(model.parameters(), first.lr, momentum=first.momentum, weight_decay=first.weight_decay)
+            streams = [TrainStream(train_x, train_y, first.batch_size, c.data_seed) for c in self.configs]
+            criteria = [build_loss(m.loss, self.counts, **c.loss_params()).to(device) for m, c in zip(self.methods, self.configs)]
+            cb_weights = [class_balanced_weights(self.counts, c.cb_beta).to(device) for c in self.configs]
+            state = self._resume(model, optimizer, streams)
+            step_model = model if first.compile == "off" else torch.compile(model, mode=first.compile)
+            writers = [self._writer(c, d) for c, d in zip(self.configs, self.run_dirs)]
+            bar = tqdm(range(state["epoch"], first.epochs), initial=state["epoch"], total=first.epochs,
+                       desc=", ".join(c.method for c in self.configs), disable=all(c.quiet for c in self.configs))
+            for epoch in bar:
+                start = time.perf_counter()
+                lr = learning_rate(first, epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                for k, (method, c) in enumerate(zip(self.methods, self.configs)):
+                    criteria[k].weight = cb_weights[k] if active(method.reweight, epoch, c.switch_epoch) else None
+                    streams[k].set_class_weights(cb_weights[k] if active(method.resample, epoch, c.switch_epoch) else None)
+                losses, train_errors, bad_steps = _train_epoch(
+                    step_model, streams, criteria, optimizer, self.autocast, self.channels_last
+                )
+                self._stop_if_non_finite(epoch, losses, bad_steps)
+                evaluate = (epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs
+                confusions = (
+                    _confusions(model, test_x, test_y, runs, self.dataset.num_classes, first.eval_batch_size,
+                                self.autocast, self.channels_last)
+                    if evaluate else None
+                )
+                seconds = time.perf_counter() - start
+                for k in range(runs):
+                    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": losses[k], "train_error": train_errors[k],
+                             "seconds": seconds}
+                    if evaluate:
+                        record = _error_record(epoch + 1, confusions[k], self.dataset.groups)
+                        entry.update(test_error=record["error"], group_error=record["group_error"])
+                        state["final"][k] = record
+                        if state["best"][k] is None or record["error"] < state["best"][k]["error"]:
+                            state["best"][k] = record
+                    state["history"][k].append(entry)
+                    if writers[k] is not None:
+                        for name, value in entry.items():
+                            if isinstance(value, float):
+                                writers[k].add_scalar(name, value, epoch + 1)
+                state["epoch"] = epoch + 1
+                self._checkpoint(model, optimizer, streams, state)
+                bar.set_postfix(lr=f"{lr:.2g}", loss="/".join(f"{v:.3f}" for v in losses),
+                                err="/".join(f"{h[-1].get('test_error', float('nan')):.1f}" for h in state["history"]))
+            for writer in writers:
+                if writer is not None:
+                    writer.close()
+            self._finish(state)
+
+    def _writer(self, config: RunConfig, run_dir: Path):
+        if not config.tensorboard:
+            return None
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(run_dir / "tensorboard"))
+
+    def _resume(self, model, optimizer, streams) -> dict:
+        """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""
+        runs = len(self.configs)
+        state = {"epoch": 0, "history": [[] for _ in range(runs)], "final": [None] * runs, "best": [None] * runs}
+        paths = [d / rundir.CHECKPOINT for d in self.run_dirs]
+        if all(p.exists() for p in paths):
+            saved = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+            model.load_state_dict(merge_state_dicts([s["model"] for s in saved]))
+            optimizer.load_state_dict(_merge_optimizer_states([s["optimizer"] for s in saved]))
+            for stream, s in zip(streams, saved):
+                stream.load_state_dict(s["stream"])
+            torch.set_rng_state(saved[0]["torch_rng"])
+            if saved[0]["cuda_rng"] is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(saved[0]["cuda_rng"])
+            state = {
+                "epoch": saved[0]["epoch"],
+                "history": [s["history"] for s in saved],
+                "final": [s["final"] for s in saved],
+                "best": [s["best"] for s in saved],
+            }
+        environment = _environment(self.first, self.device)
+        for config, run_dir in zip(self.configs, self.run_dirs):
+            rundir.write_json(run_dir / rundir.CONFIG, {**environment, "config": config.to_dict()})
+            rundir.write_json(run_dir / rundir.COUNTS, {
+                "classes": self.dataset.classes,
+                "cls_num_list": self.counts,
+                "groups": self.dataset.groups,
+                "description": self.dataset.description,
+            })
+        return state
+
+    def _checkpoint(self, model, optimizer, streams, state) -> None:
+        runs = len(self.configs)
+        models = split_state_dict(model.state_dict(), runs)
+        optimizers = _split_optimizer_state(optimizer.state_dict(), runs)
+        for k, run_dir in enumerate(self.run_dirs):
+            rundir.save_torch(run_dir / rundir.CHECKPOINT, {
+                "epoch": state["epoch"],
+                "model": models[k],
+                "optimizer": optimizers[k],
+                "stream": streams[k].state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "history": state["history"][k],
+                "final": state["final"][k],
+                "best": state["best"][k],
+            })
+
+    def _stop_if_non_finite(self, epoch: int, losses: list[float], bad_steps: list[int]) -> None:
+        for k, (loss, step) in enumerate(zip(losses, bad_steps)):
+            if step >= 0 or not math.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"non-finite loss in run {self.run_dirs[k]} ({self.configs[k].method}) at epoch {epoch + 1}, "
+                    f"step {step + 1} of {math.ceil(len(self.dataset.train_labels) / self.first.batch_size)}; "
+                    f"its last good checkpoint (after epoch {epoch}) is kept"
+                )
+
+    def _finish(self, state: dict) -> None:
+        for k, run_dir in enumerate(self.run_dirs):
+            final, best = state["final"][k], state["best"][k]
+            history = state["history"][k]
+            rundir.write_json(run_dir / rundir.METRICS, {
+                "final": final,
+                "best": {**best, "note": BEST_NOTE},
+                "history": history,
+                "seconds": sum(h["seconds"] for h in history),
+            })
+            lines = ["class,name,train_count,group,final_error,best_error"]
+            group_of = {c: g for g, classes in self.dataset.groups.items() for c in classes}
+            for c, name in enumerate(self.dataset.classes):
+                lines.append(f"{c},{name},{self.counts[c]},{group_of[c]},"
+                             f"{final['per_class_error'][c]:.4f},{best['per_class_error'][c]:.4f}")
+            rundir.write_text(run_dir / rundir.PER_CLASS, "\n".join(lines) + "\n")
+            rundir.write_text(run_dir / rundir.FINISHED, f"finished after {final['epoch']} epochs\n")
+
+
+def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.device) -> dict:
+    """The rotation-prediction pre-trained network of ldam-drw-ssp (Yang & Xu 2020), cached.
+
+    Pre-trains the same architecture on the same imbalanced training set (after the usual crop and
+    flip), each image turned by a random multiple of 90 degrees and a 4-way linear head predicting
+    which, with the protocol's schedule shape over ssp_epochs. The result is cached under
+    cache_dir()/ssp keyed by everything that determines it, so runs of several seeds share one.
+    """
+    pretrain = dataclasses.replace(
+        config, method="erm", epochs=config.ssp_epochs, seed=config.ssp_seed, data_seed=config.ssp_seed,
+        warmup_epochs=None, lr_milestones=None, switch_epoch=None, ssp_epochs=None, s=None,
+    ).resolve()
+    determines = {
+        "dataset": [dataset.name, dataset.imb_type, dataset.ratio, dataset.rand_number, dataset.source],
+        **{k: getattr(pretrain, k) for k in ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+                                             "warmup_epochs", "lr_milestones", "lr_decay", "seed", "bf16")},
+    }
+    key = hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:16]
+    folder = cache_dir() / "ssp" / key
+    if (folder / "backbone.pt").exists():
+        return torch.load(folder / "backbone.pt", map_location="cpu")
+    rundir.write_json(folder / "determines.json", determines)
+    torch.manual_seed(pretrain.seed)
+    memory_format = torch.channels_last if pretrain.channels_last else torch.preserve_format
+    model = build_model(pretrain.arch, 4).to(device, memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), pretrain.lr, momentum=pretrain.momentum, weight_decay=pretrain.weight_decay)
+    train_x, train_y = to_device(dataset.train_images, dataset.train_labels, device)
+    stream = TrainStream(train_x, train_y, pretrain.batch_size, pretrain.data_seed)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=pretrain.bf16)
+    start = 0
+    if (folder / rundir.CHECKPOINT).exists():
+        saved = torch.load(folder / rundir.CHECKPOINT, map_location="cpu", weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        stream.load_state_dict(saved["stream"])
+        start = saved["epoch"]
+    bar = tqdm(range(start, pretrain.epochs), initial=start, total=pretrain.epochs, desc="ssp pre-training",
+               disable=config.quiet)
+    for epoch in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(pretrain, epoch)
+        losses, errors, bad = _train_epoch(model, [stream], [CrossEntropyLoss()], optimizer, autocast,
+                                           pretrain.channels_last, transform=rotate)
+        if bad[0] >= 0:
+            raise NonFiniteLossError(f"non-finite loss in SSP pre-training at epoch {epoch + 1}, step {bad[0] + 1}")
+        rundir.save_torch(folder / rundir.CHECKPOINT, {
+            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "stream": stream.state_dict(),
+        })
+        bar.set_postfix(loss=f"{losses[0]:.3f}", rotation_err=f"{errors[0]:.1f}")
+    backbone = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    rundir.save_torch(folder / "backbone.pt", backbone)
+    return backbone

@@ -1,0 +1,335 @@
+"""The trainer on the offline digits dataset with a small ResNet on the CPU."""
+
+import json
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+import torch
+
+from mmlib import rundir, training
+from mmlib.config import RunConfig
+from mmlib.data import load_dataset
+from mmlib.losses import class_balanced_weights
+from mmlib.methods import METHODS
+from mmlib.pipeline import TrainStream
+
+
+def quick(**overrides) -> dict:
+    params = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", epochs=2, batch_size=128,
+                  quiet=True, eval_batch_size=512)
+    return {**params, **overrides}
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", imb_type="exp", ratio=10.0)
+
+
+def spy_epochs(monkeypatch) -> list[dict]:
+    """Record, at every training epoch, each run's loss weights and the labels its stream yields."""
+    calls = []
+    real = training._train_epoch
+
+    def spy(model, streams, criteria, optimizer, autocast, channels_last, transform=None):
+        labels = [Counter() for _ in streams]
+        for counter, stream in zip(labels, streams):
+            real_epoch = stream.epoch
+
+            def counted(real_epoch=real_epoch, counter=counter):
+                for x, y in real_epoch():
+                    counter.update(y.tolist())
+                    yield x, y
+
+            stream.epoch = counted
+        out = real(model, streams, criteria, optimizer, autocast, channels_last, transform)
+        for stream in streams:
+            del stream.epoch
+        calls.append({
+            "weights": [None if c.weight is None else c.weight.clone() for c in criteria],
+            "labels": labels,
+            "lr": optimizer.param_groups[0]["lr"],
+            "transform": transform,
+        })
+        return out
+
+    monkeypatch.setattr(training, "_train_epoch", spy)
+    return calls
+
+
+# --- schedule ------------------------------------------------------------------------------
+
+
+def test_learning_rate_at_the_protocols_key_epochs():
+    config = RunConfig(**quick(epochs=200))
+    expected = {0: 0.02, 3: 0.08, 4: 0.1, 5: 0.1, 159: 0.1, 160: 1e-3, 179: 1e-3, 180: 1e-5, 199: 1e-5}
+    for epoch, lr in expected.items():
+        assert training.learning_rate(config, epoch) == pytest.approx(lr, rel=1e-9), epoch
+
+
+def test_short_runs_keep_the_schedules_shape():
+    resolved = RunConfig(**quick(epochs=20)).resolve()
+    assert (resolved.warmup_epochs, resolved.lr_milestones, resolved.switch_epoch) == (2, [16, 18], 16)
+    assert training.learning_rate(resolved, 0) == pytest.approx(0.05)
+    assert training.learning_rate(resolved, 17) == pytest.approx(1e-3)
+    resolved = RunConfig(**quick(epochs=1000)).resolve()
+    assert (resolved.warmup_epochs, resolved.lr_milestones) == (5, [800, 900])
+    custom = RunConfig(**quick(epochs=10, warmup_epochs=0, lr_milestones=[3, 6], switch_epoch=5)).resolve()
+    assert [training.learning_rate(custom, e) for e in (0, 2, 3, 6)] == pytest.approx([0.1, 0.1, 1e-3, 1e-5])
+    assert custom.switch_epoch == 5
+
+
+# --- every method --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_method_trains_and_writes_complete_results(method, tmp_path, digits):
+    results = training.run(quick(method=method, switch_epoch=1, ssp_epochs=1), tmp_path / method)
+    run_dir = tmp_path / method
+    assert rundir.is_finished(run_dir)
+    for name in (rundir.CONFIG, rundir.COUNTS, rundir.CHECKPOINT, rundir.METRICS, rundir.PER_CLASS):
+        assert (run_dir / name).exists(), name
+    final, best = results["final"], results["best"]
+    assert final["epoch"] == 2 and len(results["history"]) == 2
+    assert 0 <= final["error"] <= 100 and best["error"] <= final["error"]
+    assert "optimistic" in best["note"]
+    confusion = torch.tensor(final["confusion"])
+    assert confusion.sum().item() == len(digits.test_labels)
+    wrong = 1 - confusion.diagonal() / confusion.sum(1)
+    assert final["per_class_error"] == pytest.approx((100 * wrong).tolist())
+    assert final["error"] == pytest.approx(100 * (1 - confusion.diagonal().sum().item() / confusion.sum().item()))
+    few = digits.groups["few"]
+    assert final["group_error"]["few"] == pytest.approx(
+        100 * (1 - confusion.diagonal()[few].sum().item() / confusion[few].sum().item())
+    )
+    saved = rundir.read_json(run_dir / rundir.CONFIG)
+    assert saved["config"]["method"] == method and saved["torch_version"] == torch.__version__
+    assert rundir.read_json(run_dir / rundir.COUNTS)["cls_num_list"] == digits.cls_num_list
+    rows = (run_dir / rundir.PER_CLASS).read_text().splitlines()
+    assert len(rows) == 1 + digits.num_classes
+
+
+def test_digits_is_learnable_in_a_few_epochs(tmp_path):
+    results = training.run(quick(method="erm", ratio=1.0, imb_type="balanced", epochs=6, batch_size=64), tmp_path / "r")
+    assert results["final"]["error"] < 50  # chance is 90%
+
+
+# --- re-weighting and re-sampling switch at the switch epoch ---------------------------------
+
+
+def test_drw_weights_switch_exactly_at_the_switch_epoch(tmp_path, monkeypatch, digits):
+    calls = spy_epochs(monkeypatch)
+    training.run(quick(method="ldam-drw", epochs=4, switch_epoch=2), tmp_path / "r")
+    expected = class_balanced_weights(digits.cls_num_list, 0.9999)
+    assert [c["weights"][0] is None for c in calls] == [True, True, False, False]
+    torch.testing.assert_close(calls[2]["weights"][0], expected)
+    assert all(c["labels"][0] == Counter(dict(enumerate(digits.cls_num_list))) for c in calls)
+
+
+def test_drs_resamples_after_the_switch(tmp_path, monkeypatch, digits):
+    calls = spy_epochs(monkeypatch)
+    training.run(quick(method="erm-drs", epochs=3, switch_epoch=1), tmp_path / "r")
+    counts = digits.cls_num_list
+    assert calls[0]["labels"][0] == Counter(dict(enumerate(counts)))  # uniform: each image once
+    assert calls[0]["weights"][0] is None and calls[2]["weights"][0] is None  # no re-weighting
+    drawn = calls[1]["labels"][0] + calls[2]["labels"][0]
+    weights = class_balanced_weights(counts, 0.9999)
+    share = weights * torch.tensor(counts)
+    share = share / share.sum()
+    total = sum(drawn.values())
+    assert total == 2 * sum(counts)
+    rarest, commonest = len(counts) - 1, 0
+    assert drawn[rarest] > 3 * counts[rarest]  # the rarest class is drawn far more often than it exists
+    for c in range(len(counts)):
+        std = (total * share[c] * (1 - share[c])) ** 0.5
+        assert abs(drawn[c] - total * share[c]) < 5 * std + 1
+    assert drawn[commonest] < 2 * counts[commonest]
+
+
+def test_cb_rs_resamples_from_the_first_epoch(tmp_path, monkeypatch, digits):
+    calls = spy_epochs(monkeypatch)
+    training.run(quick(method="cb-rs", epochs=1), tmp_path / "r")
+    assert calls[0]["labels"][0] != Counter(dict(enumerate(digits.cls_num_list)))
+
+
+# --- SSP -----------------------------------------------------------------------------------
+
+
+def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, monkeypatch, digits):
+    calls = spy_epochs(monkeypatch)
+    config = RunConfig(**quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2)).resolve()
+    backbone = training.ssp_backbone(config, digits, torch.device("cpu"))
+    assert [c["transform"] for c in calls] == [training.rotate, training.rotate]
+    assert not any(k.startswith("fc.") for k in backbone)
+    model = training._init_model(config, digits.num_classes, backbone)
+    for name, tensor in model.state_dict().items():
+        if name.startswith("fc."):
+            assert tensor.shape == (digits.num_classes, 64)  # a fresh cosine head
+        else:
+            assert torch.equal(tensor, backbone[name]), name
+    again = training.ssp_backbone(RunConfig(**quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2, seed=5)).resolve(),
+                                  digits, torch.device("cpu"))
+    assert len(calls) == 2  # the second seed reused the cached backbone
+    assert all(torch.equal(again[k], backbone[k]) for k in backbone)
+    training.run(quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2), tmp_path / "r")
+    assert len(calls) == 3 and calls[2]["transform"] is None
+
+
+def test_rotation_turns_each_image_by_its_label():
+    images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
+    turned, k = training.rotate(images, torch.zeros(2), torch.Generator().manual_seed(3))
+    for i in range(2):
+        assert torch.equal(turned[i], torch.rot90(images[i], int(k[i]), dims=(1, 2)))
+
+
+# --- resume, finished runs, failures --------------------------------------------------------
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
+    params = quick(method="mm-drw", epochs=4, switch_epoch=2)
+    straight = training.run(params, tmp_path / "straight")
+
+    real_save = rundir.save_torch
+    saves = []
+
+    def crash_after_two_epochs(path, obj):
+        if len(saves) == 2:
+            raise KeyboardInterrupt("simulated interruption")
+        saves.append(path)
+        real_save(path, obj)
+
+    monkeypatch.setattr(rundir, "save_torch", crash_after_two_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(params, tmp_path / "resumed")
+    monkeypatch.setattr(rundir, "save_torch", real_save)
+    assert not rundir.is_finished(tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 2
+    resumed = training.run(params, tmp_path / "resumed")
+    for key in ("final", "best"):
+        assert resumed[key]["per_class_error"] == straight[key]["per_class_error"]
+        assert resumed[key]["confusion"] == straight[key]["confusion"]
+    strip = lambda h: [{k: v for k, v in e.items() if k != "seconds"} for e in h]  # noqa: E731
+    assert strip(resumed["history"]) == strip(straight["history"])
+
+
+def test_finished_runs_are_skipped(tmp_path, monkeypatch):
+    first = training.run(quick(method="erm", epochs=1), tmp_path / "r")
+    calls = spy_epochs(monkeypatch)
+    again = training.run(quick(method="erm", epochs=1), tmp_path / "r")
+    assert calls == [] and again["final"] == first["final"]
+
+
+def test_a_run_dir_with_other_parameters_is_refused(tmp_path):
+    training.run(quick(method="erm", epochs=1), tmp_path / "r")
+    with pytest.raises(ValueError, match=r"other parameters \(method: 'erm' -> 'focal'"):
+        training.run(quick(method="focal", epochs=1), tmp_path / "r")
+
+
+def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path, monkeypatch, digits):
+    from mmlib import losses
+
+    steps_per_epoch = -(-len(digits.train_labels) // 128)
+    real_forward = losses.CrossEntropyLoss.forward
+    calls = []
+
+    def poisoned(self, logits, target):
+        calls.append(1)
+        out = real_forward(self, logits, target)
+        return out * float("nan") if len(calls) == steps_per_epoch + 2 else out
+
+    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", poisoned)
+    with pytest.raises(training.NonFiniteLossError, match=f"at epoch 2, step 2 of {steps_per_epoch}"):
+        training.run(quick(method="erm", epochs=3), tmp_path / "r")
+    assert torch.load(tmp_path / "r" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert not rundir.is_finished(tmp_path / "r")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"method": "mm-dwr"}, "unknown method 'mm-dwr'; valid: erm, focal"),
+        ({"ratio": 0.5}, "ratio must be >= 1"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+        ({"s": -1.0}, "s must be > 0"),
+        ({"beta": -0.5}, "beta must be >= 0"),
+        ({"delta_neg": -0.1}, "delta_neg must be >= 0"),
+        ({"switch_epoch": 5, "epochs": 5}, "switch_epoch 5 is beyond the run"),
+        ({"lr_milestones": [3, 1]}, "lr_milestones must be ascending"),
+        ({"epochs": "10"}, "epochs must be of type int"),
+        ({"mm_variant": "paper"}, "unknown mm_variant 'paper'; valid: equations, released"),
+        ({"dataset": "cifar10", "data_root": "/no/such/folder"}, "/no/such/folder"),
+        ({"dataset": "cifar10"}, "cifar10"),
+        ({"nonsense": 1}, "unknown parameter"),
+    ],
+)
+def test_bad_parameters_fail_before_training(overrides, message, tmp_path):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        training.run(quick(**overrides), tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+# --- fused runs ----------------------------------------------------------------------------
+
+
+def test_fused_runs_train_as_each_would_alone(tmp_path):
+    """K=2 runs (other seed, other MM beta, other variant) fused, against each run trained alone.
+
+    A small constant learning rate: at lr 0.1 from initialisation a 1e-7 change of the weights
+    grows ~100x a step, which would hide what this test is about.
+    """
+    schedule = dict(epochs=2, switch_epoch=1, lr=0.01, warmup_epochs=0, lr_milestones=[])
+    variants = [quick(method="mm-drw", seed=0, **schedule),
+                quick(method="mm-drw", seed=1, beta=1.2, mm_variant="released", **schedule)]
+    fused = training.run_many(variants, [tmp_path / "f0", tmp_path / "f1"])
+    for k, params in enumerate(variants):
+        alone = training.run(params, tmp_path / f"alone{k}")
+        for a, b in zip(fused[k]["history"], alone["history"]):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert fused[k]["final"]["confusion"] == alone["final"]["confusion"]
+        state_f = torch.load(tmp_path / f"f{k}" / rundir.CHECKPOINT, weights_only=False)["model"]
+        state_a = torch.load(tmp_path / f"alone{k}" / rundir.CHECKPOINT, weights_only=False)["model"]
+        for name in state_a:  # float rounding of grouped vs plain convolutions
+            torch.testing.assert_close(state_f[name], state_a[name], rtol=1e-3, atol=1e-4)
+    run0 = torch.load(tmp_path / "f0" / rundir.CHECKPOINT, weights_only=False)["model"]["conv1.weight"]
+    run1 = torch.load(tmp_path / "alone1" / rundir.CHECKPOINT, weights_only=False)["model"]["conv1.weight"]
+    assert (run0 - run1).abs().max() > 0.1  # the tolerance tells different runs apart
+
+
+def test_runs_that_cannot_fuse_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="cannot train fused: they differ in epochs"):
+        training.run_many([quick(epochs=2), quick(epochs=3)], [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ValueError, match="head"):
+        training.run_many([quick(method="erm"), quick(method="ldam")], [tmp_path / "a", tmp_path / "b"])
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def test_cli_help_lists_methods_and_defaults():
+    out = subprocess.run([sys.executable, "-m", "mmlib", "train", "--help"], capture_output=True, text=True, check=True).stdout
+    for name in METHODS:
+        assert name in out
+    assert "--delta-neg" in out and "(default: 0.6)" in out and "unpublished" in out
+
+
+def test_cli_trains_a_run(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "mmlib", "train", "--run-dir", str(tmp_path / "r"), "--dataset", "digits", "--ratio", "10",
+         "--arch", "resnet8", "--epochs", "1", "--method", "mm-drw", "--quiet"],
+        capture_output=True, text=True, check=True, env={"MMLIB_CACHE": str(tmp_path), "PATH": ""},
+    ).stdout
+    assert json.loads(out)["final_error"] == rundir.load_results(tmp_path / "r")["final"]["error"]
+
+
+def test_cli_bad_parameter_is_one_clear_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "mmlib", "train", "--run-dir", str(tmp_path / "r"), "--dataset", "digits", "--ratio", "0.5"],
+        capture_output=True, text=True,
+    )
+    assert done.returncode == 2 and done.stderr.strip() == "error: ratio must be >= 1, got 0.5"
