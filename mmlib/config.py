@@ -31,7 +31,7 @@ class RunConfig:
     method: str = _param("mm-drw", "method of Table 1", tuple(METHODS))
     dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", data.DATASETS)
     imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", data.IMBALANCE_TYPES)
-    ratio: float = _param(100.0, "imbalance ratio n_max / n_min (>= 1; 1 for balanced)")
+    ratio: float = _param(100.0, "imbalance ratio n_max / n_min, at least 1 (1 for balanced)")
     data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders)")
     download: bool = _param(False, "download CIFAR into data_root with torchvision")
     rand_number: int = _param(0, "seed of the imbalanced subset's selection (LDAM-DRW's rand_number)")
@@ -51,7 +51,7 @@ class RunConfig:
     max_m: float = _param(0.5, "LDAM's largest margin (that of the rarest class)")
     margin: float = _param(0.5, "uniform margin of HG-DRS and M-DRW (unpublished; LDAM's largest margin by default)")
     delta_neg: float = _param(0.6, "MM's delta^- (Eq. 3; default: Table 2's best for CIFAR-10 long-tailed 100)")
-    beta: float = _param(1.5, "MM's beta, delta^+ = beta * delta^- (Eq. 5)")
+    beta: float = _param(1.5, "MM's beta: delta^+ is beta times delta^- (Eq. 5)")
     mm_variant: str = _param("equations", "MM as the paper's equations, or as the released code behaves", MM_VARIANTS)
     focal_gamma: float = _param(1.0, "focal loss gamma (1, as the released LDAM-DRW code)")
     cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.)")
@@ -85,6 +85,14 @@ class RunConfig:
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(cls.names())}")
         return cls(**params)
+
+    @classmethod
+    def from_namespace(cls, namespace: dict) -> "RunConfig":
+        """From a notebook's variables (its parameters cell, as papermill injected them)."""
+        missing = [name for name in cls.names() if name not in namespace]
+        if missing:
+            raise ValueError(f"the notebook defines no parameter(s) {', '.join(missing)}")
+        return cls(**{name: namespace[name] for name in cls.names()})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -25,6 +25,7 @@ DATASETS = ("cifar10", "cifar100", "digits")
 IMBALANCE_TYPES = ("exp", "step", "balanced")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_SIZE = 32
+MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20  # many-shot: > 100 training images; few-shot: < 20
 DIGITS_TRAIN_PER_CLASS = 120  # load_digits has 174..183 images a class, so every class keeps >= 54 test images
 
 
@@ -83,9 +84,9 @@ class ImbalancedDataset:
     def groups(self) -> dict[str, list[int]]:
         """Class indices by training-set size: many (>100), medium (20..100) and few (<20) shots."""
         return {
-            "many": [c for c, n in enumerate(self.cls_num_list) if n > 100],
-            "medium": [c for c, n in enumerate(self.cls_num_list) if 20 <= n <= 100],
-            "few": [c for c, n in enumerate(self.cls_num_list) if n < 20],
+            "many": [c for c, n in enumerate(self.cls_num_list) if n > MANY_SHOT_ABOVE],
+            "medium": [c for c, n in enumerate(self.cls_num_list) if FEW_SHOT_BELOW <= n <= MANY_SHOT_ABOVE],
+            "few": [c for c, n in enumerate(self.cls_num_list) if n < FEW_SHOT_BELOW],
         }
 
     @property
@@ -152,7 +153,7 @@ def check_dataset_args(name, root, imb_type, ratio, download) -> None:
     """Validate dataset arguments without reading any images, so configs can fail early."""
     if name not in DATASETS:
         raise ValueError(f"dataset name must be one of {DATASETS}, got {name!r}")
-    n_max, num_classes = _size_of(name)
+    n_max, num_classes = dataset_size(name)
     class_counts(n_max, num_classes, imb_type, ratio)
     if name == "digits":
         return
@@ -170,7 +171,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, imb_type: str
     """
     check_dataset_args(name, root, imb_type, ratio, download)
     split = _load_digits() if name == "digits" else _load_cifar(name, Path(root), download)
-    n_max, num_classes = _size_of(name)
+    n_max, num_classes = dataset_size(name)
     counts = class_counts(n_max, num_classes, imb_type, ratio)
     indices = select_indices(split.train_labels, counts, rand_number)
     return ImbalancedDataset(
@@ -186,8 +187,8 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MMLIB_CACHE", Path.home() / ".cache" / "mmlib"))
 
 
-def _size_of(name: str) -> tuple[int, int]:
-    """(n_max, num_classes) of a dataset."""
+def dataset_size(name: str) -> tuple[int, int]:
+    """(n_max, num_classes) of a dataset: its largest class's training images and its number of classes."""
     if name == "digits":
         return DIGITS_TRAIN_PER_CLASS, 10
     spec = CIFAR_SPECS[name]

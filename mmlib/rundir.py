@@ -15,6 +15,11 @@ from pathlib import Path
 
 import torch
 
+# Defaults of the notebooks and the CLI, the same wherever they are started from: the checkout's folders.
+REPOSITORY = Path(__file__).resolve().parent.parent
+RUNS = REPOSITORY / "runs"
+FIGURES = REPOSITORY / "figures"
+
 CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "config.json",
     "class_counts.json",

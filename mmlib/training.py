@@ -80,7 +80,7 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
         device = select_device(first.device)
         by_epoch = {}
         for i in pending:  # runs fuse only when they resume from the same epoch
-            by_epoch.setdefault(_checkpoint_epoch(run_dirs[i]), []).append(i)
+            by_epoch.setdefault(checkpoint_epoch(run_dirs[i]), []).append(i)
         for group in by_epoch.values():
             _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device).train()
     return [rundir.load_results(d) for d in run_dirs]
@@ -120,7 +120,8 @@ def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
                 raise ValueError(f"{run_dir} holds a run with other parameters ({details}); use another run_dir")
 
 
-def _checkpoint_epoch(run_dir: Path) -> int:
+def checkpoint_epoch(run_dir: Path) -> int:
+    """Epochs completed by the run's last checkpoint (0 without one)."""
     path = run_dir / rundir.CHECKPOINT
     return torch.load(path, map_location="cpu", weights_only=False)["epoch"] if path.exists() else 0
 
@@ -196,7 +197,7 @@ def _error_record(epoch: int, confusion: torch.Tensor, groups: dict[str, list[in
     }
 
 
-def _train_epoch(model, streams, criteria, optimizer, autocast, channels_last, transform=None):
+def train_epoch(model, streams, criteria, optimizer, autocast, channels_last, transform=None):
     """One epoch of K runs; returns per-run mean loss, train error (%) and first non-finite step (-1: none)."""
     model.train()
     runs, device = len(streams), streams[0].labels.device
@@ -250,7 +251,7 @@ def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generato
 
 
 class _Group:
-    """K runs (K >= 1) of one setting, trained together."""
+    """K runs (K >= 1) of one setting, trained together as one model."""
 
     def __init__(self, configs: list[RunConfig], run_dirs: list[Path], dataset: ImbalancedDataset, device):
         self.configs, self.run_dirs, self.dataset, self.device = configs, run_dirs, dataset, device
@@ -261,65 +262,86 @@ class _Group:
         self.channels_last = self.first.channels_last
 
     def train(self) -> None:
-        first, runs, device = self.first, len(self.configs), self.device
-        with _determinism(first.deterministic, device):
-            train_x, train_y = to_device(self.dataset.train_images, self.dataset.train_labels, device)
-            test_x, test_y = to_device(self.dataset.test_images, self.dataset.test_labels, device)
-            backbone = ssp_backbone(first, self.dataset, device) if self.methods[0].ssp else None
-            singles = [_init_model(c, self.dataset.num_classes, backbone) for c in self.configs]
-            model = build_model(first.arch, self.dataset.num_classes, self.methods[0].normed, runs)
-            model.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))
-            model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-            optimizer = torch.optim.SGD(model.parameters(), first.lr, momentum=first.momentum, weight_decay=first.weight_decay)
-            streams = [TrainStream(train_x, train_y, first.batch_size, c.data_seed) for c in self.configs]
-            criteria = [build_loss(m.loss, self.counts, **c.loss_params()).to(device) for m, c in zip(self.methods, self.configs)]
-            cb_weights = [class_balanced_weights(self.counts, c.cb_beta).to(device) for c in self.configs]
-            state = self._resume(model, optimizer, streams)
-            step_model = model if first.compile == "off" else torch.compile(model, mode=first.compile)
+        first = self.first
+        with _determinism(first.deterministic, self.device):
+            self._build()
+            state = self._resume()
+            step_model = self.model if first.compile == "off" else torch.compile(self.model, mode=first.compile)
             writers = [self._writer(c, d) for c, d in zip(self.configs, self.run_dirs)]
             bar = tqdm(range(state["epoch"], first.epochs), initial=state["epoch"], total=first.epochs,
                        desc=", ".join(c.method for c in self.configs), disable=all(c.quiet for c in self.configs))
             for epoch in bar:
                 start = time.perf_counter()
-                lr = learning_rate(first, epoch)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                for k, (method, c) in enumerate(zip(self.methods, self.configs)):
-                    criteria[k].weight = cb_weights[k] if active(method.reweight, epoch, c.switch_epoch) else None
-                    streams[k].set_class_weights(cb_weights[k] if active(method.resample, epoch, c.switch_epoch) else None)
-                losses, train_errors, bad_steps = _train_epoch(
-                    step_model, streams, criteria, optimizer, self.autocast, self.channels_last
+                lr = self._schedule(epoch)
+                losses, train_errors, bad_steps = train_epoch(
+                    step_model, self.streams, self.criteria, self.optimizer, self.autocast, self.channels_last
                 )
                 self._stop_if_non_finite(epoch, losses, bad_steps)
                 evaluate = (epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs
-                confusions = (
-                    _confusions(model, test_x, test_y, runs, self.dataset.num_classes, first.eval_batch_size,
-                                self.autocast, self.channels_last)
-                    if evaluate else None
-                )
-                seconds = time.perf_counter() - start
-                for k in range(runs):
-                    entry = {"epoch": epoch + 1, "lr": lr, "train_loss": losses[k], "train_error": train_errors[k],
-                             "seconds": seconds}
-                    if evaluate:
-                        record = _error_record(epoch + 1, confusions[k], self.dataset.groups)
-                        entry.update(test_error=record["error"], group_error=record["group_error"])
-                        state["final"][k] = record
-                        if state["best"][k] is None or record["error"] < state["best"][k]["error"]:
-                            state["best"][k] = record
-                    state["history"][k].append(entry)
-                    if writers[k] is not None:
+                confusions = self._evaluate() if evaluate else None
+                entries = self._record(state, epoch, lr, losses, train_errors, confusions, time.perf_counter() - start)
+                for writer, entry in zip(writers, entries):
+                    if writer is not None:
                         for name, value in entry.items():
                             if isinstance(value, float):
-                                writers[k].add_scalar(name, value, epoch + 1)
-                state["epoch"] = epoch + 1
-                self._checkpoint(model, optimizer, streams, state)
+                                writer.add_scalar(name, value, epoch + 1)
+                self._checkpoint(state)
                 bar.set_postfix(lr=f"{lr:.2g}", loss="/".join(f"{v:.3f}" for v in losses),
-                                err="/".join(f"{h[-1].get('test_error', float('nan')):.1f}" for h in state["history"]))
+                                err="/".join(f"{e.get('test_error', math.nan):.1f}" for e in entries))
             for writer in writers:
                 if writer is not None:
                     writer.close()
             self._finish(state)
+
+    def _build(self) -> None:
+        """Data on the device; the fused model from each run's own initialisation; optimizer, streams, losses."""
+        first, device, runs = self.first, self.device, len(self.configs)
+        train_x, train_y = to_device(self.dataset.train_images, self.dataset.train_labels, device)
+        self.test_x, self.test_y = to_device(self.dataset.test_images, self.dataset.test_labels, device)
+        backbone = ssp_backbone(first, self.dataset, device) if self.methods[0].ssp else None
+        singles = [_init_model(c, self.dataset.num_classes, backbone) for c in self.configs]
+        self.model = build_model(first.arch, self.dataset.num_classes, self.methods[0].normed, runs)
+        self.model.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))
+        self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
+        self.optimizer = torch.optim.SGD(self.model.parameters(), first.lr, momentum=first.momentum,
+                                         weight_decay=first.weight_decay)
+        self.streams = [TrainStream(train_x, train_y, first.batch_size, c.data_seed) for c in self.configs]
+        self.criteria = [build_loss(m.loss, self.counts, **c.loss_params()).to(device)
+                         for m, c in zip(self.methods, self.configs)]
+        self.cb_weights = [class_balanced_weights(self.counts, c.cb_beta).to(device) for c in self.configs]
+
+    def _schedule(self, epoch: int) -> float:
+        """This epoch's learning rate, and each run's class weights and sampling; returns the lr."""
+        lr = learning_rate(self.first, epoch)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        for method, config, criterion, stream, weights in zip(
+            self.methods, self.configs, self.criteria, self.streams, self.cb_weights
+        ):
+            criterion.weight = weights if active(method.reweight, epoch, config.switch_epoch) else None
+            stream.set_class_weights(weights if active(method.resample, epoch, config.switch_epoch) else None)
+        return lr
+
+    def _evaluate(self) -> torch.Tensor:
+        return _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
+                           self.first.eval_batch_size, self.autocast, self.channels_last)
+
+    def _record(self, state, epoch, lr, losses, train_errors, confusions, seconds) -> list[dict]:
+        """Append each run's history entry and update its final and best records; returns the entries."""
+        entries = []
+        for k in range(len(self.configs)):
+            entry = {"epoch": epoch + 1, "lr": lr, "train_loss": losses[k], "train_error": train_errors[k],
+                     "seconds": seconds}
+            if confusions is not None:
+                record = _error_record(epoch + 1, confusions[k], self.dataset.groups)
+                entry.update(test_error=record["error"], group_error=record["group_error"])
+                state["final"][k] = record
+                if state["best"][k] is None or record["error"] < state["best"][k]["error"]:
+                    state["best"][k] = record
+            state["history"][k].append(entry)
+            entries.append(entry)
+        state["epoch"] = epoch + 1
+        return entries
 
     def _writer(self, config: RunConfig, run_dir: Path):
         if not config.tensorboard:
@@ -328,16 +350,16 @@ class _Group:
 
         return SummaryWriter(str(run_dir / "tensorboard"))
 
-    def _resume(self, model, optimizer, streams) -> dict:
+    def _resume(self) -> dict:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""
         runs = len(self.configs)
         state = {"epoch": 0, "history": [[] for _ in range(runs)], "final": [None] * runs, "best": [None] * runs}
         paths = [d / rundir.CHECKPOINT for d in self.run_dirs]
         if all(p.exists() for p in paths):
             saved = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
-            model.load_state_dict(merge_state_dicts([s["model"] for s in saved]))
-            optimizer.load_state_dict(_merge_optimizer_states([s["optimizer"] for s in saved]))
-            for stream, s in zip(streams, saved):
+            self.model.load_state_dict(merge_state_dicts([s["model"] for s in saved]))
+            self.optimizer.load_state_dict(_merge_optimizer_states([s["optimizer"] for s in saved]))
+            for stream, s in zip(self.streams, saved):
                 stream.load_state_dict(s["stream"])
             torch.set_rng_state(saved[0]["torch_rng"])
             if saved[0]["cuda_rng"] is not None and torch.cuda.is_available():
@@ -359,16 +381,16 @@ class _Group:
             })
         return state
 
-    def _checkpoint(self, model, optimizer, streams, state) -> None:
+    def _checkpoint(self, state) -> None:
         runs = len(self.configs)
-        models = split_state_dict(model.state_dict(), runs)
-        optimizers = _split_optimizer_state(optimizer.state_dict(), runs)
+        models = split_state_dict(self.model.state_dict(), runs)
+        optimizers = _split_optimizer_state(self.optimizer.state_dict(), runs)
         for k, run_dir in enumerate(self.run_dirs):
             rundir.save_torch(run_dir / rundir.CHECKPOINT, {
                 "epoch": state["epoch"],
                 "model": models[k],
                 "optimizer": optimizers[k],
-                "stream": streams[k].state_dict(),
+                "stream": self.streams[k].state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "history": state["history"][k],
@@ -445,7 +467,7 @@ def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.de
     for epoch in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(pretrain, epoch)
-        losses, errors, bad = _train_epoch(model, [stream], [CrossEntropyLoss()], optimizer, autocast,
+        losses, errors, bad = train_epoch(model, [stream], [CrossEntropyLoss()], optimizer, autocast,
                                            pretrain.channels_last, transform=rotate)
         if bad[0] >= 0:
             raise NonFiniteLossError(f"non-finite loss in SSP pre-training at epoch {epoch + 1}, step {bad[0] + 1}")

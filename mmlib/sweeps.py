@@ -1,0 +1,192 @@
+"""Papermill batches: every (cell, seed) of a table run through notebooks/train.ipynb.
+
+Each run lands in <out>/<table>/<setting>/<run name>/seed<k>/ with the executed notebook beside its
+results (the notebook is the provenance). Finished runs are skipped, interrupted ones resume from
+their checkpoints (the trainer does that), a failed run does not stop the others. Runs of one
+setting that can train as one fused model (mmlib.training.fusion_key) are grouped, up to ``fuse``
+runs a notebook; on several GPUs there is one worker per GPU, each seeing only its own.
+"""
+
+import itertools
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from mmlib import paper, rundir
+from mmlib.config import RunConfig
+from mmlib.training import checkpoint_epoch, fusion_key
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
+OUTPUT_NOTEBOOK = "train.ipynb"
+
+# The README's main job: a few minutes offline on a CPU, into a folder of its own.
+QUICK_PRESET = {"table": "quick", "seeds": [0, 1], "fuse": 2,
+                "overrides": {"arch": "resnet8", "epochs": 20, "batch_size": 32}}
+QUICK_REPORTS = [
+    ("table1.ipynb", {"table": "quick"}),
+    ("fig3_per_class.ipynb", {"table": "quick", "setting": "digits-step-10", "methods": ["erm", "mm-drw"],
+                              "name": "fig3_quick"}),
+]
+
+
+@dataclass
+class Job:
+    """One execution of train.ipynb: one run, or several trained as one fused model."""
+
+    labels: list[str]  # "<table> <setting> <run name> seed<k>", one per run
+    run_dirs: list[Path]
+    params: list[dict]  # every run's notebook parameters (RunConfig fields)
+
+    def notebook_parameters(self) -> dict:
+        first = {**self.params[0], "run_dir": str(self.run_dirs[0])}
+        others = [{**p, "run_dir": str(d)} for p, d in zip(self.params[1:], self.run_dirs[1:])]
+        return {**first, "fused_runs": others}
+
+
+def parse_data_roots(values: list[str] | None) -> dict[str | None, str]:
+    """``PATH`` (for every dataset) or ``cifar10=PATH cifar100=PATH`` -> {dataset or None: path}."""
+    roots = {}
+    for value in values or []:
+        name, sep, path = value.partition("=")
+        if sep and name in ("cifar10", "cifar100"):
+            roots[name] = path
+        else:
+            roots[None] = value
+    return roots
+
+
+def plan(table: str, out: str | Path, seeds=(0,), settings=None, methods=None, mm_variants=("equations",),
+         mm_scale=None, data_roots: dict | None = None, overrides: dict | None = None, fuse: int = 1):
+    """The jobs to run and the run directories already finished; every config is validated here."""
+    if fuse < 1:
+        raise ValueError(f"fuse must be >= 1, got {fuse}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct integers, got {list(seeds)}")
+    data_roots = {k: str(Path(v).resolve()) for k, v in (data_roots or {}).items()}
+    out = Path(out).resolve()
+    pending, finished = [], []
+    for cell, seed in itertools.product(paper.cells(table, settings, methods, mm_variants, mm_scale), seeds):
+        run_dir = cell.path(out) / f"seed{seed}"
+        if rundir.is_finished(run_dir):
+            finished.append(run_dir)
+            continue
+        root = data_roots.get(cell.setting.dataset, data_roots.get(None))
+        params = cell.run_params(seed=seed, quiet=True, **({"data_root": root} if root else {}), **(overrides or {}))
+        config = RunConfig.from_dict(params)
+        label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
+        pending.append((fusion_key(config), checkpoint_epoch(run_dir), label, run_dir, params))
+    jobs = []
+    for _, group in itertools.groupby(sorted(pending, key=lambda p: p[:2]), key=lambda p: p[:2]):
+        group = list(group)
+        for start in range(0, len(group), fuse):
+            chunk = group[start:start + fuse]
+            jobs.append(Job([c[2] for c in chunk], [c[3] for c in chunk], [c[4] for c in chunk]))
+    return jobs, finished
+
+
+def execute(jobs: list[Job], gpus: list[int] | None = None, notebook: Path = TRAIN_NOTEBOOK, log=print) -> list[tuple[str, Path]]:
+    """Run the jobs, one worker per GPU (or one on the CPU); returns the failed runs and their notebooks."""
+    todo = queue.Queue()
+    for job in jobs:
+        todo.put(job)
+    failures, lock = [], threading.Lock()
+    total, done = sum(len(j.run_dirs) for j in jobs), itertools.count(1)
+
+    def worker(gpu: int | None):
+        while True:
+            try:
+                job = todo.get_nowait()
+            except queue.Empty:
+                return
+            start = time.perf_counter()
+            ok = _run_notebook(job, notebook, gpu)
+            seconds = time.perf_counter() - start
+            with lock:
+                for label, run_dir in zip(job.labels, job.run_dirs):
+                    line = f"[{next(done)}/{total}] {label}: "
+                    if ok and rundir.is_finished(run_dir):
+                        metrics = rundir.read_json(run_dir / rundir.METRICS)
+                        line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
+                    else:
+                        failures.append((label, run_dir / OUTPUT_NOTEBOOK))
+                        line += f"FAILED, see {run_dir / OUTPUT_NOTEBOOK}"
+                    log(line)
+
+    workers = [threading.Thread(target=worker, args=(gpu,)) for gpu in (gpus or [None])]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    return failures
+
+
+def _run_notebook(job: Job, notebook: Path, gpu: int | None) -> bool:
+    """Execute the notebook in a fresh process (so each worker sees only its GPU); copy it to every run."""
+    first = job.run_dirs[0]
+    first.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=first, delete=False) as f:
+        yaml.safe_dump(job.notebook_parameters(), f)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "papermill", str(notebook), str(first / OUTPUT_NOTEBOOK), "-f", f.name,
+             "--no-progress-bar"],
+            env=env, capture_output=True, text=True,
+        )
+    finally:
+        os.unlink(f.name)
+    rundir.write_text(first / "papermill.log", done.stdout + done.stderr)
+    for other in job.run_dirs[1:]:
+        other.mkdir(parents=True, exist_ok=True)
+        if (first / OUTPUT_NOTEBOOK).exists():
+            shutil.copyfile(first / OUTPUT_NOTEBOOK, other / OUTPUT_NOTEBOOK)
+    return done.returncode == 0
+
+
+def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, methods=None, mm_variants=("equations",),
+          mm_scale=None, data_roots=None, overrides=None, fuse: int = 1, gpus=None, dry_run=False, log=print) -> list:
+    """Plan, then run a table's cells; returns the failed runs (label, notebook path)."""
+    if not TRAIN_NOTEBOOK.exists():
+        raise FileNotFoundError(f"{TRAIN_NOTEBOOK} not found: sweeps execute the repository's notebooks, so install "
+                                "mmlib from a checkout (pip install -e .)")
+    jobs, finished = plan(table, out, seeds, settings, methods, mm_variants, mm_scale, data_roots, overrides, fuse)
+    runs = sum(len(j.run_dirs) for j in jobs)
+    log(f"{table}: {runs} runs to do in {len(jobs)} notebooks, {len(finished)} finished runs skipped")
+    if dry_run:
+        for job in jobs:
+            log(("fused: " if len(job.labels) > 1 else "") + " | ".join(job.labels))
+        return []
+    failures = execute(jobs, gpus, log=log)
+    if failures:
+        log(f"{len(failures)} runs failed:")
+        for label, notebook in failures:
+            log(f"  {label}: {notebook}")
+    return failures
+
+
+def report_quick(runs_root: str | Path) -> list[Path]:
+    """The quick preset's table and per-class figure, written into <runs_root>/quick/figures; returns the executed notebooks."""
+    import papermill
+
+    figures = Path(runs_root) / "quick" / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
+    executed = []
+    for notebook, params in QUICK_REPORTS:
+        executed.append(figures / notebook)
+        papermill.execute_notebook(
+            str(NOTEBOOKS / notebook), str(executed[-1]), progress_bar=False,
+            parameters={"runs_root": str(Path(runs_root).resolve()), "out_dir": str(figures.resolve()), **params},
+        )
+    return executed

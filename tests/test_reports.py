@@ -1,0 +1,284 @@
+"""Reports: finished runs gathered into the paper's tables, per-class errors and the figures."""
+
+import io
+import math
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+
+from mmlib import data, paper, reports, rundir, training
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
+
+DIGITS = [str(d) for d in range(10)]
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def find_cell(table: str, setting: str, method: str, variant: str = "equations") -> paper.Cell:
+    [cell] = [c for c in paper.cells(table, [setting], [method], (variant,)) if c.variant == variant]
+    return cell
+
+
+def write_run(run_dir, final_error: float, best_error: float, per_class=None, group_error=None, counts=None,
+              finished: bool = True) -> None:
+    """A run directory as the trainer leaves it, holding the numbers given."""
+    counts = counts or data.class_counts(120, 10, "exp", 10.0)
+    per_class = per_class or [final_error] * len(counts)
+    group_error = group_error or {"many": final_error, "medium": final_error, "few": None}
+    groups = {"many": [c for c, n in enumerate(counts) if n > 100],
+              "medium": [c for c, n in enumerate(counts) if 20 <= n <= 100],
+              "few": [c for c, n in enumerate(counts) if n < 20]}
+    record = {"epoch": 2, "error": final_error, "per_class_error": per_class, "group_error": group_error,
+              "confusion": []}
+    best = {**record, "epoch": 1, "error": best_error, "per_class_error": [best_error] * len(counts)}
+    rundir.write_json(run_dir / rundir.CONFIG, {"config": {}, "device": "cpu", "git_commit": None})
+    rundir.write_json(run_dir / rundir.COUNTS, {"classes": DIGITS[:len(counts)], "cls_num_list": counts,
+                                                 "groups": groups, "description": "test"})
+    rundir.write_json(run_dir / rundir.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0})
+    if finished:
+        rundir.write_text(run_dir / rundir.FINISHED, "finished\n")
+
+
+def row_of(df: pd.DataFrame, cell: paper.Cell) -> pd.Series:
+    [index] = df.index[(df["setting"] == cell.setting.name) & (df["run_name"] == cell.run_name)]
+    return df.loc[index]
+
+
+# ---------------------------------------------------------------- collect
+
+def test_collect_means_and_stds_over_finished_seeds(tmp_path):
+    erm = find_cell("quick", "digits-exp-10", "erm")
+    finals, bests, manys = [10.0, 14.0, 12.5], [9.0, 11.0, 12.0], [5.0, 7.0, 9.5]
+    for seed, (final, best, many) in enumerate(zip(finals, bests, manys)):
+        write_run(erm.path(tmp_path) / f"seed{seed}", final, best, group_error={"many": many, "medium": 20.0, "few": None})
+    write_run(erm.path(tmp_path) / "seed3", 99.0, 99.0, finished=False)  # interrupted: ignored
+    released = find_cell("quick", "digits-exp-10", "mm-drw", "released")
+    write_run(released.path(tmp_path) / "seed0", 30.0, 25.0)
+
+    df = reports.collect("quick", tmp_path)
+
+    assert list(df.columns) == reports.COLUMNS
+    assert len(df) == len(paper.cells("quick", mm_variants=("equations", "released")))
+    row = row_of(df, erm)
+    assert row["seeds"] == 3
+    assert row["final_mean"] == pytest.approx(np.mean(finals))
+    assert row["final_std"] == pytest.approx(np.std(finals, ddof=1))
+    assert row["best_mean"] == pytest.approx(np.mean(bests))
+    assert row["best_std"] == pytest.approx(np.std(bests, ddof=1))
+    assert row["many_mean"] == pytest.approx(np.mean(manys))
+    assert row["medium_mean"] == pytest.approx(20.0)
+    assert math.isnan(row["few_mean"]) and math.isnan(row["paper"]) and math.isnan(row["diff"])
+    assert math.isnan(row["beta"]) and math.isnan(row["delta_neg"])
+
+    one_seed = row_of(df, released)
+    assert (one_seed["seeds"], one_seed["final_mean"], one_seed["variant"]) == (1, 30.0, "released")
+    assert math.isnan(one_seed["final_std"])
+    assert (one_seed["beta"], one_seed["delta_neg"]) == (released.params["beta"], released.params["delta_neg"])
+
+    missing = row_of(df, find_cell("quick", "digits-step-10", "ldam-drw"))
+    assert missing["seeds"] == 0 and missing[["final_mean", "best_mean", "final_std"]].isna().all()
+
+
+def test_collect_compares_with_the_paper(tmp_path):
+    cell = find_cell("table1", "cifar10-exp-100", "erm")
+    finals = [30.0, 31.0]
+    for seed, final in enumerate(finals):
+        write_run(cell.path(tmp_path) / f"seed{seed}", final, final - 1)
+
+    row = row_of(reports.collect("table1", tmp_path, settings=["cifar10-exp-100"], methods=["erm"]), cell)
+
+    assert row["paper"] == paper.TABLE1_ERRORS["erm"][0]
+    assert row["diff"] == pytest.approx(np.mean(finals) - paper.TABLE1_ERRORS["erm"][0])
+
+
+def test_collect_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
+        reports.collect("table1", tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="unknown table"):
+        reports.collect("table9", tmp_path)
+    with pytest.raises(ValueError, match="no settings cifar10-exp-7"):
+        reports.collect("table1", tmp_path, settings=["cifar10-exp-7"])
+    with pytest.raises(ValueError, match="no methods nope"):
+        reports.collect("table2", tmp_path, methods=["nope"])
+
+
+# ---------------------------------------------------------------- render
+
+def markdown_rows(md: str, section: str) -> list[list[str]]:
+    """The body rows of the Markdown table under ``### section``, as lists of cell texts."""
+    lines = md.split(f"### {section}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_render_table1_as_the_paper_lays_it_out(tmp_path):
+    erm = find_cell("table1", "cifar10-exp-100", "erm")
+    finals, bests = [30.0, 31.0], [28.0, 28.5]
+    for seed, (final, best) in enumerate(zip(finals, bests)):
+        write_run(erm.path(tmp_path) / f"seed{seed}", final, best)
+    released = find_cell("table1", "cifar10-step-10", "mm-drw", "released")
+    write_run(released.path(tmp_path) / "seed0", 12.0, 11.0)
+
+    df = reports.collect("table1", tmp_path)
+    texts = reports.render(df, "table1")
+    md = texts["md"]
+
+    labels = [paper.SETTINGS[s].label for s in paper.SETTINGS]
+    assert f"| Method | {' | '.join(labels)} |" in md
+    final_rows = markdown_rows(md, reports.EPOCH_TITLES["final"])
+    best_rows = markdown_rows(md, reports.EPOCH_TITLES["best"])
+    mm_drw = find_cell("table1", "cifar10-exp-100", "mm-drw").label
+    expected_order = [find_cell("table1", "cifar10-exp-100", m).label for m in paper.TABLE1_ERRORS]
+    expected_order.insert(expected_order.index(mm_drw) + 1, released.label)  # the only released row with a run
+    assert [r[0] for r in final_rows] == expected_order == [r[0] for r in best_rows]
+
+    ours, theirs = dict(zip(["Method"] + labels, final_rows[0])), paper.TABLE1_ERRORS["erm"][0]
+    mean, std = np.mean(finals), np.std(finals, ddof=1)
+    assert ours[labels[0]] == f"{mean:.2f} ± {std:.2f} n=2 ({theirs:.2f}, {mean - theirs:+.2f})"
+    assert ours[labels[1]] == f"missing ({paper.TABLE1_ERRORS['erm'][1]:.2f})"
+    best = dict(zip(["Method"] + labels, best_rows[0]))[labels[0]]
+    assert best == f"{np.mean(bests):.2f} ± {np.std(bests, ddof=1):.2f} n=2 ({theirs:.2f}, {np.mean(bests) - theirs:+.2f})"
+    hg = dict(zip(["Method"] + labels, final_rows[expected_order.index(find_cell("table1", "cifar10-exp-100", "hg-drs").label)]))
+    assert [hg[label] for label in labels[4:]] == ["—"] * 4
+    released_row = dict(zip(["Method"] + labels, final_rows[expected_order.index(released.label)]))
+    mm_paper = paper.TABLE1_ERRORS["mm-drw"][3]
+    assert released_row[labels[3]] == f"12.00 n=1 ({mm_paper:.2f}, {12.0 - mm_paper:+.2f})"
+
+    tex = texts["tex"]
+    assert tex.count(r"\begin{tabular}") == 2 == tex.count(r"\end{tabular}")
+    assert "±" not in tex and "—" not in tex and tex.count("{") == tex.count("}")
+    body = [line for line in tex.splitlines() if line.endswith(r" \\") and " & " in line]
+    assert {line.count(" & ") for line in body} == {len(labels)}
+    assert len(body) == 2 * (len(expected_order) + 1)
+
+    assert pd.read_csv(io.StringIO(texts["csv"]))["final_mean"].equals(df["final_mean"])
+
+
+def test_render_grouped_tables_and_write_table(tmp_path):
+    [cell] = [c for c in paper.cells("table2", ["cifar10-step-10"]) if c.params["beta"] == 1.1]
+    write_run(cell.path(tmp_path) / "seed0", 11.0, 10.5, group_error={"many": 4.0, "medium": 18.0, "few": None})
+    df = reports.collect("table2", tmp_path)
+
+    texts = reports.render(df, "table2")
+
+    for setting in paper.BETA_GRIDS["table2"]:
+        assert f"### {paper.SETTINGS[setting].label}" in texts["md"]
+    rows = {r[0]: r for r in markdown_rows(texts["md"], paper.SETTINGS["cifar10-step-10"].label)}
+    assert set(rows) == {c.label for c in paper.cells("table2", ["cifar10-step-10"])}
+    assert rows[cell.label][1:] == ["11.00 n=1", "10.50 n=1", f"{cell.paper_error:.2f}",
+                                    f"{11.0 - cell.paper_error:+.2f}", f"{10.5 - cell.paper_error:+.2f}",
+                                    "4.00", "18.00", "—"]
+    assert texts["tex"].count(r"\begin{tabular}") == len(paper.BETA_GRIDS["table2"])
+
+    paths = reports.write_table(df, "table2", tmp_path / "out")
+    assert sorted(p.name for p in paths) == ["table2.csv", "table2.md", "table2.tex"]
+    for path in paths:
+        assert path.read_text() == texts[path.suffix[1:]]
+
+    with pytest.raises(ValueError, match="rows are of table2"):
+        reports.render(df, "table3")
+    with pytest.raises(ValueError, match="unknown table"):
+        reports.render(df, "table4")
+
+
+# ---------------------------------------------------------------- per-class errors and figures
+
+def test_per_class_means_over_seeds(tmp_path):
+    counts = data.class_counts(120, 10, "step", 10.0)
+    erm = find_cell("quick", "digits-step-10", "erm")
+    per_seed = [[float(c) for c in range(10)], [float(3 * c) for c in range(10)]]
+    for seed, errors in enumerate(per_seed):
+        write_run(erm.path(tmp_path) / f"seed{seed}", 20.0, 19.0, per_class=errors, counts=counts)
+    released = find_cell("quick", "digits-step-10", "mm-drw", "released")
+    write_run(released.path(tmp_path) / "seed0", 15.0, 14.0, per_class=[15.0] * 10, counts=counts)
+
+    df = reports.per_class("quick", tmp_path, "digits-step-10", ["erm", "mm-drw@released"])
+
+    erm_rows = df[df["method"] == "erm"]
+    assert erm_rows["error_mean"].tolist() == pytest.approx(np.mean(per_seed, axis=0))
+    assert erm_rows["error_std"].tolist() == pytest.approx(np.std(per_seed, axis=0, ddof=1))
+    assert erm_rows["train_count"].tolist() == counts and erm_rows["name"].tolist() == DIGITS
+    assert erm_rows["group"].tolist() == ["many"] * 5 + ["few"] * 5  # 120 and 12 training images
+    released_rows = df[df["method"] == "mm-drw@released"]
+    assert released_rows["row"].unique().tolist() == [released.label]
+    assert released_rows["error_mean"].tolist() == [15.0] * 10 and released_rows["error_std"].isna().all()
+    best = reports.per_class("quick", tmp_path, "digits-step-10", ["erm"], epoch="best")
+    assert best["error_mean"].tolist() == [19.0] * 10
+
+    fig = reports.plot_per_class(df)
+    bars = fig.axes[0].patches
+    assert len(bars) == 20
+    assert [b.get_height() for b in bars] == pytest.approx(df["error_mean"].tolist())
+    paths = reports.save_figure(fig, tmp_path / "figures", "fig3")
+    assert [p.name for p in paths] == ["fig3.png", "fig3.pdf"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_per_class_errors(tmp_path):
+    searched = find_cell("quick", "digits-exp-10", "mm-drw").path(tmp_path)
+    with pytest.raises(ValueError, match=str(searched)):
+        reports.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw"])
+    with pytest.raises(ValueError, match="no 'released' variant"):
+        reports.per_class("quick", tmp_path, "digits-exp-10", ["erm@released"])
+    with pytest.raises(ValueError, match="mm_variants must be among"):
+        reports.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw@paper"])
+    with pytest.raises(ValueError, match="no settings cifar10-exp-100"):
+        reports.per_class("quick", tmp_path, "cifar10-exp-100", ["erm"])
+    with pytest.raises(ValueError, match="epoch must be"):
+        reports.per_class("quick", tmp_path, "digits-exp-10", ["erm"], epoch="last")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        reports.per_class("quick", tmp_path / "nowhere", "digits-exp-10", ["erm"])
+
+
+def test_plot_class_counts():
+    settings = ["cifar10-exp-100", "cifar10-step-10", "cifar100-exp-10"]
+    fig = reports.plot_class_counts(settings)
+    ax = fig.axes[0]
+    curves = [line for line in ax.lines if len(line.get_ydata()) > 2]
+    expected = []
+    for name in settings:
+        setting = paper.SETTINGS[name]
+        spec = data.CIFAR_SPECS[setting.dataset]
+        counts = data.class_counts(spec.train_per_class, spec.num_classes, setting.imb_type, setting.ratio)
+        expected.append(sorted(counts, reverse=True))
+    assert [line.get_ydata().tolist() for line in curves] == expected
+    bounds = {line.get_ydata()[0] for line in ax.lines if len(line.get_ydata()) == 2}
+    assert bounds == {100, 20}
+    assert ax.get_yscale() == "log"
+    with pytest.raises(ValueError, match="unknown setting"):
+        reports.plot_class_counts(["cifar10-exp-7"])
+
+
+# ---------------------------------------------------------------- real runs
+
+def test_reports_of_real_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
+    runs = tmp_path / "runs"
+    results = {}
+    for method in ("erm", "mm-drw"):
+        cell = find_cell("quick", "digits-step-10", method)
+        config = cell.run_params(arch="resnet8", epochs=1, quiet=True)
+        results[method] = training.run(config, cell.path(runs) / "seed0")
+
+    df = reports.collect("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])
+    per_class = reports.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"])
+
+    for method, result in results.items():
+        row = row_of(df, find_cell("quick", "digits-step-10", method))
+        assert row["seeds"] == 1
+        assert row["final_mean"] == pytest.approx(result["final"]["error"])
+        assert row["best_mean"] == pytest.approx(result["best"]["error"])
+        assert row["many_mean"] == pytest.approx(result["final"]["group_error"]["many"])
+        errors = per_class[per_class["method"] == method]["error_mean"].tolist()
+        assert errors == pytest.approx(result["final"]["per_class_error"])
+    md = reports.render(df, "quick")["md"]
+    for method, result in results.items():
+        label = find_cell("quick", "digits-step-10", method).label
+        assert f"| {label} | {result['final']['error']:.2f} n=1 | {result['best']['error']:.2f} n=1 |" in md
