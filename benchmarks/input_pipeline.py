@@ -10,35 +10,14 @@ num_workers=2). Both read the same imbalanced training set; each gets one warm-u
 import argparse
 import time
 
-import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import DataLoader, Dataset
-from torchvision import transforms
+from torch.utils.data import DataLoader
 
-from mmlib.data import CIFAR_MEAN, CIFAR_STD, DATASETS, IMBALANCE_TYPES, load_dataset
+from mmlib.data import DATASETS, IMBALANCE_TYPES, load_dataset
 from mmlib.pipeline import TrainStream, to_device
+from reference import ReferenceDataset
 
 BATCH_SIZE = 128
-
-
-class ReferenceDataset(Dataset):
-    """uint8 NHWC arrays served as PIL images through torchvision transforms, one sample at a time."""
-
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-        self.transform = transforms.Compose([
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            transforms.ToTensor(),
-            transforms.Normalize(CIFAR_MEAN, CIFAR_STD),
-        ])
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
 
 
 def images_per_second(batches_of_one_epoch, epochs: int, device: torch.device) -> float:

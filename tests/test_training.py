@@ -35,7 +35,7 @@ def digits():
 def spy_epochs(monkeypatch) -> list[dict]:
     """Record, at every training epoch, each run's loss weights and the labels its stream yields."""
     calls = []
-    real = training._train_epoch
+    real = training.train_epoch
 
     def spy(model, streams, criteria, optimizer, autocast, channels_last, transform=None):
         labels = [Counter() for _ in streams]
@@ -59,7 +59,7 @@ def spy_epochs(monkeypatch) -> list[dict]:
         })
         return out
 
-    monkeypatch.setattr(training, "_train_epoch", spy)
+    monkeypatch.setattr(training, "train_epoch", spy)
     return calls
 
 
@@ -333,3 +333,55 @@ def test_cli_bad_parameter_is_one_clear_line(tmp_path):
         capture_output=True, text=True,
     )
     assert done.returncode == 2 and done.stderr.strip() == "error: ratio must be >= 1, got 0.5"
+
+
+# --- speed options: same results as the plain path ------------------------------------------
+
+SMALL_LR = dict(method="ldam-drw", epochs=2, switch_epoch=1, lr=0.01, warmup_epochs=0, lr_milestones=[])
+
+
+def final_state(run_dir):
+    return torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["model"]
+
+
+def test_channels_last_matches_the_plain_path(tmp_path):
+    plain = training.run(quick(**SMALL_LR), tmp_path / "plain")
+    fast = training.run(quick(channels_last=True, **SMALL_LR), tmp_path / "channels_last")
+    moved = (torch.tensor(fast["final"]["confusion"]) - torch.tensor(plain["final"]["confusion"])).abs().sum()
+    assert moved <= 4  # at most two of 597 test predictions flip on float rounding
+    for a, b in zip(fast["history"], plain["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+    reference = final_state(tmp_path / "plain")
+    for name, tensor in final_state(tmp_path / "channels_last").items():  # other conv kernels, other rounding
+        torch.testing.assert_close(tensor, reference[name], rtol=2e-2, atol=1e-2)
+
+
+def test_bf16_autocast_stays_close_to_float32(tmp_path):
+    plain = training.run(quick(**SMALL_LR), tmp_path / "plain")
+    bf16 = training.run(quick(bf16=True, **SMALL_LR), tmp_path / "bf16")
+    for a, b in zip(bf16["history"], plain["history"]):  # bf16 keeps 8 bits of mantissa
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2)
+    assert bf16["final"]["error"] == pytest.approx(plain["final"]["error"], abs=5.0)
+
+
+def test_compiled_step_matches_the_plain_path(tmp_path, monkeypatch):
+    """torch.compile's graph capture (dynamo + AOT autograd) on the training step, last partial batch included.
+
+    The aot_eager backend stands in for inductor, whose C++ code generation takes minutes on 2 cores;
+    what mmlib controls (capturing the step, recompiling for the last batch's shape) is the same.
+    """
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model, mode: real_compile(model, mode=mode, backend="aot_eager"))
+    plain = training.run(quick(**SMALL_LR), tmp_path / "plain")
+    compiled = training.run(quick(compile="default", **SMALL_LR), tmp_path / "compiled")
+    assert len(load_dataset("digits", imb_type="exp", ratio=10.0).train_labels) % 128 != 0  # a partial batch
+    for a, b in zip(compiled["history"], plain["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+    reference = final_state(tmp_path / "plain")
+    for name, tensor in final_state(tmp_path / "compiled").items():
+        torch.testing.assert_close(tensor, reference[name], rtol=1e-3, atol=1e-4)
+
+
+def test_tensorboard_scalars_are_written_when_asked(tmp_path):
+    training.run(quick(method="erm", epochs=1, tensorboard=True), tmp_path / "r")
+    assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))
