@@ -54,7 +54,7 @@ class RunConfig:
     beta: float = _param(1.5, "MM's beta: delta^+ is beta times delta^- (Eq. 5)")
     mm_variant: str = _param("equations", "MM as the paper's equations, or as the released code behaves", MM_VARIANTS)
     focal_gamma: float = _param(1.0, "focal loss gamma (1, as the released LDAM-DRW code)")
-    cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.)")
+    cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.; LDAM-DRW's 0.9999; 1 gives inverse class frequency, Algorithm 1's n_y^-1)")
     ssp_epochs: int | None = _param(None, "rotation pre-training epochs of ldam-drw-ssp (default: the run's epochs)")
     ssp_seed: int = _param(0, "seed of ldam-drw-ssp's pre-training (runs of any seed share one pre-trained backbone)")
     # randomness and hardware
@@ -169,8 +169,8 @@ def validate(config: RunConfig) -> None:
     for name in ("momentum", "weight_decay", "max_m", "margin", "delta_neg", "beta", "focal_gamma", "warmup_epochs", "ssp_epochs"):
         at_least(name, 0)
     at_least("ratio", 1)
-    if not 0 <= config.cb_beta < 1:
-        raise ValueError(f"cb_beta must be in [0, 1), got {config.cb_beta}")
+    if not 0 <= config.cb_beta <= 1:
+        raise ValueError(f"cb_beta must be in [0, 1], got {config.cb_beta}")
     if config.switch_epoch is not None and not 0 <= config.switch_epoch < config.epochs:
         raise ValueError(
             f"switch_epoch {config.switch_epoch} is beyond the run: it must be in [0, {config.epochs}) for {config.epochs} epochs"

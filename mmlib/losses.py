@@ -43,13 +43,14 @@ def _check_non_negative(name: str, value: float) -> float:
 def class_balanced_weights(cls_num_list: Sequence[int], beta: float = 0.9999) -> torch.Tensor:
     """Cui et al. (CVPR 2019), Eq. 3: w_j = (1 - beta) / (1 - beta^n_j), rescaled to sum to C.
 
-    beta = 0 gives every class weight 1; beta -> 1 approaches inverse class frequency.
+    beta = 0 gives every class weight 1; beta = 1 is the limit, inverse class frequency 1 / n_j
+    (the n_y^-1 of the paper's Algorithm 1); LDAM-DRW uses beta = 0.9999.
     """
     counts = _check_counts(cls_num_list)
-    if not 0 <= beta < 1:
-        raise ValueError(f"beta (class-balanced) must be in [0, 1), got {beta}")
+    if not 0 <= beta <= 1:
+        raise ValueError(f"beta (class-balanced) must be in [0, 1], got {beta}")
     n = torch.tensor(counts, dtype=torch.float64)
-    weights = (1.0 - beta) / (1.0 - beta**n)
+    weights = 1.0 / n if beta == 1 else (1.0 - beta) / (1.0 - beta**n)
     return (weights * len(counts) / weights.sum()).float()
 
 

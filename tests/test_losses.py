@@ -75,6 +75,8 @@ def test_class_balanced_weights_follow_cui_et_al():
     expected = [w * 3 / sum(raw) for w in raw]
     assert class_balanced_weights(COUNTS, beta).tolist() == pytest.approx(expected, rel=1e-6)
     assert class_balanced_weights(COUNTS, 0.0).tolist() == pytest.approx([1.0, 1.0, 1.0])
+    inverse = [1 / n for n in COUNTS]  # beta = 1: the limit, Algorithm 1's n_y^-1
+    assert class_balanced_weights(COUNTS, 1.0).tolist() == pytest.approx([w * 3 / sum(inverse) for w in inverse], rel=1e-6)
 
 
 def test_class_balanced_weights_at_default_beta_sum_to_class_count():
@@ -330,7 +332,7 @@ def test_unknown_loss_lists_valid_names():
         (lambda: MMLoss(COUNTS, -0.6, 1.5), "delta_neg must be >= 0"),
         (lambda: FocalLoss(-1.0), "gamma must be >= 0"),
         (lambda: CrossEntropyLoss(num_classes=3, weight=torch.ones(4)), "weight has 4 values for 3 classes"),
-        (lambda: class_balanced_weights(COUNTS, 1.0), r"beta \(class-balanced\)"),
+        (lambda: class_balanced_weights(COUNTS, 1.5), r"beta \(class-balanced\) must be in \[0, 1\]"),
     ],
 )
 def test_bad_parameters_raise_value_error_naming_them(make, message):
