@@ -10,7 +10,7 @@ warm-up epoch, and prints images/s, the ratio to (a), peak memory, and the time 
 would take at that rate.
 
     python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560       # CPU
-    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --channels-last --fuse 8   # GPU
+    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --fuse 8                   # GPU
 """
 
 import argparse
@@ -71,7 +71,8 @@ def main() -> None:
     parser.add_argument("--fuse", type=int, default=4, help="K, the runs of (c)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of (a)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in (b) and (c)")
-    parser.add_argument("--channels-last", action="store_true", help="channels-last in (b) and (c)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="channels-last in (b) and (c), as a run's default")
     parser.add_argument("--compile", default="off", help="torch.compile mode of (b) and (c), e.g. reduce-overhead")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
