@@ -47,7 +47,7 @@ class RunConfig:
     lr_decay: float = _param(0.01, "lr factor at each milestone")
     switch_epoch: int | None = _param(None, "epoch where DRW / DRS switch on (default: the first milestone)")
     # losses
-    s: float | None = _param(None, "logit scale of the margin losses (default: 30 for LDAM / hinge / M-DRW as released; 10 for MM as the paper states)")
+    s: float | None = _param(None, "logit scale of the margin losses (default: 30 for LDAM as released, and for hinge and M-DRW, whose scale is unpublished; 10 for MM as the paper states)")
     max_m: float = _param(0.5, "LDAM's largest margin (that of the rarest class)")
     margin: float = _param(0.5, "uniform margin of HG-DRS and M-DRW (unpublished; LDAM's largest margin by default)")
     delta_neg: float = _param(0.6, "MM's delta^- (Eq. 3; default: Table 2's best for CIFAR-10 long-tailed 100)")

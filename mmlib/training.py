@@ -37,8 +37,8 @@ FUSABLE = {
     "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant",
     "focal_gamma", "cb_beta", "quiet", "tensorboard",
 }
-# Parameters a resumed run may change: they do not change what is computed.
-RESUMABLE_CHANGES = {"quiet", "tensorboard", "device", "compile", "eval_batch_size"}
+# Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
+RESUMABLE_CHANGES = {"quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic"}
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
 
 

@@ -62,7 +62,7 @@ def mm_delta(row, y, delta_neg, beta):
     if m > 0:
         return math.exp(-m - beta * delta_neg)
     if m < 0:
-        return math.exp(-(-m) - delta_neg)
+        return math.exp(-(max(v for j, v in enumerate(row) if j != y) - row[y]) - delta_neg)  # Eq. 3 as written
     return 0.0
 
 

@@ -13,7 +13,6 @@ from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.losses import class_balanced_weights
 from mmlib.methods import METHODS
-from mmlib.pipeline import TrainStream
 
 
 def quick(**overrides) -> dict:
