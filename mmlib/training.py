@@ -126,7 +126,8 @@ def checkpoint_epoch(run_dir: Path) -> int:
     return torch.load(path, map_location="cpu", weights_only=False)["epoch"] if path.exists() else 0
 
 
-def _environment(config: RunConfig, device: torch.device) -> dict:
+def _environment(device: torch.device) -> dict:
+    """What besides the parameters determines a run's results: versions, device, commit."""
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=Path(mmlib.__file__).parent, capture_output=True, text=True, timeout=10
@@ -134,7 +135,6 @@ def _environment(config: RunConfig, device: torch.device) -> dict:
     except OSError:
         commit = None
     return {
-        "config": config.to_dict(),
         "mmlib_version": mmlib.__version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
@@ -370,7 +370,7 @@ class _Group:
                 "final": [s["final"] for s in saved],
                 "best": [s["best"] for s in saved],
             }
-        environment = _environment(self.first, self.device)
+        environment = _environment(self.device)
         for config, run_dir in zip(self.configs, self.run_dirs):
             rundir.write_json(run_dir / rundir.CONFIG, {**environment, "config": config.to_dict()})
             rundir.write_json(run_dir / rundir.COUNTS, {
