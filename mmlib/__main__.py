@@ -2,6 +2,7 @@
 
   python -m mmlib train --run-dir DIR [run parameters]   one run (resumed if interrupted)
   python -m mmlib list TABLE [--settings ...] [--methods ...]   the cells of a paper table
+  python -m mmlib export-data --dataset D --data-root PATH --out FILE.npz   one setting in one file
   python -m mmlib sweep TABLE [options]                  a table's runs as papermill batches
   python -m mmlib sweep --preset quick                   the offline quick sweep, table and figures
 """
@@ -53,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("table", choices=paper.TABLES)
     _table_filters(listing)
 
+    export = commands.add_parser(
+        "export-data", help="write one imbalanced setting (training subset, test set, counts, checksums) to one .npz file",
+        description="Write one setting to a single file that --data-root (data_root in notebooks) reads: take it "
+                    "to a GPU node or a machine without internet instead of the whole dataset.")
+    run_config.add_arguments(export, run_config.DATASET_FIELDS)
+    export.add_argument("--out", required=True, help="the file to write, ending in .npz")
+
     sweep = commands.add_parser("sweep", help="run a table's cells x seeds through notebooks/train.ipynb with papermill")
     sweep.add_argument("table", nargs="?", choices=paper.TABLES)
     sweep.add_argument("--preset", choices=["quick"],
@@ -62,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--seeds", nargs="+", type=int, help="seeds of every cell (default: 0; 0 1 for the preset)")
     sweep.add_argument("--epochs", type=int, help="epochs of every run (default: the protocol's 200)")
     sweep.add_argument("--data-root", nargs="+", metavar="[DATASET=]PATH",
-                       help="where CIFAR is: one PATH for both, or cifar10=PATH cifar100=PATH")
+                       help="where CIFAR is: one PATH for both, cifar10=PATH cifar100=PATH, or a setting's "
+                            "dataset file from export-data, e.g. cifar10-exp-100=FILE.npz")
     sweep.add_argument("--out", help="runs root: <out>/<table>/<setting>/<run>/seed<k> (default: the checkout's runs/)")
     sweep.add_argument("--gpus", help="comma-separated GPU ids, one worker each (default: one worker)")
     sweep.add_argument("--fuse", type=int,
@@ -84,6 +93,18 @@ def _train(args) -> int:
         "best_error": results["best"]["error"],
         "group_error_final": results["final"]["group_error"],
     }, indent=1))
+    return 0
+
+
+def _export_data(args) -> int:
+    from mmlib import datafile
+    from mmlib.data import load_dataset
+
+    if not args.out.endswith(".npz"):
+        raise ValueError(f"--out {args.out}: a dataset file's name must end in .npz")
+    dataset = load_dataset(args.dataset, args.data_root, args.imb_type, args.ratio, args.rand_number, args.download)
+    path = datafile.export(dataset, args.out)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {dataset.description}")
     return 0
 
 
@@ -123,7 +144,7 @@ def _sweep(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _train, "list": _list, "sweep": _sweep}[args.command]
+    command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep}[args.command]
     try:
         return command(args)
     except (ValueError, FileNotFoundError) as err:

@@ -32,7 +32,7 @@ class RunConfig:
     dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", data.DATASETS)
     imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", data.IMBALANCE_TYPES)
     ratio: float = _param(100.0, "imbalance ratio n_max / n_min, at least 1 (1 for balanced)")
-    data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders)")
+    data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders), or a dataset file (.npz) written by export-data")
     download: bool = _param(False, "download CIFAR into data_root with torchvision")
     rand_number: int = _param(0, "seed of the imbalanced subset's selection (LDAM-DRW's rand_number)")
     arch: str = _param("resnet32", "network", tuple(ARCHS))
@@ -189,9 +189,14 @@ def validate(config: RunConfig) -> None:
     data.check_dataset_args(config.dataset, config.data_root, config.imb_type, config.ratio, config.download)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --option per RunConfig field, with its default and help."""
+DATASET_FIELDS = ("dataset", "data_root", "imb_type", "ratio", "rand_number", "download")
+
+
+def add_arguments(parser: argparse.ArgumentParser, names=None) -> None:
+    """One --option per RunConfig field (or per field in names), with its default and help."""
     for f in dataclasses.fields(RunConfig):
+        if names is not None and f.name not in names:
+            continue
         flag = "--" + f.name.replace("_", "-")
         text = f.metadata["help"] + (f" (default: {f.default})" if f.default is not None else "")
         if f.type in (bool, "bool"):

@@ -3,7 +3,8 @@
 A dataset is the full balanced test set plus a long-tailed ("exp") or step-imbalanced subset of the
 training set, selected exactly as LDAM-DRW's IMBALANCECIFAR10/100 do it. CIFAR images are read from
 the official python pickles, from an image-folder tree, or downloaded by torchvision on request;
-"digits" (scikit-learn's handwritten digits) is a small real dataset that needs no files at all.
+"digits" (scikit-learn's handwritten digits) is a small real dataset that needs no files at all. A
+data root ending in .npz is one setting exported to a single file (mmlib.datafile).
 """
 
 import hashlib
@@ -17,6 +18,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from mmlib import datafile
 from mmlib.rundir import atomic_write
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
@@ -155,6 +157,11 @@ def check_dataset_args(name, root, imb_type, ratio, download) -> None:
         raise ValueError(f"dataset name must be one of {DATASETS}, got {name!r}")
     n_max, num_classes = dataset_size(name)
     class_counts(n_max, num_classes, imb_type, ratio)
+    if datafile.is_dataset_file(root):
+        if not Path(root).is_file():
+            raise FileNotFoundError(f"dataset file {root} does not exist; write it with `python -m mmlib export-data "
+                                    f"--dataset {name} --imb-type {imb_type} --ratio {ratio:g} --data-root PATH --out {root}`")
+        return
     if name == "digits":
         return
     if root is None:
@@ -167,9 +174,12 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, imb_type: str
                  rand_number: int = 0, download: bool = False) -> ImbalancedDataset:
     """Load `name`, keep LDAM-DRW's imbalanced training subset and the full test set.
 
-    root and download are ignored for "digits", which ships with scikit-learn.
+    root and download are ignored for "digits", which ships with scikit-learn, unless root is a dataset
+    file (.npz, written by ``export-data``): that is read for any dataset, and must hold this setting.
     """
     check_dataset_args(name, root, imb_type, ratio, download)
+    if datafile.is_dataset_file(root):
+        return ImbalancedDataset(**datafile.read(root, name, imb_type, float(ratio), rand_number))
     split = _load_digits() if name == "digits" else _load_cifar(name, Path(root), download)
     n_max, num_classes = dataset_size(name)
     counts = class_counts(n_max, num_classes, imb_type, ratio)

@@ -54,11 +54,12 @@ class Job:
 
 
 def parse_data_roots(values: list[str] | None) -> dict[str | None, str]:
-    """``PATH`` (for every dataset) or ``cifar10=PATH cifar100=PATH`` -> {dataset or None: path}."""
+    """``PATH`` (for every dataset), ``cifar10=PATH cifar100=PATH``, or a setting's own dataset file
+    (``cifar10-exp-100=FILE.npz``) -> {setting, dataset or None: path}; a setting's entry wins over its dataset's."""
     roots = {}
     for value in values or []:
         name, sep, path = value.partition("=")
-        if sep and name in ("cifar10", "cifar100"):
+        if sep and (name in ("cifar10", "cifar100") or name in paper.SETTINGS):
             roots[name] = path
         else:
             roots[None] = value
@@ -80,7 +81,7 @@ def plan(table: str, out: str | Path, seeds=(0,), settings=None, methods=None, m
         if rundir.is_finished(run_dir):
             finished.append(run_dir)
             continue
-        root = data_roots.get(cell.setting.dataset, data_roots.get(None))
+        root = data_roots.get(cell.setting.name, data_roots.get(cell.setting.dataset, data_roots.get(None)))
         params = cell.run_params(seed=seed, quiet=True, **({"data_root": root} if root else {}), **(overrides or {}))
         config = RunConfig.from_dict(params)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
