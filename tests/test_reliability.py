@@ -91,14 +91,14 @@ def same_results(a: Path, b: Path) -> None:
 
 
 def test_second_process_on_a_run_dir_fails_at_once_and_a_killed_run_resumes_exactly(tmp_path):
-    params = tiny(epochs=6)
+    params = tiny(epochs=4)
     run_dir, straight = tmp_path / "run", tmp_path / "straight"
     reference = start(cli_args(params) + ["--run-dir", str(straight)], tmp_path)
     owner = start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path)
     lock = run_dir / rundir.LOCK
     wait_for(lambda: lock.exists() and lock.read_text().strip() == str(owner.pid), owner, "the lock")
     other = subprocess.run([sys.executable, "-m", "mmlib", "train", "--run-dir", str(run_dir),
-                            *cli_args(tiny(epochs=6, seed=1))], capture_output=True, text=True, timeout=120)
+                            *cli_args(tiny(epochs=4, seed=1))], capture_output=True, text=True, timeout=120)
     assert other.returncode == errors.RunDirBusyError.exit_code
     assert other.stderr.splitlines() == [
         f"error: {run_dir} is in use by process {owner.pid} (lock {lock}): wait for it to end, or give another run directory"
@@ -113,7 +113,7 @@ def test_second_process_on_a_run_dir_fails_at_once_and_a_killed_run_resumes_exac
     (run_dir / rundir.CONFIG).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(lr: 0.1 -> 0.05, seed: 0 -> 1, data_seed: 0 -> 1; "
                                          r"recorded in checkpoint.pt\)"):
-        training.run(tiny(epochs=6, seed=1, lr=0.05), run_dir)
+        training.run(tiny(epochs=4, seed=1, lr=0.05), run_dir)
 
     finish(start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path))  # the OS released the dead owner's lock
     finish(reference)
@@ -130,7 +130,7 @@ training.run_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.ar
 
 
 def test_a_killed_fused_run_resumes_exactly(tmp_path):
-    code = FUSED.format(tiny=tiny(epochs=5))
+    code = FUSED.format(tiny=tiny(epochs=3))
     dirs, straight = [str(tmp_path / "f0"), str(tmp_path / "f1")], [str(tmp_path / "s0"), str(tmp_path / "s1")]
     reference = subprocess.Popen([sys.executable, "-c", code, *straight],
                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
@@ -148,7 +148,7 @@ def test_a_killed_fused_run_resumes_exactly(tmp_path):
 
 
 def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
-    params = tiny(method="ldam-drw-ssp", epochs=1, ssp_epochs=5)
+    params = tiny(method="ldam-drw-ssp", epochs=1, ssp_epochs=3)
     reference = start(cli_args(params) + ["--run-dir", str(tmp_path / "straight")], tmp_path, cache="cache_straight")
     run = start(cli_args(params) + ["--run-dir", str(tmp_path / "run")], tmp_path, cache="cache_killed")
     ssp = tmp_path / "cache_killed" / "ssp"
