@@ -132,6 +132,21 @@ def locked(folder: Path, wait: bool = False):
         os.close(fd)
 
 
+def lock_owner(folder: Path) -> str | None:
+    """The pid holding ``folder``'s lock, None if it is free (a snapshot: it may change right after)."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: shared, so it never blocks another probe
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+
+
 def remove_stale_temp_files(folder: Path) -> None:
     """Remove temporary files a killed writer left behind (call only while holding the folder's lock)."""
     for tmp in Path(folder).glob(".*.tmp"):

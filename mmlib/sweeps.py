@@ -107,7 +107,11 @@ def _planned_epoch(run_dir: Path) -> int:
 
 
 def failure_reason(run_dir: Path) -> str:
-    """One line on why a run's notebook failed: the failing cell's error, else papermill.log's last line."""
+    """One line on why a run's notebook failed: another process holds the run, else the failing cell's
+    error, else papermill.log's last line."""
+    owner = rundir.lock_owner(run_dir)
+    if owner is not None:
+        return f"{run_dir} is in use by process {owner}"
     with contextlib.suppress(OSError, ValueError, AttributeError, KeyError):
         notebook = nbformat.read(Path(run_dir) / OUTPUT_NOTEBOOK, as_version=4)
         for cell in notebook.cells:
@@ -158,7 +162,13 @@ def execute(jobs: list[Job], gpus: list[int] | None = None, notebook: Path = TRA
 
 
 def _run_notebook(job: Job, notebook: Path, gpu: int | None) -> bool:
-    """Execute the notebook in a fresh process (so each worker sees only its GPU); copy it to every run."""
+    """Execute the notebook in a fresh process (so each worker sees only its GPU); copy it to every run.
+
+    A run another process is training (e.g. a second sweep over the same folder) is left alone: its
+    notebook and papermill.log are that process's.
+    """
+    if any(rundir.lock_owner(d) is not None for d in job.run_dirs):
+        return False
     first = job.run_dirs[0]
     first.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)

@@ -249,6 +249,23 @@ def test_planning_reads_the_epoch_without_loading_checkpoints_and_survives_corru
     assert rundir.checkpoint_info(seed0)["epoch"] == 2
 
 
+def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
+    jobs, _ = sweeps.plan("quick", tmp_path, seeds=[0], **PLAN)
+    run_dir = jobs[0].run_dirs[0]
+    holder = start(f"import time\nfrom mmlib import rundir\nwith rundir.locked({str(run_dir)!r}):\n"
+                   "    print('held', flush=True)\n    time.sleep(120)", tmp_path)
+    assert holder.stdout.readline() == "held\n"
+    lines = []
+    try:
+        failures = sweeps.execute(jobs, log=lines.append)
+    finally:
+        kill(holder)
+    assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]
+    assert lines == [f"[1/1] {jobs[0].labels[0]}: FAILED: {run_dir} is in use by process {holder.pid} "
+                     f"(see {run_dir / 'train.ipynb'})"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [rundir.LOCK]  # nothing of the holder's was touched
+
+
 # --- errors: one line, an exit code per kind -----------------------------------------------------------
 
 
