@@ -122,19 +122,20 @@ def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
 def _resumable_epoch(config: RunConfig, run_dir: Path) -> int:
     """Epochs the run's checkpoint completed (0 without one), refusing a run of other parameters.
 
-    The checkpoint's own configuration is the authority; config.json (a readable copy) only speaks
-    for a finished run whose checkpoint was deleted.
+    An unfinished run is compared with its checkpoint's configuration, the authority; a finished one
+    with config.json, the record its results were written with (no checkpoint is read for it).
     """
-    info = rundir.checkpoint_info(run_dir)
-    if info is not None:
-        if info["config"] is None:
-            raise CorruptFileError(f"{run_dir / rundir.CHECKPOINT} does not record its configuration (an older "
-                                   "mmlib wrote it); give another run_dir")
-        _refuse_other_parameters(info["config"], config, run_dir / rundir.CHECKPOINT)
-        return info["epoch"]
     if rundir.is_finished(run_dir):
         _refuse_other_parameters(rundir.read_json(run_dir / rundir.CONFIG)["config"], config, run_dir / rundir.CONFIG)
-    return 0
+        return 0
+    info = rundir.checkpoint_info(run_dir)
+    if info is None:
+        return 0
+    if info["config"] is None:
+        raise CorruptFileError(f"{run_dir / rundir.CHECKPOINT} does not record its configuration (an older "
+                               "mmlib wrote it); give another run_dir")
+    _refuse_other_parameters(info["config"], config, run_dir / rundir.CHECKPOINT)
+    return info["epoch"]
 
 
 def _refuse_other_parameters(before: dict, config: RunConfig, source: Path) -> None:
@@ -477,6 +478,8 @@ def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.de
     }
     key = hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "ssp" / key
+    if (folder / "backbone.pt").exists():  # without taking the lock, so that a read-only cache serves
+        return torch.load(folder / "backbone.pt", map_location="cpu")
     with rundir.locked(folder, wait=True):  # runs started in parallel wait for one pre-training, then share it
         return _ssp_pretrain(pretrain, determines, folder, dataset, device, config.quiet)
 
@@ -484,7 +487,7 @@ def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.de
 def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: ImbalancedDataset, device,
                   quiet: bool) -> dict:
     """ssp_backbone's pre-training in its cache folder (held locked), resumed from its checkpoint."""
-    if (folder / "backbone.pt").exists():
+    if (folder / "backbone.pt").exists():  # pre-trained by the process this one waited for
         return torch.load(folder / "backbone.pt", map_location="cpu")
     rundir.remove_stale_temp_files(folder)
     rundir.write_json(folder / "determines.json", determines)

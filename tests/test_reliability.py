@@ -90,35 +90,25 @@ def same_results(a: Path, b: Path) -> None:
 # --- one process per run directory; kills resume exactly -------------------------------------------
 
 
-def test_second_process_on_a_run_dir_fails_at_once_and_a_killed_run_resumes_exactly(tmp_path):
-    params = tiny(epochs=4)
-    run_dir, straight = tmp_path / "run", tmp_path / "straight"
-    reference = start(cli_args(params) + ["--run-dir", str(straight)], tmp_path)
+def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_lock(tmp_path):
+    params, run_dir = tiny(epochs=100), tmp_path / "run"  # killed long before its end
     owner = start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path)
     lock = run_dir / rundir.LOCK
     wait_for(lambda: lock.exists() and lock.read_text().strip() == str(owner.pid), owner, "the lock")
-    other = subprocess.run([sys.executable, "-m", "mmlib", "train", "--run-dir", str(run_dir),
-                            *cli_args(tiny(epochs=4, seed=1))], capture_output=True, text=True, timeout=120)
-    assert other.returncode == errors.RunDirBusyError.exit_code
-    assert other.stderr.splitlines() == [
-        f"error: {run_dir} is in use by process {owner.pid} (lock {lock}): wait for it to end, or give another run directory"
-    ]
+    others = [start(cli_args(p) + ["--run-dir", str(run_dir)], tmp_path) for p in (params, tiny(epochs=100, seed=1))]
+    for other in others:  # an identical run, and one of another seed
+        _, err = other.communicate(timeout=240)
+        assert other.returncode == errors.RunDirBusyError.exit_code
+        assert err.splitlines() == [
+            f"error: {run_dir} is in use by process {owner.pid} (lock {lock}): wait for it to end, or give another run directory"
+        ]
     wait_for(checkpointed(run_dir), owner, "the first checkpoint")
     kill(owner)
-    assert not rundir.is_finished(run_dir)
-    stale = run_dir / ".checkpoint.pt.x1y2z3.tmp"  # what a kill during a write leaves
-    stale.write_bytes(b"\0" * 1000)
-
-    # Without config.json, the checkpoint still knows its parameters (issue 11, point 2).
+    # The OS released the dead owner's lock; without config.json the checkpoint still knows its parameters.
     (run_dir / rundir.CONFIG).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(lr: 0.1 -> 0.05, seed: 0 -> 1, data_seed: 0 -> 1; "
                                          r"recorded in checkpoint.pt\)"):
-        training.run(tiny(epochs=4, seed=1, lr=0.05), run_dir)
-
-    finish(start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path))  # the OS released the dead owner's lock
-    finish(reference)
-    assert not stale.exists()
-    same_results(run_dir, straight)
+        training.run(tiny(epochs=100, seed=1, lr=0.05), run_dir)
 
 
 FUSED = """
@@ -130,7 +120,7 @@ training.run_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.ar
 
 
 def test_a_killed_fused_run_resumes_exactly(tmp_path):
-    code = FUSED.format(tiny=tiny(epochs=3))
+    code = FUSED.format(tiny=tiny(epochs=2))
     dirs, straight = [str(tmp_path / "f0"), str(tmp_path / "f1")], [str(tmp_path / "s0"), str(tmp_path / "s1")]
     reference = subprocess.Popen([sys.executable, "-c", code, *straight],
                                  env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
@@ -148,7 +138,7 @@ def test_a_killed_fused_run_resumes_exactly(tmp_path):
 
 
 def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
-    params = tiny(method="ldam-drw-ssp", epochs=1, ssp_epochs=3)
+    params = tiny(method="ldam-drw-ssp", epochs=1, ssp_epochs=2)
     reference = start(cli_args(params) + ["--run-dir", str(tmp_path / "straight")], tmp_path, cache="cache_straight")
     run = start(cli_args(params) + ["--run-dir", str(tmp_path / "run")], tmp_path, cache="cache_killed")
     ssp = tmp_path / "cache_killed" / "ssp"
@@ -168,17 +158,17 @@ def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
 
 
 def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_path, monkeypatch):
-    params = tiny(epochs=5, checkpoint_every=2)
+    params = tiny(epochs=3, checkpoint_every=2)
     straight = training.run(params, tmp_path / "straight")
     real_save, saved = rundir.save_checkpoint, []
 
-    def crash_at_epoch_4(folder, state):
-        if state["epoch"] == 4:
+    def crash_at_epoch_3(folder, state):
+        if state["epoch"] == 3:
             raise KeyboardInterrupt
         saved.append(state["epoch"])
         real_save(folder, state)
 
-    monkeypatch.setattr(rundir, "save_checkpoint", crash_at_epoch_4)
+    monkeypatch.setattr(rundir, "save_checkpoint", crash_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         training.run(params, tmp_path / "run")
     assert saved == [2]
@@ -186,8 +176,8 @@ def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_pa
     resumed = training.run({**params, "checkpoint_every": 3}, tmp_path / "run")  # may change on resume
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
-    assert rundir.load_checkpoint(tmp_path / "run")["epoch"] == 5  # after the last epoch
-    assert torch.load(tmp_path / "run" / rundir.PREVIOUS_CHECKPOINT, weights_only=False)["epoch"] == 3
+    assert rundir.load_checkpoint(tmp_path / "run")["epoch"] == 3  # after the last epoch
+    assert torch.load(tmp_path / "run" / rundir.PREVIOUS_CHECKPOINT, weights_only=False)["epoch"] == 2
 
 
 def interrupted_run(tmp_path, epochs=2) -> Path:
@@ -204,11 +194,14 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_pa
     straight = rundir.load_checkpoint(run_dir)
     latest = run_dir / rundir.CHECKPOINT
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    stale = run_dir / ".checkpoint.pt.x1y2z3.tmp"  # what a kill during a write leaves
+    stale.write_bytes(latest.read_bytes())
     with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable; resuming "
                                          rf"from the previous checkpoint {run_dir / rundir.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
         resumed = training.run(tiny(), run_dir)
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
+    assert not stale.exists()
 
 
 def test_no_usable_checkpoint_is_one_error_line_naming_the_files(tmp_path, capsys):
@@ -382,5 +375,8 @@ def test_a_resumed_run_accepts_only_resumable_changes(tmp_path):
     training.run(tiny(epochs=1), run_dir)
     assert json.loads((run_dir / rundir.CHECKPOINT_INFO).read_text())["config"]["epochs"] == 1
     training.run(tiny(epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
+    with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in config.json\)"):
+        training.run(tiny(epochs=2), run_dir)  # finished: its results were written with config.json
+    (run_dir / rundir.FINISHED).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in checkpoint.pt\)"):
         training.run(tiny(epochs=2), run_dir)

@@ -226,7 +226,7 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
 
 def test_a_run_dir_with_other_parameters_is_refused(tmp_path):
     training.run(quick(method="erm", epochs=1), tmp_path / "r")
-    with pytest.raises(ValueError, match=r"other parameters \(method: 'erm' -> 'focal'.*checkpoint.pt"):
+    with pytest.raises(ValueError, match=r"other parameters \(method: 'erm' -> 'focal'.*config.json"):
         training.run(quick(method="focal", epochs=1), tmp_path / "r")
 
 
