@@ -5,15 +5,20 @@
   python -m mmlib export-data --dataset D --data-root PATH --out FILE.npz   one setting in one file
   python -m mmlib sweep TABLE [options]                  a table's runs as papermill batches
   python -m mmlib sweep --preset quick                   the offline quick sweep, table and figures
+
+Errors are one line, "error: ...", with an exit code per kind (mmlib.errors); --debug (or
+MMLIB_DEBUG=1) shows the traceback instead.
 """
 
 import argparse
 import ast
 import json
+import os
 import sys
+import warnings
 
 from mmlib import config as run_config
-from mmlib import paper, rundir
+from mmlib import errors, paper, rundir
 from mmlib.methods import METHODS
 
 def _method_table() -> str:
@@ -44,24 +49,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m mmlib", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error (or set MMLIB_DEBUG=1)")
 
     train = commands.add_parser("train", help="train one run into a run directory (resumes it if interrupted)",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_method_table())
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_method_table(),
+                                parents=[common])
     train.add_argument("--run-dir", required=True, help="the run directory (created; resumed if it holds a checkpoint)")
     run_config.add_arguments(train)
 
-    listing = commands.add_parser("list", help="the cells of a paper table: setting, method, parameters, paper's error")
+    listing = commands.add_parser("list", help="the cells of a paper table: setting, method, parameters, paper's error",
+                                  parents=[common])
     listing.add_argument("table", choices=paper.TABLES)
     _table_filters(listing)
 
     export = commands.add_parser(
         "export-data", help="write one imbalanced setting (training subset, test set, counts, checksums) to one .npz file",
         description="Write one setting to a single file that --data-root (data_root in notebooks) reads: take it "
-                    "to a GPU node or a machine without internet instead of the whole dataset.")
+                    "to a GPU node or a machine without internet instead of the whole dataset.", parents=[common])
     run_config.add_arguments(export, run_config.DATASET_FIELDS)
     export.add_argument("--out", required=True, help="the file to write, ending in .npz")
 
-    sweep = commands.add_parser("sweep", help="run a table's cells x seeds through notebooks/train.ipynb with papermill")
+    sweep = commands.add_parser("sweep", help="run a table's cells x seeds through notebooks/train.ipynb with papermill",
+                                parents=[common])
     sweep.add_argument("table", nargs="?", choices=paper.TABLES)
     sweep.add_argument("--preset", choices=["quick"],
                        help="quick: the offline sweep of the quick table (digits, ResNet-8, 20 epochs of batch 32, seeds "
@@ -145,11 +155,15 @@ def _sweep(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep}[args.command]
+    warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
     try:
         return command(args)
-    except (ValueError, FileNotFoundError) as err:
+    except Exception as err:
+        code = errors.exit_code(err)
+        if code is None or args.debug or os.environ.get("MMLIB_DEBUG") == "1":
+            raise
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return code
 
 
 if __name__ == "__main__":

@@ -68,6 +68,11 @@ class RunConfig:
     # evaluation and output
     eval_every: int = _param(1, "evaluate on the test set every this many epochs (and at the end)")
     eval_batch_size: int = _param(1024, "evaluation batch size")
+    checkpoint_every: int = _param(10, "write the checkpoint every this many epochs and after the last; a killed run "
+                                       "redoes at most this many. Not every epoch: on a GPU a CIFAR-LT epoch is expected to "
+                                       "take well under a second, while one run's checkpoint (ResNet-32 and its optimizer, "
+                                       "3.6 MB, fsync'ed) took 60 ms and 8 fused runs' 0.8 s on a CPU machine "
+                                       "(benchmarks/checkpoint_write.py)")
     quiet: bool = _param(False, "no progress bar")
     tensorboard: bool = _param(False, "write TensorBoard scalars into the run directory")
 
@@ -81,6 +86,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, params: dict) -> "RunConfig":
         """From a dict (e.g. a notebook's parameters); unknown keys are an error, not ignored."""
+        if not isinstance(params, dict):
+            raise ValueError(f"run parameters must be a dict of name: value, got {type(params).__name__}")
         unknown = sorted(set(params) - set(cls.names()))
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(cls.names())}")
@@ -162,13 +169,21 @@ def validate(config: RunConfig) -> None:
         if value is not None and (not math.isfinite(value) or value < low or (strict and value == low)):
             raise ValueError(f"{name} must be {'>' if strict else '>='} {low}, got {value}")
 
-    for name in ("epochs", "batch_size", "eval_every", "eval_batch_size"):
+    for name in ("epochs", "batch_size", "eval_every", "eval_batch_size", "ssp_epochs", "checkpoint_every"):
         at_least(name, 1)
     for name in ("lr", "s"):
         at_least(name, 0, strict=True)
-    for name in ("momentum", "weight_decay", "max_m", "margin", "delta_neg", "beta", "focal_gamma", "warmup_epochs", "ssp_epochs"):
+    for name in ("weight_decay", "max_m", "margin", "delta_neg", "beta", "focal_gamma", "warmup_epochs"):
         at_least(name, 0)
     at_least("ratio", 1)
+    if not 0 <= config.momentum < 1:
+        raise ValueError(f"momentum must be in [0, 1), got {config.momentum}")
+    if not 0 < config.lr_decay <= 1:
+        raise ValueError(f"lr_decay must be in (0, 1], got {config.lr_decay}")
+    for name in ("seed", "data_seed", "ssp_seed", "rand_number"):  # numpy's RandomState takes 32-bit seeds
+        value = getattr(config, name)
+        if value is not None and not 0 <= value < 2**32:
+            raise ValueError(f"{name} must be in [0, 2**32), got {value}")
     if not 0 <= config.cb_beta <= 1:
         raise ValueError(f"cb_beta must be in [0, 1], got {config.cb_beta}")
     if config.switch_epoch is not None and not 0 <= config.switch_epoch < config.epochs:

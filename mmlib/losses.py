@@ -19,12 +19,18 @@ import torch.nn.functional as F
 
 
 def _check_counts(cls_num_list: Sequence[int]) -> list[int]:
-    counts = [int(n) for n in cls_num_list]
+    """The class counts as ints; whole positive numbers only (1.5 images of a class is a mistake, not 1)."""
+    counts = []
+    for j, n in enumerate(cls_num_list):
+        try:
+            whole = not isinstance(n, (bool, str)) and float(n) == int(n) and n > 0
+        except (TypeError, ValueError, OverflowError):  # NaN, infinity, None, ...
+            whole = False
+        if not whole:
+            raise ValueError(f"cls_num_list must hold positive whole class counts; class {j} has {n!r}")
+        counts.append(int(n))
     if len(counts) == 0:
         raise ValueError("cls_num_list is empty: give the number of training images of every class")
-    bad = [(j, n) for j, n in enumerate(counts) if n <= 0]
-    if bad:
-        raise ValueError(f"cls_num_list must hold positive class counts; class {bad[0][0]} has {bad[0][1]}")
     return counts
 
 
@@ -90,8 +96,14 @@ class _WeightedLoss(nn.Module):
         """Checks shapes and labels; returns the logits in a precision fit for the loss."""
         if logits.dim() != 2:
             raise ValueError(f"logits must be (batch, classes), got shape {tuple(logits.shape)}")
+        if not logits.is_floating_point():  # integer logits would silently lose the margins' fractions
+            raise ValueError(f"logits must be floating point, got {logits.dtype}")
         if target.shape != logits.shape[:1]:
             raise ValueError(f"target must have shape ({logits.shape[0]},), got {tuple(target.shape)}")
+        if target.dtype != torch.int64:
+            raise ValueError(f"target must hold class labels as int64, got {target.dtype}")
+        if len(target) == 0:
+            raise ValueError("the batch is empty (logits and target have 0 rows): its mean loss is undefined")
         num_classes = logits.shape[1]
         if self.num_classes is not None and num_classes != self.num_classes:
             raise ValueError(

@@ -2,18 +2,28 @@
 
     config.json        every resolved parameter, mmlib / torch versions, device, git commit
     class_counts.json  the training set's class names, counts, many/medium/few groups, description
-    checkpoint.pt      model, optimizer, completed epochs, every RNG state, history so far
+    checkpoint.pt      model, optimizer, completed epochs, every RNG state, history so far, the resolved
+                       configuration it was trained with (the authority on resume)
+    checkpoint.prev.pt the checkpoint before, kept until the new one is complete
+    checkpoint.json    the latest checkpoint's epoch and configuration, readable without loading it
+    .lock              held (flock) by the process training the run; holds its pid
     metrics.json       final and best epoch results, per-epoch history
     per_class.csv      per-class training count, group, final and best error
     FINISHED           written last: the run is complete
 """
 
+import contextlib
+import fcntl
+import io
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+
+from mmlib.errors import CorruptFileError, NoSpaceError, RunDirBusyError, is_no_space
 
 # Defaults of the notebooks and the CLI, the same wherever they are started from: the checkout's folders.
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -28,10 +38,35 @@ CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "per_class.csv",
     "FINISHED",
 )
+PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK = "checkpoint.prev.pt", "checkpoint.json", ".lock"
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
+class _FdWriter(io.RawIOBase):
+    """Writes through os.write, the one place a test can stand in for a full disk (ENOSPC)."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def write(self, data) -> int:
+        return os.write(self._fd, data)
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def atomic_write(path: Path, write, keep_previous: Path | None = None) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    With ``keep_previous``, the file ``path`` held is first renamed to it, once the new one is complete.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -39,13 +74,18 @@ def atomic_write(path: Path, write) -> None:
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result should be an ordinary file
     try:
-        with os.fdopen(fd, "wb") as f:
+        with io.BufferedWriter(_FdWriter(fd), 1 << 20) as f:
             write(f)
             f.flush()
-            os.fsync(f.fileno())
+            os.fsync(fd)
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        if is_no_space(err):  # torch reports it as "unexpected pos", the cause buried in the chain
+            raise NoSpaceError(f"no space left on the device writing {path}: free some space there and run the "
+                               "same command again (what was written before is kept)") from err
         raise
 
 
@@ -62,7 +102,117 @@ def save_torch(path: Path, obj) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CorruptFileError(f"{path} is not readable JSON ({err}); restore it, or delete it and rerun "
+                               "to write it again") from err
+
+
+@contextlib.contextmanager
+def locked(folder: Path, wait: bool = False):
+    """Hold ``folder``'s lock: an OS lock (flock), released on exit and by the OS if the process dies.
+
+    Another holder makes this fail at once with RunDirBusyError naming its pid, or with ``wait``, wait for it.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirBusyError(f"{folder} is in use by process {owner} (lock {folder / LOCK}): wait for it to end, "
+                                  "or give another run directory") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_owner(folder: Path) -> str | None:
+    """The pid holding ``folder``'s lock, None if it is free (a snapshot: it may change right after)."""
+    try:
+        fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: shared, so it never blocks another probe
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Remove temporary files a killed writer left behind (call only while holding the folder's lock)."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def _identity(path: Path) -> list[int]:
+    stat = path.stat()
+    return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
+
+
+def save_checkpoint(folder: Path, state: dict) -> None:
+    """Write ``state`` (holding "epoch", and "config" for a run) as the folder's checkpoint.
+
+    The checkpoint before stays as checkpoint.prev.pt; checkpoint.json then records the new one's epoch
+    and config with the file's identity, so that a stale checkpoint.json is recognised as such.
+    """
+    folder = Path(folder)
+    atomic_write(folder / CHECKPOINT, lambda f: torch.save(state, f), keep_previous=folder / PREVIOUS_CHECKPOINT)
+    write_json(folder / CHECKPOINT_INFO, {
+        "epoch": state["epoch"], "config": state.get("config"), "file": _identity(folder / CHECKPOINT),
+    })
+
+
+def load_checkpoint(folder: Path) -> dict | None:
+    """The folder's latest usable checkpoint, None if it has none.
+
+    A corrupt checkpoint.pt falls back to checkpoint.prev.pt with a warning naming both; with neither
+    usable, CorruptFileError names them and what to do.
+    """
+    folder = Path(folder)
+    present = [p for p in (folder / CHECKPOINT, folder / PREVIOUS_CHECKPOINT) if p.exists()]
+    problems = []
+    for path in present:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "epoch" not in state:
+                raise ValueError("not an mmlib checkpoint")
+        except OSError:
+            raise
+        except Exception as err:  # any other failure to unpickle means the bytes are not a checkpoint
+            problems.append(f"{path} ({type(err).__name__}: {str(err).split('. ')[0][:120]})")
+            continue
+        if problems:
+            warnings.warn(f"{problems[0]} is unusable; resuming from the previous checkpoint {path} "
+                          f"(epoch {state['epoch']})", stacklevel=2)
+        return state
+    if problems:
+        raise CorruptFileError(f"no usable checkpoint in {folder}: {'; '.join(problems)}. Delete "
+                               f"{' and '.join(p.name for p in present)} there to train this run from scratch")
+    return None
+
+
+def checkpoint_info(folder: Path) -> dict | None:
+    """{"epoch", "config"} of the checkpoint load_checkpoint would return (None without one).
+
+    Read from checkpoint.json when it describes the current checkpoint.pt, so that planning a sweep
+    does not load every checkpoint; otherwise from the checkpoint itself.
+    """
+    folder = Path(folder)
+    with contextlib.suppress(OSError, CorruptFileError, KeyError, TypeError):
+        info = read_json(folder / CHECKPOINT_INFO)
+        if info["file"] == _identity(folder / CHECKPOINT):
+            return {"epoch": info["epoch"], "config": info["config"]}
+    state = load_checkpoint(folder)
+    return None if state is None else {"epoch": state["epoch"], "config": state.get("config")}
 
 
 def is_finished(run_dir: Path) -> bool:

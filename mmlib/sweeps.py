@@ -7,6 +7,7 @@ setting that can train as one fused model (mmlib.training.fusion_key) are groupe
 runs a notebook; on several GPUs there is one worker per GPU, each seeing only its own.
 """
 
+import contextlib
 import itertools
 import os
 import queue
@@ -19,11 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
 import yaml
 
 from mmlib import paper, rundir
 from mmlib.config import RunConfig
-from mmlib.training import checkpoint_epoch, fusion_key
+from mmlib.errors import CorruptFileError
+from mmlib.training import fusion_key
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TRAIN_NOTEBOOK = NOTEBOOKS / "train.ipynb"
@@ -85,14 +88,42 @@ def plan(table: str, out: str | Path, seeds=(0,), settings=None, methods=None, m
         params = cell.run_params(seed=seed, quiet=True, **({"data_root": root} if root else {}), **(overrides or {}))
         config = RunConfig.from_dict(params)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
-        pending.append((fusion_key(config), checkpoint_epoch(run_dir), label, run_dir, params))
+        pending.append((fusion_key(config), _planned_epoch(run_dir), label, run_dir, params))
     jobs = []
-    for _, group in itertools.groupby(sorted(pending, key=lambda p: p[:2]), key=lambda p: p[:2]):
+    for (_, epoch), group in itertools.groupby(sorted(pending, key=lambda p: p[:2]), key=lambda p: p[:2]):
         group = list(group)
-        for start in range(0, len(group), fuse):
+        for start in range(0, len(group), fuse if epoch >= 0 else 1):
             chunk = group[start:start + fuse]
             jobs.append(Job([c[2] for c in chunk], [c[3] for c in chunk], [c[4] for c in chunk]))
     return jobs, finished
+
+
+def _planned_epoch(run_dir: Path) -> int:
+    """The epoch a run resumes from, for grouping; -1 if its directory is unusable: it then runs alone,
+    so that its notebook fails with the reason and the others are not held back."""
+    with contextlib.suppress(OSError, CorruptFileError):
+        info = rundir.checkpoint_info(run_dir)
+        return 0 if info is None else info["epoch"]
+    return -1
+
+
+def failure_reason(run_dir: Path) -> str:
+    """One line on why a run's notebook failed: another process holds the run, else the failing cell's
+    error, else papermill.log's last line."""
+    owner = rundir.lock_owner(run_dir)
+    if owner is not None:
+        return f"{run_dir} is in use by process {owner}"
+    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError):
+        notebook = nbformat.read(Path(run_dir) / OUTPUT_NOTEBOOK, as_version=4)
+        for cell in notebook.cells:
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    return f"{output['ename']}: {output['evalue']}".splitlines()[0]
+    with contextlib.suppress(OSError):
+        lines = [line for line in (Path(run_dir) / "papermill.log").read_text().splitlines() if line.strip()]
+        if lines:
+            return lines[-1].strip()
+    return "no error recorded (the notebook did not run)"
 
 
 def execute(jobs: list[Job], gpus: list[int] | None = None, notebook: Path = TRAIN_NOTEBOOK, log=print) -> list[tuple[str, Path]]:
@@ -120,7 +151,7 @@ def execute(jobs: list[Job], gpus: list[int] | None = None, notebook: Path = TRA
                         line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
                     else:
                         failures.append((label, run_dir / OUTPUT_NOTEBOOK))
-                        line += f"FAILED, see {run_dir / OUTPUT_NOTEBOOK}"
+                        line += f"FAILED: {failure_reason(run_dir)} (see {run_dir / OUTPUT_NOTEBOOK})"
                     log(line)
 
     workers = [threading.Thread(target=worker, args=(gpu,)) for gpu in (gpus or [None])]
@@ -132,7 +163,13 @@ def execute(jobs: list[Job], gpus: list[int] | None = None, notebook: Path = TRA
 
 
 def _run_notebook(job: Job, notebook: Path, gpu: int | None) -> bool:
-    """Execute the notebook in a fresh process (so each worker sees only its GPU); copy it to every run."""
+    """Execute the notebook in a fresh process (so each worker sees only its GPU); copy it to every run.
+
+    A run another process is training (e.g. a second sweep over the same folder) is left alone: its
+    notebook and papermill.log are that process's.
+    """
+    if any(rundir.lock_owner(d) is not None for d in job.run_dirs):
+        return False
     first = job.run_dirs[0]
     first.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
@@ -173,7 +210,7 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
     if failures:
         log(f"{len(failures)} runs failed:")
         for label, notebook in failures:
-            log(f"  {label}: {notebook}")
+            log(f"  {label}: {failure_reason(notebook.parent)} (see {notebook})")
     return failures
 
 

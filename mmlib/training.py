@@ -27,6 +27,7 @@ import mmlib
 from mmlib import rundir
 from mmlib.config import RunConfig
 from mmlib.data import ImbalancedDataset, cache_dir, load_dataset
+from mmlib.errors import CorruptFileError, NonFiniteLossError
 from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights
 from mmlib.methods import active, get_method
 from mmlib.models import build_model, merge_state_dicts, split_state_dict
@@ -38,12 +39,10 @@ FUSABLE = {
     "focal_gamma", "cb_beta", "quiet", "tensorboard",
 }
 # Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
-RESUMABLE_CHANGES = {"quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic"}
+RESUMABLE_CHANGES = {
+    "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic", "checkpoint_every",
+}
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the run's last good checkpoint is kept."""
 
 
 def learning_rate(config: RunConfig, epoch: int) -> float:
@@ -68,21 +67,30 @@ def run(config: RunConfig | dict, run_dir: str | Path) -> dict:
 
 
 def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> list[dict]:
-    """Train several runs as one fused model; finished runs are skipped, interrupted ones resumed."""
+    """Train several runs as one fused model; finished runs are skipped, interrupted ones resumed.
+
+    Each unfinished run directory is locked (rundir.locked) before anything is written into it.
+    """
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
     configs = [c.resolve() for c in configs]
     run_dirs = [Path(d) for d in run_dirs]
     _check_group(configs, run_dirs)
-    pending = [i for i, d in enumerate(run_dirs) if not rundir.is_finished(d)]
-    if pending:
-        first = configs[0]
-        dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
-        device = select_device(first.device)
-        by_epoch = {}
-        for i in pending:  # runs fuse only when they resume from the same epoch
-            by_epoch.setdefault(checkpoint_epoch(run_dirs[i]), []).append(i)
-        for group in by_epoch.values():
-            _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device).train()
+    with contextlib.ExitStack() as locks:
+        for d in run_dirs:
+            if not rundir.is_finished(d):
+                locks.enter_context(rundir.locked(d))
+        epochs = [_resumable_epoch(c, d) for c, d in zip(configs, run_dirs)]
+        pending = [i for i, d in enumerate(run_dirs) if not rundir.is_finished(d)]
+        if pending:
+            first = configs[0]
+            dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
+            device = select_device(first.device)
+            by_epoch = {}
+            for i in pending:  # runs fuse only when they resume from the same epoch
+                rundir.remove_stale_temp_files(run_dirs[i])
+                by_epoch.setdefault(epochs[i], []).append(i)
+            for group in by_epoch.values():
+                _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device).train()
     return [rundir.load_results(d) for d in run_dirs]
 
 
@@ -109,21 +117,34 @@ def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
                 f"runs {configs[0].method} and {config.method} cannot train fused: they differ in "
                 f"{', '.join(differ) or 'head or SSP pre-training'}"
             )
-    for config, run_dir in zip(configs, run_dirs):
-        saved = run_dir / rundir.CONFIG
-        if saved.exists():
-            before = rundir.read_json(saved)["config"]
-            after = config.to_dict()
-            changed = [k for k in after if k not in RESUMABLE_CHANGES and before.get(k) != after[k]]
-            if changed:
-                details = ", ".join(f"{k}: {before.get(k)!r} -> {after[k]!r}" for k in changed)
-                raise ValueError(f"{run_dir} holds a run with other parameters ({details}); use another run_dir")
 
 
-def checkpoint_epoch(run_dir: Path) -> int:
-    """Epochs completed by the run's last checkpoint (0 without one)."""
-    path = run_dir / rundir.CHECKPOINT
-    return torch.load(path, map_location="cpu", weights_only=False)["epoch"] if path.exists() else 0
+def _resumable_epoch(config: RunConfig, run_dir: Path) -> int:
+    """Epochs the run's checkpoint completed (0 without one), refusing a run of other parameters.
+
+    An unfinished run is compared with its checkpoint's configuration, the authority; a finished one
+    with config.json, the record its results were written with (no checkpoint is read for it).
+    """
+    if rundir.is_finished(run_dir):
+        _refuse_other_parameters(rundir.read_json(run_dir / rundir.CONFIG)["config"], config, run_dir / rundir.CONFIG)
+        return 0
+    info = rundir.checkpoint_info(run_dir)
+    if info is None:
+        return 0
+    if info["config"] is None:
+        raise CorruptFileError(f"{run_dir / rundir.CHECKPOINT} does not record its configuration (an older "
+                               "mmlib wrote it); give another run_dir")
+    _refuse_other_parameters(info["config"], config, run_dir / rundir.CHECKPOINT)
+    return info["epoch"]
+
+
+def _refuse_other_parameters(before: dict, config: RunConfig, source: Path) -> None:
+    after = config.to_dict()
+    changed = [k for k in after if k not in RESUMABLE_CHANGES and before.get(k) != after[k]]
+    if changed:
+        details = ", ".join(f"{k}: {before.get(k)!r} -> {after[k]!r}" for k in changed)
+        raise ValueError(f"{source.parent} holds a run with other parameters ({details}; recorded in {source.name}); "
+                         f"give another run_dir (only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)")
 
 
 def _environment(device: torch.device) -> dict:
@@ -285,7 +306,8 @@ class _Group:
                         for name, value in entry.items():
                             if isinstance(value, float):
                                 writer.add_scalar(name, value, epoch + 1)
-                self._checkpoint(state)
+                if (epoch + 1) % first.checkpoint_every == 0 or epoch + 1 == first.epochs:
+                    self._checkpoint(state)
                 bar.set_postfix(lr=f"{lr:.2g}", loss="/".join(f"{v:.3f}" for v in losses),
                                 err="/".join(f"{e.get('test_error', math.nan):.1f}" for e in entries))
             for writer in writers:
@@ -354,9 +376,15 @@ class _Group:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""
         runs = len(self.configs)
         state = {"epoch": 0, "history": [[] for _ in range(runs)], "final": [None] * runs, "best": [None] * runs}
-        paths = [d / rundir.CHECKPOINT for d in self.run_dirs]
-        if all(p.exists() for p in paths):
-            saved = [torch.load(p, map_location="cpu", weights_only=False) for p in paths]
+        saved = [rundir.load_checkpoint(d) for d in self.run_dirs]
+        self.checkpointed_epoch = None
+        if any(s is not None for s in saved):
+            epochs = {s and s["epoch"] for s in saved}
+            if len(epochs) > 1:  # run_many groups by checkpoint.json; only a checkpoint corrupted since gets here
+                raise CorruptFileError(f"the checkpoints of {', '.join(map(str, self.run_dirs))} changed under "
+                                       f"their checkpoint.json (epochs {sorted(epochs, key=str)}); train them one by one")
+            for s, config, run_dir in zip(saved, self.configs, self.run_dirs):
+                _refuse_other_parameters(s["config"], config, run_dir / rundir.CHECKPOINT)
             self.model.load_state_dict(merge_state_dicts([s["model"] for s in saved]))
             self.optimizer.load_state_dict(_merge_optimizer_states([s["optimizer"] for s in saved]))
             for stream, s in zip(self.streams, saved):
@@ -370,6 +398,7 @@ class _Group:
                 "final": [s["final"] for s in saved],
                 "best": [s["best"] for s in saved],
             }
+            self.checkpointed_epoch = state["epoch"]
         environment = _environment(self.device)
         for config, run_dir in zip(self.configs, self.run_dirs):
             rundir.write_json(run_dir / rundir.CONFIG, {**environment, "config": config.to_dict()})
@@ -386,8 +415,9 @@ class _Group:
         models = split_state_dict(self.model.state_dict(), runs)
         optimizers = _split_optimizer_state(self.optimizer.state_dict(), runs)
         for k, run_dir in enumerate(self.run_dirs):
-            rundir.save_torch(run_dir / rundir.CHECKPOINT, {
+            rundir.save_checkpoint(run_dir, {
                 "epoch": state["epoch"],
+                "config": self.configs[k].to_dict(),
                 "model": models[k],
                 "optimizer": optimizers[k],
                 "stream": self.streams[k].state_dict(),
@@ -397,14 +427,17 @@ class _Group:
                 "final": state["final"][k],
                 "best": state["best"][k],
             })
+        self.checkpointed_epoch = state["epoch"]
 
     def _stop_if_non_finite(self, epoch: int, losses: list[float], bad_steps: list[int]) -> None:
         for k, (loss, step) in enumerate(zip(losses, bad_steps)):
             if step >= 0 or not math.isfinite(loss):
+                kept = ("no checkpoint was written yet" if self.checkpointed_epoch is None else
+                        f"its last checkpoint (after epoch {self.checkpointed_epoch}) is kept")
                 raise NonFiniteLossError(
                     f"non-finite loss in run {self.run_dirs[k]} ({self.configs[k].method}) at epoch {epoch + 1}, "
                     f"step {step + 1} of {math.ceil(len(self.dataset.train_labels) / self.first.batch_size)}; "
-                    f"its last good checkpoint (after epoch {epoch}) is kept"
+                    f"{kept}. Try a lower lr (or check the data), in another run_dir"
                 )
 
     def _finish(self, state: dict) -> None:
@@ -445,8 +478,18 @@ def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.de
     }
     key = hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:16]
     folder = cache_dir() / "ssp" / key
-    if (folder / "backbone.pt").exists():
+    if (folder / "backbone.pt").exists():  # without taking the lock, so that a read-only cache serves
         return torch.load(folder / "backbone.pt", map_location="cpu")
+    with rundir.locked(folder, wait=True):  # runs started in parallel wait for one pre-training, then share it
+        return _ssp_pretrain(pretrain, determines, folder, dataset, device, config.quiet)
+
+
+def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: ImbalancedDataset, device,
+                  quiet: bool) -> dict:
+    """ssp_backbone's pre-training in its cache folder (held locked), resumed from its checkpoint."""
+    if (folder / "backbone.pt").exists():  # pre-trained by the process this one waited for
+        return torch.load(folder / "backbone.pt", map_location="cpu")
+    rundir.remove_stale_temp_files(folder)
     rundir.write_json(folder / "determines.json", determines)
     torch.manual_seed(pretrain.seed)
     memory_format = torch.channels_last if pretrain.channels_last else torch.preserve_format
@@ -456,25 +499,27 @@ def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.de
     stream = TrainStream(train_x, train_y, pretrain.batch_size, pretrain.data_seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=pretrain.bf16)
     start = 0
-    if (folder / rundir.CHECKPOINT).exists():
-        saved = torch.load(folder / rundir.CHECKPOINT, map_location="cpu", weights_only=False)
+    saved = rundir.load_checkpoint(folder)
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         stream.load_state_dict(saved["stream"])
         start = saved["epoch"]
     bar = tqdm(range(start, pretrain.epochs), initial=start, total=pretrain.epochs, desc="ssp pre-training",
-               disable=config.quiet)
+               disable=quiet)
     for epoch in bar:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(pretrain, epoch)
         losses, errors, bad = train_epoch(model, [stream], [CrossEntropyLoss()], optimizer, autocast,
                                            pretrain.channels_last, transform=rotate)
         if bad[0] >= 0:
-            raise NonFiniteLossError(f"non-finite loss in SSP pre-training at epoch {epoch + 1}, step {bad[0] + 1}")
-        rundir.save_torch(folder / rundir.CHECKPOINT, {
-            "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "stream": stream.state_dict(),
-        })
+            raise NonFiniteLossError(f"non-finite loss in SSP pre-training ({folder}) at epoch {epoch + 1}, step "
+                                     f"{bad[0] + 1}; try a lower lr (or check the data)")
+        if (epoch + 1) % pretrain.checkpoint_every == 0 or epoch + 1 == pretrain.epochs:
+            rundir.save_checkpoint(folder, {
+                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "stream": stream.state_dict(),
+            })
         bar.set_postfix(loss=f"{losses[0]:.3f}", rotation_err=f"{errors[0]:.1f}")
     backbone = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("fc.")}
     rundir.save_torch(folder / "backbone.pt", backbone)

@@ -11,7 +11,7 @@ import torch
 
 from mmlib import rundir, sweeps, training
 
-TINY = {"arch": "resnet8", "epochs": 2}
+TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}
 
 
 @pytest.fixture(autouse=True)
@@ -72,7 +72,7 @@ def test_sweep_runs_notebooks_skips_finished_resumes_interrupted_and_isolates_fa
     erm0, erm1, mm0, mm1 = sorted((d for j in jobs for d in j.run_dirs), key=str)
 
     # erm seed 0 was interrupted after one of its two epochs.
-    real_save, saves = rundir.save_torch, []
+    real_save, saves = rundir.save_checkpoint, []
 
     def crash(path, obj):
         if saves:
@@ -80,25 +80,28 @@ def test_sweep_runs_notebooks_skips_finished_resumes_interrupted_and_isolates_fa
         saves.append(path)
         real_save(path, obj)
 
-    monkeypatch.setattr(rundir, "save_torch", crash)
+    monkeypatch.setattr(rundir, "save_checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
         training.run(next(j.params[0] for j in jobs if j.run_dirs[0] == erm0), erm0)
-    monkeypatch.setattr(rundir, "save_torch", real_save)
+    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
     first_epoch = torch.load(erm0 / rundir.CHECKPOINT, weights_only=False)["history"][0]
-    # mm-drw seed 1's folder holds a run of other parameters: its notebook must fail, alone.
-    rundir.write_json(mm1 / rundir.CONFIG, {"config": {**jobs[0].params[0], "method": "focal"}})
+    # mm-drw seed 1's folder holds a checkpoint of random bytes: planning goes on, its notebook fails, alone.
+    mm1.mkdir(parents=True)
+    (mm1 / rundir.CHECKPOINT).write_bytes(bytes(range(256)) * 8)
 
     lines = []
     failures = sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY, log=lines.append)
     assert failures == [("quick digits-step-10 mm-drw seed1", mm1 / "train.ipynb")]
     assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
     assert sum("final" in line and "best" in line for line in lines) == 3
-    assert any(line.endswith(f"FAILED, see {mm1 / 'train.ipynb'}") for line in lines)
+    reason = f"CorruptFileError: no usable checkpoint in {mm1}: {mm1 / rundir.CHECKPOINT} (UnpicklingError"
+    assert any(f"mm-drw seed1: FAILED: {reason}" in line for line in lines)
+    assert any(line.startswith(f"  quick digits-step-10 mm-drw seed1: {reason}") for line in lines)  # the summary
     for run_dir in (erm0, erm1, mm0):
         assert rundir.is_finished(run_dir)
         notebook = nbformat.read(run_dir / "train.ipynb", as_version=4)  # the executed notebook is the provenance
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells)
-    assert "other parameters" in (mm1 / "papermill.log").read_text() + (mm1 / "train.ipynb").read_text()
+    assert "Delete checkpoint.pt there to train this run from scratch" in (mm1 / "train.ipynb").read_text()
     resumed = rundir.load_results(erm0)["history"]
     assert len(resumed) == 2 and resumed[0] == first_epoch
 
@@ -149,4 +152,4 @@ def test_cli_dry_run_prints_the_plan(tmp_path):
 def test_cli_sweep_without_data_is_one_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mmlib", "sweep", "table1", "--out", str(tmp_path), "--dry-run"],
                           capture_output=True, text=True)
-    assert done.returncode == 2 and done.stderr.startswith("error: no data root given")
+    assert done.returncode == 3 and done.stderr.startswith("error: no data root given")

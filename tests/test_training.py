@@ -191,10 +191,10 @@ def test_rotation_turns_each_image_by_its_label():
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
-    params = quick(method="mm-drw", epochs=4, switch_epoch=2)
+    params = quick(method="mm-drw", epochs=4, switch_epoch=2, checkpoint_every=1)
     straight = training.run(params, tmp_path / "straight")
 
-    real_save = rundir.save_torch
+    real_save = rundir.save_checkpoint
     saves = []
 
     def crash_after_two_epochs(path, obj):
@@ -203,10 +203,10 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
         saves.append(path)
         real_save(path, obj)
 
-    monkeypatch.setattr(rundir, "save_torch", crash_after_two_epochs)
+    monkeypatch.setattr(rundir, "save_checkpoint", crash_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
         training.run(params, tmp_path / "resumed")
-    monkeypatch.setattr(rundir, "save_torch", real_save)
+    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
     assert not rundir.is_finished(tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 2
     resumed = training.run(params, tmp_path / "resumed")
@@ -226,7 +226,7 @@ def test_finished_runs_are_skipped(tmp_path, monkeypatch):
 
 def test_a_run_dir_with_other_parameters_is_refused(tmp_path):
     training.run(quick(method="erm", epochs=1), tmp_path / "r")
-    with pytest.raises(ValueError, match=r"other parameters \(method: 'erm' -> 'focal'"):
+    with pytest.raises(ValueError, match=r"other parameters \(method: 'erm' -> 'focal'.*config.json"):
         training.run(quick(method="focal", epochs=1), tmp_path / "r")
 
 
@@ -243,8 +243,9 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_
         return out * float("nan") if len(calls) == steps_per_epoch + 2 else out
 
     monkeypatch.setattr(losses.CrossEntropyLoss, "forward", poisoned)
-    with pytest.raises(training.NonFiniteLossError, match=f"at epoch 2, step 2 of {steps_per_epoch}"):
-        training.run(quick(method="erm", epochs=3), tmp_path / "r")
+    with pytest.raises(training.NonFiniteLossError,
+                       match=rf"at epoch 2, step 2 of {steps_per_epoch}; its last checkpoint \(after epoch 1\) is kept"):
+        training.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
     assert torch.load(tmp_path / "r" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 1
     assert not rundir.is_finished(tmp_path / "r")
 

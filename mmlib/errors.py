@@ -1,0 +1,65 @@
+"""mmlib's own errors, each with the exit code of the command line (python -m mmlib).
+
+Bad parameters stay ValueError and missing or inaccessible files OSError, as Python code expects;
+``exit_code`` maps those too, so every kind of failure the user can act on has a code of its own:
+
+    1  a sweep finished with failed runs (or an unexpected error, shown as a traceback)
+    2  a bad parameter (ValueError)
+    3  a file or folder is missing or inaccessible, e.g. the dataset (OSError)
+    4  the run directory is in use by another process
+    5  a corrupt file (checkpoint, JSON)
+    6  the loss became NaN or infinite
+    7  no space left on the device
+"""
+
+import errno
+
+
+class MMLibError(Exception):
+    """An error the user can act on; its message names the file or parameter and the remedy."""
+
+    exit_code = 1
+
+
+class RunDirBusyError(MMLibError):
+    exit_code = 4
+
+
+class CorruptFileError(MMLibError):
+    exit_code = 5
+
+
+class NonFiniteLossError(MMLibError, RuntimeError):
+    """The loss became NaN or infinite; the run's checkpoints are kept as they were."""
+
+    exit_code = 6
+
+
+class NoSpaceError(MMLibError, OSError):
+    exit_code = 7
+
+
+def _chain(err: BaseException):
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def is_no_space(err: BaseException) -> bool:
+    """Whether ENOSPC is anywhere in the exception's chain (torch wraps it in its own RuntimeError)."""
+    return any(isinstance(e, OSError) and e.errno == errno.ENOSPC for e in _chain(err))
+
+
+def exit_code(err: BaseException) -> int | None:
+    """The command line's exit code for ``err``; None for an unexpected error (a bug: show the traceback)."""
+    if isinstance(err, MMLibError):
+        return err.exit_code
+    if is_no_space(err):
+        return NoSpaceError.exit_code
+    if isinstance(err, ValueError):
+        return 2
+    if isinstance(err, OSError):
+        return 3
+    return None

@@ -1,0 +1,382 @@
+"""Faults a week-long unattended sweep meets: a second process, kills, corrupt files, a full disk, bad inputs.
+
+Lock and kill cases use real processes and signals; corrupt files are real truncated or random bytes;
+the full disk is os.write raising ENOSPC (no filesystem can be made small here without root).
+"""
+
+import errno
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmlib import __main__ as cli
+from mmlib import errors, losses, rundir, sweeps, training
+from mmlib.config import RunConfig
+from mmlib.data import load_dataset
+
+TINY = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", batch_size=128, quiet=True,
+            eval_batch_size=512, checkpoint_every=1)
+
+
+def tiny(**overrides) -> dict:
+    return {**TINY, "epochs": 2, **overrides}
+
+
+def cli_args(params: dict) -> list[str]:
+    args = []
+    for key, value in params.items():
+        flag = "--" + key.replace("_", "-")
+        args += ([flag] if value else [f"--no-{key.replace('_', '-')}"]) if isinstance(value, bool) else [flag, str(value)]
+    return args
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
+
+
+def start(code_or_args, tmp_path, cache="cache") -> subprocess.Popen:
+    """A real process: `python -m mmlib train ARGS`, or `python -c CODE`."""
+    env = {**os.environ, "MMLIB_CACHE": str(tmp_path / cache), "OMP_NUM_THREADS": "1"}
+    command = ["-c", code_or_args] if isinstance(code_or_args, str) else ["-m", "mmlib", "train", *code_or_args]
+    return subprocess.Popen([sys.executable, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout=240.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def checkpointed(folder: Path, epoch: int = 1):
+    def done() -> bool:
+        try:
+            return rundir.read_json(folder / rundir.CHECKPOINT_INFO)["epoch"] >= epoch
+        except (OSError, errors.CorruptFileError):
+            return False
+    return done
+
+
+def kill(process: subprocess.Popen) -> None:
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+
+
+def finish(process: subprocess.Popen) -> None:
+    out, err = process.communicate()
+    assert process.returncode == 0, err
+
+
+def same_results(a: Path, b: Path) -> None:
+    """Byte-identical results but for wall-clock seconds."""
+    ra, rb = rundir.load_results(a), rundir.load_results(b)
+    strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
+    assert strip(ra["history"]) == strip(rb["history"])
+    assert ra["final"] == rb["final"] and ra["best"] == rb["best"]
+    assert (a / rundir.PER_CLASS).read_bytes() == (b / rundir.PER_CLASS).read_bytes()
+
+
+# --- one process per run directory; kills resume exactly -------------------------------------------
+
+
+def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_lock(tmp_path):
+    params, run_dir = tiny(epochs=100), tmp_path / "run"  # killed long before its end
+    owner = start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path)
+    lock = run_dir / rundir.LOCK
+    wait_for(lambda: lock.exists() and lock.read_text().strip() == str(owner.pid), owner, "the lock")
+    others = [start(cli_args(p) + ["--run-dir", str(run_dir)], tmp_path) for p in (params, tiny(epochs=100, seed=1))]
+    for other in others:  # an identical run, and one of another seed
+        _, err = other.communicate(timeout=240)
+        assert other.returncode == errors.RunDirBusyError.exit_code
+        assert err.splitlines() == [
+            f"error: {run_dir} is in use by process {owner.pid} (lock {lock}): wait for it to end, or give another run directory"
+        ]
+    wait_for(checkpointed(run_dir), owner, "the first checkpoint")
+    kill(owner)
+    # The OS released the dead owner's lock; without config.json the checkpoint still knows its parameters.
+    (run_dir / rundir.CONFIG).unlink()
+    with pytest.raises(ValueError, match=r"other parameters \(lr: 0.1 -> 0.05, seed: 0 -> 1, data_seed: 0 -> 1; "
+                                         r"recorded in checkpoint.pt\)"):
+        training.run(tiny(epochs=100, seed=1, lr=0.05), run_dir)
+
+
+FUSED = """
+import sys
+from mmlib import training
+params = dict({tiny}, method="mm-drw")
+training.run_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.argv[1:])
+"""
+
+
+def test_a_killed_fused_run_resumes_exactly(tmp_path):
+    code = FUSED.format(tiny=tiny(epochs=2))
+    dirs, straight = [str(tmp_path / "f0"), str(tmp_path / "f1")], [str(tmp_path / "s0"), str(tmp_path / "s1")]
+    reference = subprocess.Popen([sys.executable, "-c", code, *straight],
+                                 env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    fused = subprocess.Popen([sys.executable, "-c", code, *dirs],
+                             env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
+    wait_for(checkpointed(Path(dirs[1])), fused, "the fused run's first checkpoint")
+    kill(fused)
+    assert not any(rundir.is_finished(d) for d in dirs)
+    done = subprocess.run([sys.executable, "-c", code, *dirs], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    finish(reference)
+    for d, s in zip(dirs, straight):
+        same_results(Path(d), Path(s))
+
+
+def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
+    params = tiny(method="ldam-drw-ssp", epochs=1, ssp_epochs=2)
+    reference = start(cli_args(params) + ["--run-dir", str(tmp_path / "straight")], tmp_path, cache="cache_straight")
+    run = start(cli_args(params) + ["--run-dir", str(tmp_path / "run")], tmp_path, cache="cache_killed")
+    ssp = tmp_path / "cache_killed" / "ssp"
+    wait_for(lambda: ssp.exists() and any(checkpointed(d)() for d in ssp.iterdir()), run, "the SSP checkpoint")
+    kill(run)
+    folder = next(ssp.iterdir())
+    assert not (folder / "backbone.pt").exists()
+    finish(start(cli_args(params) + ["--run-dir", str(tmp_path / "run")], tmp_path, cache="cache_killed"))
+    finish(reference)
+    same_results(tmp_path / "run", tmp_path / "straight")
+    straight_backbone = torch.load(next((tmp_path / "cache_straight" / "ssp").iterdir()) / "backbone.pt")
+    for name, tensor in torch.load(folder / "backbone.pt").items():
+        assert torch.equal(tensor, straight_backbone[name]), name
+
+
+# --- checkpoints: every N epochs, previous kept, corrupt ones ----------------------------------------
+
+
+def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_path, monkeypatch):
+    params = tiny(epochs=3, checkpoint_every=2)
+    straight = training.run(params, tmp_path / "straight")
+    real_save, saved = rundir.save_checkpoint, []
+
+    def crash_at_epoch_3(folder, state):
+        if state["epoch"] == 3:
+            raise KeyboardInterrupt
+        saved.append(state["epoch"])
+        real_save(folder, state)
+
+    monkeypatch.setattr(rundir, "save_checkpoint", crash_at_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(params, tmp_path / "run")
+    assert saved == [2]
+    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
+    resumed = training.run({**params, "checkpoint_every": 3}, tmp_path / "run")  # may change on resume
+    assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
+    assert resumed["final"] == straight["final"]
+    assert rundir.load_checkpoint(tmp_path / "run")["epoch"] == 3  # after the last epoch
+    assert torch.load(tmp_path / "run" / rundir.PREVIOUS_CHECKPOINT, weights_only=False)["epoch"] == 2
+
+
+def interrupted_run(tmp_path, epochs=2) -> Path:
+    """A run whose checkpoints (epoch N and N-1) exist, as if killed just before writing its results."""
+    run_dir = tmp_path / "run"
+    training.run(tiny(epochs=epochs), run_dir)
+    for name in (rundir.FINISHED, rundir.METRICS, rundir.PER_CLASS):
+        (run_dir / name).unlink()
+    return run_dir
+
+
+def test_a_truncated_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path):
+    run_dir = interrupted_run(tmp_path)
+    straight = rundir.load_checkpoint(run_dir)
+    latest = run_dir / rundir.CHECKPOINT
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    stale = run_dir / ".checkpoint.pt.x1y2z3.tmp"  # what a kill during a write leaves
+    stale.write_bytes(latest.read_bytes())
+    with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable; resuming "
+                                         rf"from the previous checkpoint {run_dir / rundir.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
+        resumed = training.run(tiny(), run_dir)
+    assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
+    assert resumed["final"] == straight["final"]
+    assert not stale.exists()
+
+
+def test_no_usable_checkpoint_is_one_error_line_naming_the_files(tmp_path, capsys):
+    run_dir = interrupted_run(tmp_path)
+    (run_dir / rundir.CHECKPOINT).write_bytes(os.urandom(4096))
+    (run_dir / rundir.PREVIOUS_CHECKPOINT).write_bytes(b"")
+    assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny())]) == errors.CorruptFileError.exit_code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: no usable checkpoint in {run_dir}: {run_dir / rundir.CHECKPOINT} (")
+    assert f"{run_dir / rundir.PREVIOUS_CHECKPOINT} (EOFError" in err
+    assert err.rstrip().endswith("Delete checkpoint.pt and checkpoint.prev.pt there to train this run from scratch")
+    with pytest.raises(errors.CorruptFileError):
+        cli.main(["train", "--debug", "--run-dir", str(run_dir), *cli_args(tiny())])
+
+
+PLAN = dict(settings=["digits-step-10"], methods=["erm"], fuse=3,
+            overrides={"arch": "resnet8", "epochs": 2, "checkpoint_every": 1})
+
+
+def test_planning_reads_the_epoch_without_loading_checkpoints_and_survives_corrupt_ones(tmp_path, monkeypatch):
+    jobs, _ = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN)
+    assert [len(j.run_dirs) for j in jobs] == [3]
+    seed0, seed1, seed2 = jobs[0].run_dirs
+    training.run(jobs[0].params[0], seed0)
+    (seed0 / rundir.FINISHED).unlink()
+    (seed1 / rundir.CHECKPOINT).parent.mkdir(parents=True)
+    (seed1 / rundir.CHECKPOINT).write_bytes(os.urandom(2048))
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("planning loaded a checkpoint")
+
+    monkeypatch.setattr(torch, "load", no_load)
+    assert rundir.checkpoint_info(seed0)["epoch"] == 2
+    monkeypatch.undo()
+    jobs, _ = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN)
+    assert sorted([d.name for d in j.run_dirs] for j in jobs) == [["seed0"], ["seed1"], ["seed2"]]
+    os.utime(seed0 / rundir.CHECKPOINT)  # checkpoint.json no longer describes it: the checkpoint is read
+    assert rundir.checkpoint_info(seed0)["epoch"] == 2
+
+
+def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
+    jobs, _ = sweeps.plan("quick", tmp_path, seeds=[0], **PLAN)
+    run_dir = jobs[0].run_dirs[0]
+    holder = start(f"import time\nfrom mmlib import rundir\nwith rundir.locked({str(run_dir)!r}):\n"
+                   "    print('held', flush=True)\n    time.sleep(120)", tmp_path)
+    assert holder.stdout.readline() == "held\n"
+    lines = []
+    try:
+        failures = sweeps.execute(jobs, log=lines.append)
+    finally:
+        kill(holder)
+    assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]
+    assert lines == [f"[1/1] {jobs[0].labels[0]}: FAILED: {run_dir} is in use by process {holder.pid} "
+                     f"(see {run_dir / 'train.ipynb'})"]
+    assert sorted(p.name for p in run_dir.iterdir()) == [rundir.LOCK]  # nothing of the holder's was touched
+
+
+# --- errors: one line, an exit code per kind -----------------------------------------------------------
+
+
+def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, monkeypatch, capsys):
+    real_forward = losses.CrossEntropyLoss.forward
+    monkeypatch.setattr(losses.CrossEntropyLoss, "forward", lambda self, x, y: real_forward(self, x, y) * math.nan)
+    run_dir = tmp_path / "run"
+    steps = math.ceil(len(load_dataset("digits", imb_type="exp", ratio=10.0).train_labels) / TINY["batch_size"])
+    assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny(method="erm"))]) == 6
+    assert capsys.readouterr().err == (
+        f"error: non-finite loss in run {run_dir} (erm) at epoch 1, step 1 of {steps}; no checkpoint was written yet. "
+        "Try a lower lr (or check the data), in another run_dir\n"
+    )
+    assert not (run_dir / rundir.CHECKPOINT).exists()
+    monkeypatch.setenv("MMLIB_DEBUG", "1")
+    with pytest.raises(errors.NonFiniteLossError):
+        cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny(method="erm"))])
+
+
+def test_a_full_disk_is_one_error_line_and_the_run_resumes_once_space_is_free(tmp_path, monkeypatch, capsys):
+    run_dir, real_write = tmp_path / "run", os.write
+    writes = []
+
+    def full_after_the_first_checkpoint(fd, data):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target.startswith(str(run_dir)) and "checkpoint.pt" in target:
+            writes.append(target)
+            if rundir.checkpoint_info(run_dir) is not None:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full_after_the_first_checkpoint)
+    assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny())]) == errors.NoSpaceError.exit_code
+    assert capsys.readouterr().err == (f"error: no space left on the device writing {run_dir / rundir.CHECKPOINT}: free "
+                                       "some space there and run the same command again (what was written before is kept)\n")
+    assert writes and rundir.load_checkpoint(run_dir)["epoch"] == 1
+    assert not list(run_dir.glob(".*.tmp"))
+    monkeypatch.setattr(os, "write", real_write)
+    assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny())]) == 0
+    training.run(tiny(), tmp_path / "straight")
+    same_results(run_dir, tmp_path / "straight")
+
+
+def test_exit_codes_per_kind_of_error():
+    assert errors.exit_code(ValueError("bad parameter")) == 2
+    assert errors.exit_code(FileNotFoundError("no data")) == 3
+    assert [errors.exit_code(e("x")) for e in (errors.RunDirBusyError, errors.CorruptFileError,
+                                                errors.NonFiniteLossError, errors.NoSpaceError)] == [4, 5, 6, 7]
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as cause:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] unexpected pos") from cause
+    except RuntimeError as wrapped:
+        assert errors.exit_code(wrapped) == 7
+    assert errors.exit_code(KeyError("a bug")) is None  # shown as a traceback
+
+
+def test_an_unreadable_json_file_is_named(tmp_path):
+    run_dir = tmp_path / "run"
+    training.run(tiny(epochs=1), run_dir)
+    (run_dir / rundir.CONFIG).write_text("{'not': json")
+    with pytest.raises(errors.CorruptFileError, match=rf"{run_dir / rundir.CONFIG} is not readable JSON \(Expecting"):
+        rundir.load_results(run_dir)
+
+
+# --- bad inputs: one ValueError naming the parameter ---------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(losses.LOSSES))
+def test_every_loss_refuses_an_empty_batch_integer_logits_and_float_targets(name):
+    loss = losses.build_loss(name, [5, 3, 2], **({"delta_neg": 0.6, "beta": 1.5} if name.startswith("mm") else {}))
+    logits, target = torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])
+    assert torch.isfinite(loss(logits, target))
+    with pytest.raises(ValueError, match="the batch is empty"):
+        loss(torch.zeros(0, 3), torch.zeros(0, dtype=torch.int64))
+    with pytest.raises(ValueError, match="logits must be floating point, got torch.int64"):
+        loss(logits.long(), target)
+    with pytest.raises(ValueError, match="target must hold class labels as int64, got torch.float32"):
+        loss(logits, target.float())
+
+
+@pytest.mark.parametrize("counts, shown", [([10, 1.5], "1.5"), ([2.7, 1], "2.7"), ([10, math.nan], "nan"),
+                                           (["10", 1], "'10'"), ([10, 0], "0"), ([10, None], "None")])
+def test_class_counts_must_be_positive_whole_numbers(counts, shown):
+    with pytest.raises(ValueError, match=rf"cls_num_list must hold positive whole class counts; class \d has {shown}"):
+        losses.build_loss("ldam", counts)
+    assert losses.ldam_margins([10.0, 1.0]).tolist() == pytest.approx([0.5 * 10**-0.25, 0.5])  # 10.0 is whole
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"momentum": 5.0}, r"momentum must be in \[0, 1\), got 5.0"),
+    ({"lr_decay": 0.0}, r"lr_decay must be in \(0, 1\], got 0.0"),
+    ({"lr_decay": -1.0}, r"lr_decay must be in \(0, 1\], got -1.0"),
+    ({"lr_decay": math.nan}, r"lr_decay must be in \(0, 1\], got nan"),
+    ({"seed": -1}, r"seed must be in \[0, 2\*\*32\), got -1"),
+    ({"seed": 2**70}, r"seed must be in \[0, 2\*\*32\), got 1180591620717411303424"),
+    ({"rand_number": -5}, r"rand_number must be in \[0, 2\*\*32\), got -5"),
+    ({"method": "ldam-drw-ssp", "ssp_epochs": 0}, "ssp_epochs must be >= 1, got 0"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be >= 1, got 0"),
+])
+def test_bad_run_parameters_name_themselves(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        RunConfig(**tiny(**overrides))
+
+
+def test_parameters_must_be_a_dict():
+    with pytest.raises(ValueError, match="run parameters must be a dict of name: value, got list"):
+        RunConfig.from_dict([("epochs", 2)])
+
+
+def test_a_resumed_run_accepts_only_resumable_changes(tmp_path):
+    run_dir = tmp_path / "run"
+    training.run(tiny(epochs=1), run_dir)
+    assert json.loads((run_dir / rundir.CHECKPOINT_INFO).read_text())["config"]["epochs"] == 1
+    training.run(tiny(epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
+    with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in config.json\)"):
+        training.run(tiny(epochs=2), run_dir)  # finished: its results were written with config.json
+    (run_dir / rundir.FINISHED).unlink()
+    with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in checkpoint.pt\)"):
+        training.run(tiny(epochs=2), run_dir)
