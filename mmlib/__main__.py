@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--fuse", type=int,
                        help="train up to this many runs of one setting as one fused model (default: 1; 8 suits a big GPU)")
     sweep.add_argument("--set", nargs="+", type=_key_value, default=[], metavar="KEY=VALUE",
-                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=reduce-overhead")
+                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=off")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     return parser
 
