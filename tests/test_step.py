@@ -1,9 +1,12 @@
 """The training step (mmlib.step): its SGD update, its batched gather and loop against the plain loop, graphs on CUDA."""
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
-from mmlib import rundir, training
+from mmlib import rundir, sweeps, training
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.losses import LDAMLoss, MMLoss
@@ -128,6 +131,36 @@ def test_graphs_without_cuda_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="compile='graphs' needs a CUDA device"):
         training.run(dict(dataset="digits", arch="resnet8", epochs=1, quiet=True, compile="graphs"), tmp_path / "r")
     assert not (tmp_path / "r").exists()
+
+
+# --- sweep --fuse auto ----------------------------------------------------------------------
+
+
+def test_fuse_from_curve_takes_the_fastest_k_that_fits_the_free_memory():
+    curve = [{"runs": 1, "images_per_second": 100.0, "peak_mib": 500.0},
+             {"runs": 2, "images_per_second": 180.0, "peak_mib": 900.0},
+             {"runs": 4, "images_per_second": 300.0, "peak_mib": 1700.0},
+             {"runs": 8, "images_per_second": 290.0, "peak_mib": 3300.0}]
+    assert sweeps.fuse_from_curve(curve, 10_000 * 2**20) == 4  # K = 8 fits but is slower
+    assert sweeps.fuse_from_curve(curve, 2_200 * 2**20) == 4  # 1700 <= 0.8 * 2200
+    assert sweeps.fuse_from_curve(curve, 2_000 * 2**20) == 2
+    assert sweeps.fuse_from_curve(curve, 100 * 2**20) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto means 1 only without CUDA")
+def test_cli_fuse_auto_is_one_run_a_model_on_the_cpu(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "mmlib", "sweep", "quick", "--settings", "digits-exp-10", "--seeds", "0", "1",
+         "--methods", "erm", "--out", str(tmp_path), "--fuse", "auto", "--dry-run"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert out[:2] == ["--fuse auto: up to 1 runs a fused model", "quick: 2 runs to do in 2 notebooks, 0 finished runs skipped"]
+
+
+def test_cli_bad_fuse_is_one_clear_line(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "mmlib", "sweep", "quick", "--fuse", "many", "--dry-run"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "argument --fuse: must be a number of runs or auto, got 'many'" in done.stderr
 
 
 # --- CUDA only ------------------------------------------------------------------------------
