@@ -14,7 +14,8 @@ from mmlib.models import build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, to_device
 from mmlib.step import TrainStep, resolve_compile, sgd_update
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def cuda(test):
+    return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
 
 
 @pytest.fixture(autouse=True)
