@@ -6,8 +6,8 @@ hyper-parameters or method (same head) as one model built of K grouped networks
 (mmlib.models, runs=K): each run keeps its own initialisation, data order, augmentation, class
 weights and BatchNorm statistics, so it trains as it would alone, and lands in its own run directory.
 
-The hot loop stays on the device: no host sync per step; losses and errors accumulate on the device
-and are read once an epoch.
+The step itself is mmlib.step.TrainStep (eager, or whole-step CUDA graphs): no host sync per step;
+losses and errors accumulate on the device and are read once an epoch.
 """
 
 import contextlib
