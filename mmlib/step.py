@@ -168,24 +168,25 @@ class TrainStep:
         return [*self.params, *self.model.buffers(), *self.momentum_buffers,
                 self.step_index, self.loss_sum, self.wrong, self.first_bad]
 
-    def _capture(self, size: int) -> "torch.cuda.CUDAGraph":
-        """The step over `size` samples as a CUDA graph, after warm-up steps whose effects are undone."""
+    def _warm_up(self, size: int) -> None:
+        """GRAPH_WARMUP_STEPS steps over `size` samples, each undone: what a step does once (cuDNN autotuning,
+        lazy allocations) happens outside the capture, and training is as if they never ran."""
         state = self._state()
         saved = [t.detach().clone() for t in state]
-
-        def restore():
+        for _ in range(GRAPH_WARMUP_STEPS):
+            self._step(size)
             with torch.no_grad():
                 for tensor, value in zip(state, saved):
                     tensor.copy_(value)
 
+    def _capture(self, size: int) -> "torch.cuda.CUDAGraph":
+        """The step over `size` samples as a CUDA graph, captured after warm-up steps on a side stream."""
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(GRAPH_WARMUP_STEPS):
-                self._step(size)
-                restore()
+            self._warm_up(size)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records, does not run: the state is as before the warm-up
+        with torch.cuda.graph(graph):  # records, does not run: the state stays as it is
             self._step(size)
         return graph

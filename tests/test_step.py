@@ -113,6 +113,22 @@ def test_progress_counts_every_step_and_image_of_the_epoch(digits):
     assert calls == [(1, 256), (2, 256), (3, 256), (4, 2 * (486 - 3 * 128))]
 
 
+def test_warm_up_before_a_graph_capture_leaves_no_trace(digits):
+    """The steps run before a capture are undone: parameters, BatchNorm statistics, momentum, metrics, step index."""
+    x, y = to_device(digits.train_images, digits.train_labels, "cpu")
+    model = _fused(2, digits.num_classes)
+    step = TrainStep(model, [TrainStream(x, y, 128, seed) for seed in (0, 1)], [LDAMLoss(digits.cls_num_list)] * 2,
+                     torch.optim.SGD(model.parameters(), 0.1, momentum=0.9), bf16=False, channels_last=False)
+    step.epoch()  # momentum and statistics away from their initial values
+    step.step_index.fill_(3)  # where the partial batch's graph is captured: the epoch's last step
+    before = [t.clone() for t in step._state()]
+    step._warm_up(486 - 3 * 128)  # an index past the draws would fail: each step starts where the first did
+    assert all(p.grad is not None for p in step.params)  # the steps ran
+    for a, b in zip(step._state(), before):
+        assert torch.equal(a, b)
+    assert len(before) == len(step.params) + len(list(model.buffers())) + len(step.params) + 4
+
+
 def test_compile_modes_and_their_refusals():
     assert resolve_compile("auto", torch.device("cpu")) == "off"
     assert resolve_compile("auto", torch.device("cuda")) == "graphs"
