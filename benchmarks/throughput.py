@@ -2,30 +2,38 @@
 
   (a) reference: the released code's loop: torchvision Dataset + PIL transforms + DataLoader with
       workers, fp32, a host sync (.item()) every step;
-  (b) mmlib, one run: the trainer's own epoch (mmlib.training.train_epoch) on the on-device pipeline;
-  (c) mmlib, K runs fused into one model (grouped convolutions), counted as K x the images.
+  (b)/(c) mmlib's training step (mmlib.step.TrainStep) on the on-device pipeline, for each step path
+      (--compile: off = eager, graphs = the whole step as CUDA graphs, or a torch.compile mode of the
+      model) and each K of --fuse (K runs fused into one model of grouped convolutions, counted as K x
+      the images): K = 1 is (b), K > 1 is (c).
 
 Each measures whole epochs over the first --images training images (all by default), after one
-warm-up epoch, and prints images/s, the ratio to (a), peak memory, and the time a 200-epoch run
-would take at that rate.
+warm-up epoch (which includes a graph path's capture), and prints the aggregate images/s, the ratio
+to (a), peak memory, and the time a 200-epoch run of each of the K runs would take at that rate.
+--save-curve keeps the curve of the last --compile path (with --fuse 1 2 4 8 16 32 and the sweep's
+settings, e.g. --bf16) for `sweep --fuse auto`.
 
-    python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560       # CPU
-    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --fuse 8                   # GPU
+    python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560                          # CPU
+    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile off graphs --save-curve  # GPU
 """
 
 import argparse
+import gc
 import resource
 import time
 
 import torch
 from torch.utils.data import DataLoader
 
+from mmlib import sweeps
 from mmlib.data import DATASETS, load_dataset
 from mmlib.losses import LDAMLoss
 from mmlib.models import ARCHS, build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, to_device
-from mmlib.training import train_epoch
+from mmlib.step import COMPILE_MODES, TrainStep
 from reference import ReferenceDataset
+
+BATCH_SIZE = 128
 
 
 def reference_epoch(model, loader, criterion, optimizer, device) -> None:
@@ -63,42 +71,50 @@ def sgd(model, lr=0.1):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="cifar10", choices=DATASETS)
-    parser.add_argument("--data-root")
+    parser.add_argument("--data-root", help="the dataset's folder, or an exported .npz file")
     parser.add_argument("--ratio", type=float, default=100.0, help="long-tailed imbalance ratio (default 100)")
     parser.add_argument("--arch", default="resnet32", choices=list(ARCHS))
     parser.add_argument("--images", type=int, help="train on the first N images of the imbalanced set (default: all)")
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs after one warm-up epoch")
-    parser.add_argument("--fuse", type=int, default=4, help="K, the runs of (c)")
+    parser.add_argument("--fuse", type=int, nargs="+",
+                        help="the K of (b)/(c) (default: 1 2 4 8 16 32 on CUDA, 1 2 on the CPU)")
+    parser.add_argument("--compile", nargs="+", choices=[m for m in COMPILE_MODES if m != "auto"],
+                        help="step paths to measure (default: off graphs on CUDA, off on the CPU)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of (a)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast in (b) and (c)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels-last in (b) and (c), as a run's default")
-    parser.add_argument("--compile", default="off", help="torch.compile mode of (b) and (c), e.g. reduce-overhead")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--save-curve", action="store_true",
+                        help="save the last path's K curve for sweep --fuse auto (CUDA only)")
     args = parser.parse_args()
 
     device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    runs_list = args.fuse or ([1, 2, 4, 8, 16, 32] if cuda else [1, 2])
+    paths = args.compile or (["off", "graphs"] if cuda else ["off"])
+    if args.save_curve and not cuda:
+        parser.error("--save-curve needs a CUDA device: sweep --fuse auto is 1 on the CPU")
     dataset = load_dataset(args.dataset, args.data_root, "exp", args.ratio)
     train_images, train_labels = dataset.train_images[:args.images], dataset.train_labels[:args.images]
     n, counts = len(train_labels), dataset.cls_num_list
-    print(f"{dataset.description}; timing {n} images, {args.arch}, batch 128, device {device}, "
-          f"{torch.get_num_threads()} threads; (b)/(c): bf16={args.bf16} channels_last={args.channels_last} "
-          f"compile={args.compile}")
+    print(f"{dataset.description}; timing {n} images, {args.arch}, batch {BATCH_SIZE}, device {device} "
+          f"({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}); "
+          f"(b)/(c): bf16={args.bf16} channels_last={args.channels_last}")
 
     torch.manual_seed(0)
     model = build_model(args.arch, dataset.num_classes, normed=True).to(device)
-    loader = DataLoader(ReferenceDataset(train_images, train_labels), batch_size=128, shuffle=True,
-                        num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
-    optimizer = sgd(model)
-    criterion = LDAMLoss(counts).to(device)
-    reference, reference_memory = timed(lambda: reference_epoch(model, loader, criterion, optimizer, device),
-                                        n, args.epochs, device)
+    loader = DataLoader(ReferenceDataset(train_images, train_labels), batch_size=BATCH_SIZE, shuffle=True,
+                        num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=cuda)
+    reference, reference_memory = timed(
+        lambda: reference_epoch(model, loader, LDAMLoss(counts).to(device), sgd(model), device), n, args.epochs, device
+    )
+    del model, loader
 
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     x, y = to_device(train_images, train_labels, device)
 
-    def mmlib_rate(runs: int) -> tuple[float, float]:
+    def mmlib_rate(runs: int, path: str) -> tuple[float, float]:
         singles = []
         for seed in range(runs):
             torch.manual_seed(seed)
@@ -106,28 +122,37 @@ def main() -> None:
         fused = build_model(args.arch, dataset.num_classes, normed=True, runs=runs)
         fused.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))
         fused.to(device, memory_format=memory_format)
-        step_model = fused if args.compile == "off" else torch.compile(fused, mode=args.compile)
-        streams = [TrainStream(x, y, 128, seed) for seed in range(runs)]
+        streams = [TrainStream(x, y, BATCH_SIZE, seed) for seed in range(runs)]
         criteria = [LDAMLoss(counts).to(device) for _ in range(runs)]
-        optimizer = sgd(fused)
-        rate, memory = timed(
-            lambda: train_epoch(step_model, streams, criteria, optimizer, autocast, args.channels_last),
-            n, args.epochs, device,
-        )
+        step = TrainStep(fused, streams, criteria, sgd(fused), args.bf16, args.channels_last, path)
+        rate, memory = timed(step.epoch, n, args.epochs, device)
         return rate * runs, memory
 
-    single, single_memory = mmlib_rate(1)
-    fused, fused_memory = mmlib_rate(args.fuse)
+    memory_unit = "MiB peak allocated" if cuda else "MiB peak process RSS"
     full_run = len(dataset.train_labels) * 200
-    memory_unit = "MiB peak allocated" if device.type == "cuda" else "MiB peak process RSS"
-    for name, rate, memory in [
-        ("(a) reference loop", reference, reference_memory),
-        ("(b) mmlib, one run", single, single_memory),
-        (f"(c) mmlib, {args.fuse} runs fused", fused, fused_memory),
-    ]:
-        runs = args.fuse if name.startswith("(c)") else 1
-        print(f"{name:<28} {rate:10,.0f} images/s  {rate / reference:6.2f}x (a)  {memory:8,.0f} {memory_unit}  "
-              f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)")
+    print(f"{'(a) reference loop':<34} {reference:10,.0f} images/s  {1:6.2f}x (a)  {reference_memory:8,.0f} "
+          f"{memory_unit}  200 epochs on the whole set: {full_run / reference / 60:7.1f} min for 1 run")
+    curve = []
+    for path in paths:
+        curve = []
+        for runs in runs_list:
+            name = f"({'b' if runs == 1 else 'c'}) {path}, {runs} run{'s' * (runs > 1)}"
+            try:
+                rate, memory = mmlib_rate(runs, path)
+            except torch.cuda.OutOfMemoryError:
+                print(f"{name:<34} out of memory; larger K skipped")
+                break
+            finally:
+                gc.collect()
+                if cuda:
+                    torch.cuda.empty_cache()
+            curve.append({"runs": runs, "images_per_second": rate, "peak_mib": memory})
+            print(f"{name:<34} {rate:10,.0f} images/s  {rate / reference:6.2f}x (a)  {memory:8,.0f} {memory_unit}  "
+                  f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)")
+    if args.save_curve:
+        settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
+                    "compile": paths[-1], "images": n}
+        print(f"K curve of {paths[-1]} saved to {sweeps.save_fuse_curve(torch.cuda.get_device_name(device), settings, curve)}")
 
 
 if __name__ == "__main__":

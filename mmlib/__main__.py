@@ -84,12 +84,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "dataset file from export-data, e.g. cifar10-exp-100=FILE.npz")
     sweep.add_argument("--out", help="runs root: <out>/<table>/<setting>/<run>/seed<k> (default: the checkout's runs/)")
     sweep.add_argument("--gpus", help="comma-separated GPU ids, one worker each (default: one worker)")
-    sweep.add_argument("--fuse", type=int,
-                       help="train up to this many runs of one setting as one fused model (default: 1; 8 suits a big GPU)")
+    sweep.add_argument("--fuse", type=_fuse,
+                       help="train up to this many runs of one setting as one fused model (default: 1), or auto: 1 on "
+                            "the CPU, on a GPU the K with the most images/s in the curve of benchmarks/throughput.py "
+                            "--save-curve that fits in its free memory")
     sweep.add_argument("--set", nargs="+", type=_key_value, default=[], metavar="KEY=VALUE",
-                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=reduce-overhead")
+                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=off")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
     return parser
+
+
+def _fuse(value: str):
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of runs or auto, got {value!r}") from None
 
 
 def _train(args) -> int:
@@ -141,6 +152,9 @@ def _sweep(args) -> int:
     if args.epochs is not None:
         overrides["epochs"] = args.epochs
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
+    if fuse == "auto":
+        fuse = sweeps.auto_fuse(gpus)
+        print(f"--fuse auto: up to {fuse} runs a fused model")
     out = rundir.RUNS if args.out is None else args.out
     failures = sweeps.sweep(
         table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,

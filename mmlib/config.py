@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from mmlib import data
 from mmlib.methods import METHODS, get_method
 from mmlib.models import ARCHS
+from mmlib.step import COMPILE_MODES
 
 MM_VARIANTS = ("equations", "released")
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune")
 DEFAULT_SCALE = {"ldam": 30.0, "am": 30.0, "hinge": 30.0, "ldam-hinge": 30.0, "mm": 10.0, "mm-ldam": 10.0}
 
 
@@ -64,7 +64,7 @@ class RunConfig:
     bf16: bool = _param(False, "bf16 autocast (losses stay in float32)")
     channels_last: bool = _param(True, "channels-last memory format (faster convolutions on CPU and with bf16 on GPU)")
     deterministic: bool = _param(False, "deterministic algorithms only")
-    compile: str = _param("off", "torch.compile the model with this mode (reduce-overhead: CUDA graphs)", COMPILE_MODES)
+    compile: str = _param("auto", "the training step: auto (graphs on CUDA, off on the CPU), off (eager), graphs (the whole step as CUDA graphs), or a torch.compile mode for the model inside the eager step", COMPILE_MODES)
     # evaluation and output
     eval_every: int = _param(1, "evaluate on the test set every this many epochs (and at the end)")
     eval_batch_size: int = _param(1024, "evaluation batch size")
@@ -201,6 +201,8 @@ def validate(config: RunConfig) -> None:
         raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
+    if config.compile == "graphs" and config.device == "cpu":
+        raise ValueError("compile='graphs' needs a CUDA device, got device='cpu'; use compile='auto' or 'off'")
     data.check_dataset_args(config.dataset, config.data_root, config.imb_type, config.ratio, config.download)
 
 

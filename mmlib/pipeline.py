@@ -114,6 +114,15 @@ class TrainStream:
 
         The last partial batch is kept.
         """
+        order, offsets, flips = self.draw()
+        for start in range(0, len(order), self.batch_size):
+            window = slice(start, start + self.batch_size)
+            idx = order[window]
+            images = self.gather(idx, None if offsets is None else offsets[window], None if flips is None else flips[window])
+            yield images, self.labels.index_select(0, idx)
+
+    def draw(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """One epoch's random draws: sample order (N,), crop offsets (N, 2) and flips (N,) (None without augmentation)."""
         n, device = len(self.labels), self.labels.device
         if self.sample_weights is None:
             order = torch.randperm(n, generator=self.generator, device=device)
@@ -123,16 +132,14 @@ class TrainStream:
         if self.augment:
             offsets = torch.randint(0, 2 * self.padding + 1, (n, 2), generator=self.generator, device=device)
             flips = torch.randint(0, 2, (n,), generator=self.generator, device=device).bool()
-        return self._batches(order, offsets, flips)
+        return order, offsets, flips
 
-    def _batches(self, order, offsets, flips) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start:start + self.batch_size]
-            images = self.images.index_select(0, idx)  # much faster than images[idx] on CPU
-            if self.augment:
-                images = self._crop_and_flip(images, offsets[start:start + self.batch_size],
-                                             flips[start:start + self.batch_size])
-            yield normalize(images, self.mean, self.std), self.labels.index_select(0, idx)
+    def gather(self, idx: torch.Tensor, offsets: torch.Tensor | None, flips: torch.Tensor | None) -> torch.Tensor:
+        """The normalised float32 images of sample indices idx, each cropped at its offset and flipped where drawn."""
+        images = self.images.index_select(0, idx)  # much faster than images[idx] on CPU
+        if self.augment:
+            images = self._crop_and_flip(images, offsets, flips)
+        return normalize(images, self.mean, self.std)
 
     def _crop_and_flip(self, images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
         """Zero-pad, then take each image's HxW crop at its (row, col) offset, mirrored where flipped, in one gather."""

@@ -6,8 +6,8 @@ hyper-parameters or method (same head) as one model built of K grouped networks
 (mmlib.models, runs=K): each run keeps its own initialisation, data order, augmentation, class
 weights and BatchNorm statistics, so it trains as it would alone, and lands in its own run directory.
 
-The hot loop stays on the device: no host sync per step; losses and errors accumulate on the device
-and are read once an epoch.
+The step itself is mmlib.step.TrainStep (eager, or whole-step CUDA graphs): no host sync per step;
+losses and errors accumulate on the device and are read once an epoch.
 """
 
 import contextlib
@@ -32,6 +32,7 @@ from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights
 from mmlib.methods import active, get_method
 from mmlib.models import build_model, merge_state_dicts, split_state_dict
 from mmlib.pipeline import TrainStream, eval_batches, to_device
+from mmlib.step import TrainStep, resolve_compile
 
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {
@@ -85,6 +86,7 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
             first = configs[0]
             dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
             device = select_device(first.device)
+            resolve_compile(first.compile, device)  # a mode this device cannot run fails before any work
             by_epoch = {}
             for i in pending:  # runs fuse only when they resume from the same epoch
                 rundir.remove_stale_temp_files(run_dirs[i])
@@ -218,49 +220,23 @@ def _error_record(epoch: int, confusion: torch.Tensor, groups: dict[str, list[in
     }
 
 
-def train_epoch(model, streams, criteria, optimizer, autocast, channels_last, transform=None):
-    """One epoch of K runs; returns per-run mean loss, train error (%) and first non-finite step (-1: none)."""
-    model.train()
-    runs, device = len(streams), streams[0].labels.device
-    loss_sum = torch.zeros(runs, device=device)
-    wrong = torch.zeros(runs, device=device)
-    first_bad = torch.full((runs,), -1, device=device)
-    seen = 0
-    for step, batches in enumerate(zip(*(s.epoch() for s in streams))):
-        if transform is not None:
-            batches = [transform(x, y, s.generator) for (x, y), s in zip(batches, streams)]
-        x = torch.cat([b[0] for b in batches], dim=1)
-        y = torch.stack([b[1] for b in batches], dim=1)  # (B, K)
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast:
-            logits = model(x).view(len(y), runs, -1)
-        losses = torch.stack([criterion(logits[:, k], y[:, k]) for k, criterion in enumerate(criteria)])
-        optimizer.zero_grad(set_to_none=True)
-        losses.sum().backward()
-        optimizer.step()
-        losses = losses.detach()
-        loss_sum += losses * len(y)
-        wrong += (logits.detach().argmax(-1) != y).sum(0)
-        first_bad = torch.where((first_bad < 0) & ~torch.isfinite(losses), step, first_bad)
-        seen += len(y)
-    return (loss_sum / seen).tolist(), (100.0 * wrong / seen).tolist(), first_bad.tolist()
-
-
-@torch.no_grad()
+@torch.inference_mode()
 def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last) -> torch.Tensor:
-    """(K, C, C) confusion matrices (rows: true class) of the K runs on a test set."""
+    """(K, C, C) confusion matrices (rows: true class) of the K runs on a test set, in one pass.
+
+    Predictions stay on the device and are counted once at the end: one host sync an evaluation.
+    """
     model.eval()
-    counts = torch.zeros(runs * num_classes * num_classes, dtype=torch.int64, device=labels.device)
-    offsets = torch.arange(runs, device=labels.device) * num_classes * num_classes
-    for x, y in eval_batches(images, labels, batch_size):
+    predictions = torch.empty(len(labels), runs, dtype=torch.int64, device=labels.device)
+    for start, (x, y) in zip(range(0, len(labels), batch_size), eval_batches(images, labels, batch_size)):
         x = x.repeat(1, runs, 1, 1)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            pred = model(x).view(len(y), runs, -1).argmax(-1)
-        index = offsets + y[:, None] * num_classes + pred
-        counts += torch.bincount(index.flatten(), minlength=counts.numel())
+            predictions[start:start + len(y)] = model(x).view(len(y), runs, -1).argmax(-1)
+    offsets = torch.arange(runs, device=labels.device) * num_classes * num_classes
+    index = offsets + labels[:, None] * num_classes + predictions
+    counts = torch.bincount(index.flatten(), minlength=runs * num_classes * num_classes)
     return counts.view(runs, num_classes, num_classes).cpu()
 
 
@@ -269,6 +245,31 @@ def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generato
     k = torch.randint(0, 4, (len(images),), generator=generator, device=images.device)
     turned = torch.stack([torch.rot90(images, r, dims=(2, 3)) for r in range(4)])
     return turned[k, torch.arange(len(images), device=images.device)], k
+
+
+class _Progress:
+    """The progress bar: steps within the epoch and images/s, from the host's step count (no device sync)."""
+
+    def __init__(self, configs: list[RunConfig], done_epochs: int, steps: int, images_per_epoch: int):
+        self.epochs, self.epoch, self.steps = configs[0].epochs, done_epochs, steps
+        self.label = ", ".join(c.method for c in configs)
+        self.bar = tqdm(total=(self.epochs - done_epochs) * images_per_epoch, unit="img", unit_scale=True,
+                        disable=all(c.quiet for c in configs), desc=self._describe(0))
+
+    def _describe(self, step: int) -> str:
+        return f"{self.label}: epoch {self.epoch + 1}/{self.epochs}, step {step}/{self.steps}"
+
+    def step(self, step: int, images: int) -> None:
+        self.bar.set_description_str(self._describe(step), refresh=False)
+        self.bar.update(images)
+
+    def epoch_done(self, lr: float, losses: list[float], entries: list[dict]) -> None:
+        self.epoch += 1
+        self.bar.set_postfix(lr=f"{lr:.2g}", loss="/".join(f"{v:.3f}" for v in losses),
+                             err="/".join(f"{e.get('test_error', math.nan):.1f}" for e in entries))
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _Group:
@@ -287,16 +288,15 @@ class _Group:
         with _determinism(first.deterministic, self.device):
             self._build()
             state = self._resume()
-            step_model = self.model if first.compile == "off" else torch.compile(self.model, mode=first.compile)
+            self.step = TrainStep(self.model, self.streams, self.criteria, self.optimizer, first.bf16,
+                                  self.channels_last, first.compile)
             writers = [self._writer(c, d) for c, d in zip(self.configs, self.run_dirs)]
-            bar = tqdm(range(state["epoch"], first.epochs), initial=state["epoch"], total=first.epochs,
-                       desc=", ".join(c.method for c in self.configs), disable=all(c.quiet for c in self.configs))
-            for epoch in bar:
+            progress = _Progress(self.configs, state["epoch"], len(self.step.sizes()),
+                                 len(self.dataset.train_labels) * len(self.configs))
+            for epoch in range(state["epoch"], first.epochs):
                 start = time.perf_counter()
                 lr = self._schedule(epoch)
-                losses, train_errors, bad_steps = train_epoch(
-                    step_model, self.streams, self.criteria, self.optimizer, self.autocast, self.channels_last
-                )
+                losses, train_errors, bad_steps = self.step.epoch(progress.step)
                 self._stop_if_non_finite(epoch, losses, bad_steps)
                 evaluate = (epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs
                 confusions = self._evaluate() if evaluate else None
@@ -308,8 +308,8 @@ class _Group:
                                 writer.add_scalar(name, value, epoch + 1)
                 if (epoch + 1) % first.checkpoint_every == 0 or epoch + 1 == first.epochs:
                     self._checkpoint(state)
-                bar.set_postfix(lr=f"{lr:.2g}", loss="/".join(f"{v:.3f}" for v in losses),
-                                err="/".join(f"{e.get('test_error', math.nan):.1f}" for e in entries))
+                progress.epoch_done(lr, losses, entries)
+            progress.close()
             for writer in writers:
                 if writer is not None:
                     writer.close()
@@ -331,16 +331,22 @@ class _Group:
         self.criteria = [build_loss(m.loss, self.counts, **c.loss_params()).to(device)
                          for m, c in zip(self.methods, self.configs)]
         self.cb_weights = [class_balanced_weights(self.counts, c.cb_beta).to(device) for c in self.configs]
+        # Each loss weighs by its row, all ones until re-weighting starts; rows change in place, so a
+        # captured step sees the switch.
+        self.loss_weights = torch.ones(runs, self.dataset.num_classes, device=device)
+        for criterion, row in zip(self.criteria, self.loss_weights):
+            criterion.weight = row
 
     def _schedule(self, epoch: int) -> float:
         """This epoch's learning rate, and each run's class weights and sampling; returns the lr."""
         lr = learning_rate(self.first, epoch)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        for method, config, criterion, stream, weights in zip(
-            self.methods, self.configs, self.criteria, self.streams, self.cb_weights
+            group["lr"] = lr  # what checkpoints record
+        self.step.set_lr(lr)
+        for method, config, row, stream, weights in zip(
+            self.methods, self.configs, self.loss_weights, self.streams, self.cb_weights
         ):
-            criterion.weight = weights if active(method.reweight, epoch, config.switch_epoch) else None
+            row.copy_(weights if active(method.reweight, epoch, config.switch_epoch) else torch.ones_like(row))
             stream.set_class_weights(weights if active(method.resample, epoch, config.switch_epoch) else None)
         return lr
 
@@ -497,7 +503,6 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
     optimizer = torch.optim.SGD(model.parameters(), pretrain.lr, momentum=pretrain.momentum, weight_decay=pretrain.weight_decay)
     train_x, train_y = to_device(dataset.train_images, dataset.train_labels, device)
     stream = TrainStream(train_x, train_y, pretrain.batch_size, pretrain.data_seed)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=pretrain.bf16)
     start = 0
     saved = rundir.load_checkpoint(folder)
     if saved is not None:
@@ -505,13 +510,16 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
         optimizer.load_state_dict(saved["optimizer"])
         stream.load_state_dict(saved["stream"])
         start = saved["epoch"]
+    step = TrainStep(model, [stream], [CrossEntropyLoss()], optimizer, pretrain.bf16, pretrain.channels_last,
+                     transform=rotate)
     bar = tqdm(range(start, pretrain.epochs), initial=start, total=pretrain.epochs, desc="ssp pre-training",
                disable=quiet)
     for epoch in bar:
+        lr = learning_rate(pretrain, epoch)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(pretrain, epoch)
-        losses, errors, bad = train_epoch(model, [stream], [CrossEntropyLoss()], optimizer, autocast,
-                                           pretrain.channels_last, transform=rotate)
+            group["lr"] = lr
+        step.set_lr(lr)
+        losses, errors, bad = step.epoch()
         if bad[0] >= 0:
             raise NonFiniteLossError(f"non-finite loss in SSP pre-training ({folder}) at epoch {epoch + 1}, step "
                                      f"{bad[0] + 1}; try a lower lr (or check the data)")

@@ -257,6 +257,7 @@ def test_bfloat16_logits_are_computed_in_float32(loss):
     assert out.dtype == torch.float32 and torch.isfinite(out)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("loss", _all_losses(), ids=lambda loss: type(loss).__name__)
 def test_cuda_matches_cpu(loss):

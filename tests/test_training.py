@@ -13,6 +13,7 @@ from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.losses import class_balanced_weights
 from mmlib.methods import METHODS
+from mmlib.step import TrainStep
 
 
 def quick(**overrides) -> dict:
@@ -32,33 +33,33 @@ def digits():
 
 
 def spy_epochs(monkeypatch) -> list[dict]:
-    """Record, at every training epoch, each run's loss weights and the labels its stream yields."""
+    """Record, at every training epoch, each run's loss weights and the labels its stream draws."""
     calls = []
-    real = training.train_epoch
+    real = TrainStep.epoch
 
-    def spy(model, streams, criteria, optimizer, autocast, channels_last, transform=None):
-        labels = [Counter() for _ in streams]
-        for counter, stream in zip(labels, streams):
-            real_epoch = stream.epoch
+    def spy(self, progress=None):
+        labels = [Counter() for _ in self.streams]
+        for counter, stream in zip(labels, self.streams):
+            real_draw = stream.draw
 
-            def counted(real_epoch=real_epoch, counter=counter):
-                for x, y in real_epoch():
-                    counter.update(y.tolist())
-                    yield x, y
+            def counted(real_draw=real_draw, counter=counter, stream=stream):
+                order, offsets, flips = real_draw()
+                counter.update(stream.labels[order].tolist())
+                return order, offsets, flips
 
-            stream.epoch = counted
-        out = real(model, streams, criteria, optimizer, autocast, channels_last, transform)
-        for stream in streams:
-            del stream.epoch
+            stream.draw = counted
+        out = real(self, progress)
+        for stream in self.streams:
+            del stream.draw
         calls.append({
-            "weights": [None if c.weight is None else c.weight.clone() for c in criteria],
+            "weights": [None if c.weight is None else c.weight.clone() for c in self.criteria],
             "labels": labels,
-            "lr": optimizer.param_groups[0]["lr"],
-            "transform": transform,
+            "lr": -self.neg_lr.item(),
+            "transform": self.transform,
         })
         return out
 
-    monkeypatch.setattr(training, "train_epoch", spy)
+    monkeypatch.setattr(TrainStep, "epoch", spy)
     return calls
 
 
@@ -126,8 +127,9 @@ def test_drw_weights_switch_exactly_at_the_switch_epoch(tmp_path, monkeypatch, d
     calls = spy_epochs(monkeypatch)
     training.run(quick(method="ldam-drw", epochs=4, switch_epoch=2), tmp_path / "r")
     expected = class_balanced_weights(digits.cls_num_list, 0.9999)
-    assert [c["weights"][0] is None for c in calls] == [True, True, False, False]
-    torch.testing.assert_close(calls[2]["weights"][0], expected)
+    ones = torch.ones(digits.num_classes)
+    for call, weights in zip(calls, [ones, ones, expected, expected]):
+        torch.testing.assert_close(call["weights"][0], weights)
     assert all(c["labels"][0] == Counter(dict(enumerate(digits.cls_num_list))) for c in calls)
 
 
@@ -136,7 +138,8 @@ def test_drs_resamples_after_the_switch(tmp_path, monkeypatch, digits):
     training.run(quick(method="erm-drs", epochs=3, switch_epoch=1), tmp_path / "r")
     counts = digits.cls_num_list
     assert calls[0]["labels"][0] == Counter(dict(enumerate(counts)))  # uniform: each image once
-    assert calls[0]["weights"][0] is None and calls[2]["weights"][0] is None  # no re-weighting
+    for call in calls:  # no re-weighting
+        assert torch.equal(call["weights"][0], torch.ones(len(counts)))
     drawn = calls[1]["labels"][0] + calls[2]["labels"][0]
     weights = class_balanced_weights(counts, 0.9999)
     share = weights * torch.tensor(counts)

@@ -1,0 +1,192 @@
+"""The training step of K fused runs as a few tensor ops over static buffers: eager, or as CUDA graphs.
+
+One step: gather and augment the K runs' batches from this epoch's draws (mmlib.pipeline.TrainStream),
+forward the fused model, the K runs' losses, backward, the SGD update, and the accumulation of each
+run's loss sum, wrong predictions and first non-finite step. Everything a step reads that changes
+during training lives in tensors on the device that are updated in place: the epoch's draws, the
+step index, the learning rate, the losses' class weights (DRW), so the same step can be captured
+once as a CUDA graph and replayed (compile="graphs"): one launch a step instead of hundreds. The
+last partial batch of an epoch has its own graph, so every epoch keeps the protocol exactly.
+
+The K losses stay K module calls (mmlib.losses, one formula each): batching them over
+(batch, K, classes) would need every formula written a second time over per-run parameter tensors,
+and inside a CUDA graph the K calls cost no Python or launch time anyway.
+"""
+
+import torch
+
+from mmlib.pipeline import TrainStream
+
+COMPILE_MODES = ("auto", "off", "graphs", "default", "reduce-overhead", "max-autotune")
+"""auto: graphs on CUDA, off on the CPU; graphs: the whole step captured as CUDA graphs;
+default / reduce-overhead / max-autotune: torch.compile of the model (with this mode) inside the eager step."""
+
+GRAPH_WARMUP_STEPS = 3  # steps run (and undone) before a capture: cuDNN autotuning and lazy allocations
+
+
+def resolve_compile(mode: str, device: torch.device) -> str:
+    """The step's mode on this device: auto becomes graphs on CUDA and off elsewhere."""
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"unknown compile {mode!r}; valid: {', '.join(COMPILE_MODES)}")
+    if mode == "auto":
+        return "graphs" if device.type == "cuda" else "off"
+    if mode == "graphs" and device.type != "cuda":
+        raise ValueError(f"compile='graphs' needs a CUDA device, the run is on {device}; use compile='auto' or 'off'")
+    return mode
+
+
+@torch.no_grad()
+def sgd_update(params, grads, momentum_buffers, neg_lr: torch.Tensor, momentum: float, weight_decay: float) -> None:
+    """torch.optim.SGD's update (dampening 0, no Nesterov) with the learning rate as a device tensor.
+
+    SGD.step reads a tensor learning rate with .item(), a host sync that a CUDA graph cannot capture;
+    here -lr multiplies on the device. Momentum buffers start as zeros: 0 * momentum + g is the
+    gradient, as SGD's first step sets it. grads are overwritten (weight decay is added in place).
+    """
+    if weight_decay:
+        torch._foreach_add_(grads, params, alpha=weight_decay)
+    direction = grads
+    if momentum:
+        torch._foreach_mul_(momentum_buffers, momentum)
+        torch._foreach_add_(momentum_buffers, grads)
+        direction = momentum_buffers
+    torch._foreach_add_(params, torch._foreach_mul(direction, neg_lr))
+
+
+class TrainStep:
+    """K runs' training steps over their streams, with an SGD optimizer's parameters and state.
+
+    model: the fused model (input (B, 3K, H, W), output (B, K, C), or (B, C) for K = 1); streams: the
+    K runs' TrainStreams over the same images; criteria: the K losses; optimizer: a torch.optim.SGD
+    with one parameter group, which holds the learning rate and momentum buffers (so checkpoints keep
+    its state_dict format) but is never stepped. transform(x, y, generator) -> (x, y) changes each run's
+    batch (SSP's rotations); it draws random numbers every step, so it runs eager only.
+    Build it after loading a checkpoint into the optimizer: it takes the momentum buffers it finds.
+    """
+
+    def __init__(self, model: torch.nn.Module, streams: list[TrainStream], criteria: list, optimizer: torch.optim.SGD,
+                 bf16: bool, channels_last: bool, compile: str = "off", transform=None):
+        device = streams[0].labels.device
+        self.mode = resolve_compile(compile, device)
+        if self.mode == "graphs" and transform is not None:
+            raise ValueError("compile='graphs' cannot capture a batch transform that draws random numbers every step")
+        if len(optimizer.param_groups) != 1:
+            raise ValueError("the step updates one SGD parameter group")
+        group = optimizer.param_groups[0]
+        if group["dampening"] or group["nesterov"] or group["maximize"]:
+            raise ValueError("the step's SGD update has no dampening, Nesterov momentum or maximize")
+        self.model, self.streams, self.criteria, self.transform = model, streams, criteria, transform
+        self.forward = model if self.mode in ("off", "graphs") else torch.compile(model, mode=self.mode)
+        # Autocast's cache of low-precision weights would outlive a captured graph's weights.
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16,
+                                       cache_enabled=self.mode != "graphs")
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.params = list(group["params"])
+        self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
+        self.momentum_buffers = [optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
+                                 for p in self.params] if self.momentum else []
+        self.neg_lr = torch.tensor(-group["lr"], device=device)
+        runs, n = len(streams), len(streams[0].labels)
+        self.batch_size, self.samples = streams[0].batch_size, n
+        # This epoch's draws of the K runs, the step index and the metrics: fixed addresses for the graphs.
+        self.order = torch.zeros(runs, n, dtype=torch.int64, device=device)
+        self.offsets = torch.zeros(runs, n, 2, dtype=torch.int64, device=device)
+        self.flips = torch.zeros(runs, n, dtype=torch.bool, device=device)
+        self.positions = torch.arange(self.batch_size, device=device)
+        self.step_index = torch.zeros((), dtype=torch.int64, device=device)
+        self.loss_sum = torch.zeros(runs, device=device)
+        self.wrong = torch.zeros(runs, device=device)
+        self.first_bad = torch.full((runs,), -1, dtype=torch.int64, device=device)
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+
+    def set_lr(self, lr: float) -> None:
+        self.neg_lr.fill_(-lr)
+
+    def sizes(self) -> list[int]:
+        """The batch sizes of one epoch: full batches, then the partial one if any."""
+        full, rest = divmod(self.samples, self.batch_size)
+        return [self.batch_size] * full + ([rest] if rest else [])
+
+    def epoch(self, progress=None) -> tuple[list[float], list[float], list[int]]:
+        """One epoch of the K runs; returns per-run mean loss, train error (%) and first non-finite step (-1: none).
+
+        progress(step, images), if given, is called after each step is queued (host side: no sync).
+        """
+        self.model.train()
+        draws = [stream.draw() for stream in self.streams]
+        self.order.copy_(torch.stack([d[0] for d in draws]))
+        if self.streams[0].augment:
+            self.offsets.copy_(torch.stack([d[1] for d in draws]))
+            self.flips.copy_(torch.stack([d[2] for d in draws]))
+        for metric in (self.step_index, self.loss_sum, self.wrong):
+            metric.zero_()
+        self.first_bad.fill_(-1)
+        for step, size in enumerate(self.sizes()):
+            if self.mode == "graphs":
+                if size not in self.graphs:
+                    self.graphs[size] = self._capture(size)
+                self.graphs[size].replay()
+            else:
+                self._step(size)
+            if progress is not None:
+                progress(step + 1, size * len(self.streams))
+        return ((self.loss_sum / self.samples).tolist(), (100.0 * self.wrong / self.samples).tolist(),
+                self.first_bad.tolist())
+
+    def _step(self, size: int) -> None:
+        """One step over `size` samples of every run, at self.step_index in this epoch's draws."""
+        runs = len(self.streams)
+        positions = self.step_index * self.batch_size + self.positions[:size]
+        idx = self.order.index_select(1, positions).flatten()  # run-major: run k's batch is block k
+        stream = self.streams[0]  # every stream holds the same images: one gather serves all runs
+        x = stream.gather(idx, self.offsets.index_select(1, positions).flatten(0, 1),
+                          self.flips.index_select(1, positions).flatten())
+        y = stream.labels.index_select(0, idx).view(runs, size)
+        x = x.view(runs, size, *x.shape[1:])
+        if self.transform is not None:
+            turned = [self.transform(x[k], y[k], s.generator) for k, s in enumerate(self.streams)]
+            x, y = torch.stack([t[0] for t in turned]), torch.stack([t[1] for t in turned])
+        # (B, 3K, H, W): run k's images in channels 3k..3k+2, as the fused model's grouped convolutions expect
+        x = x.transpose(0, 1).reshape(size, -1, *x.shape[3:]).contiguous(memory_format=self.memory_format)
+        y = y.t()
+        with self.autocast:
+            logits = self.forward(x).view(size, runs, -1)
+        losses = torch.stack([criterion(logits[:, k], y[:, k]) for k, criterion in enumerate(self.criteria)])
+        for p in self.params:
+            p.grad = None
+        losses.sum().backward()
+        sgd_update(self.params, [p.grad for p in self.params], self.momentum_buffers, self.neg_lr,
+                   self.momentum, self.weight_decay)
+        losses = losses.detach()
+        self.loss_sum += losses * size
+        self.wrong += (logits.detach().argmax(-1) != y).sum(0)
+        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(losses), self.step_index, self.first_bad))
+        self.step_index += 1
+
+    def _state(self) -> list[torch.Tensor]:
+        """Every tensor a step changes."""
+        return [*self.params, *self.model.buffers(), *self.momentum_buffers,
+                self.step_index, self.loss_sum, self.wrong, self.first_bad]
+
+    def _warm_up(self, size: int) -> None:
+        """GRAPH_WARMUP_STEPS steps over `size` samples, each undone: what a step does once (cuDNN autotuning,
+        lazy allocations) happens outside the capture, and training is as if they never ran."""
+        state = self._state()
+        saved = [t.detach().clone() for t in state]
+        for _ in range(GRAPH_WARMUP_STEPS):
+            self._step(size)
+            with torch.no_grad():
+                for tensor, value in zip(state, saved):
+                    tensor.copy_(value)
+
+    def _capture(self, size: int) -> "torch.cuda.CUDAGraph":
+        """The step over `size` samples as a CUDA graph, captured after warm-up steps on a side stream."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self._warm_up(size)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):  # records, does not run: the state stays as it is
+            self._step(size)
+        return graph
