@@ -162,7 +162,7 @@ def test_cb_rs_resamples_from_the_first_epoch(tmp_path, monkeypatch, digits):
 
 def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    config = RunConfig(**quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2)).resolve()
+    config = RunConfig(**quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2)).resolve()
     backbone = training.ssp_backbone(config, digits, torch.device("cpu"))
     assert [c["transform"] for c in calls] == [training.rotate, training.rotate]
     assert not any(k.startswith("fc.") for k in backbone)
@@ -172,11 +172,11 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
             assert tensor.shape == (digits.num_classes, 64)  # a fresh cosine head
         else:
             assert torch.equal(tensor, backbone[name]), name
-    again = training.ssp_backbone(RunConfig(**quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2, seed=5)).resolve(),
+    again = training.ssp_backbone(RunConfig(**quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2, seed=5)).resolve(),
                                   digits, torch.device("cpu"))
     assert len(calls) == 2  # the second seed reused the cached backbone
     assert all(torch.equal(again[k], backbone[k]) for k in backbone)
-    training.run(quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2), tmp_path / "r")
+    training.run(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2), tmp_path / "r")
     assert len(calls) == 3 and calls[2]["transform"] is None
 
 
