@@ -4,6 +4,7 @@
   python -m mmlib list TABLE [--settings ...] [--methods ...]   the cells of a paper table
   python -m mmlib sweep TABLE [options]                  a table's runs as papermill batches
   python -m mmlib sweep --preset quick                   the offline quick sweep, table and figures
+  python -m mmlib cache [--clear]                        list (or delete) mmlib's caches
 """
 
 import argparse
@@ -12,7 +13,7 @@ import json
 import sys
 
 from mmlib import config as run_config
-from mmlib import paper, rundir
+from mmlib import data, paper, rundir
 from mmlib.methods import METHODS
 
 def _method_table() -> str:
@@ -68,16 +69,30 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--fuse", type=int,
                        help="train up to this many runs of one setting as one fused model (default: 1; 8 suits a big GPU)")
     sweep.add_argument("--set", nargs="+", type=_key_value, default=[], metavar="KEY=VALUE",
-                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=reduce-overhead")
+                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=reduce-overhead "
+                            "download=True; not those the sweep or the table's cells set (seed, method, ...)")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+
+    cache = commands.add_parser(
+        "cache", help="list mmlib's caches (decoded image folders, SSP backbones), or delete them with --clear",
+        description=f"mmlib caches under {data.cache_dir()} ($MMLIB_CACHE, default ~/.cache/mmlib): each CIFAR "
+                    "image folder decoded once (one file per dataset content, about 185 MB for CIFAR-10, shared by "
+                    "moved or copied folders), and ldam-drw-ssp's pre-trained backbones. Deleting them is safe: "
+                    "they are rebuilt when needed.")
+    cache.add_argument("--clear", action="store_true", help="delete every cache entry listed")
     return parser
 
 
 def _train(args) -> int:
     from mmlib.training import run
 
-    config = run_config.from_args(args)
-    results = run(config, args.run_dir)
+    with data.download_option("--download"):
+        config = run_config.from_args(args)
+        finished = rundir.is_finished(args.run_dir)
+        results = run(config, args.run_dir)
+    if finished:
+        print(f"note: {args.run_dir} holds a finished run, so nothing was trained; its results follow. To train "
+              f"again, give another --run-dir or delete {args.run_dir}.", file=sys.stderr)
     print(json.dumps({
         "run_dir": results["run_dir"],
         "final_error": results["final"]["error"],
@@ -108,22 +123,35 @@ def _sweep(args) -> int:
         raise ValueError("give a table (table1, table2, table3, quick) or --preset quick")
     fuse, seeds = (defaults[key] if getattr(args, key) is None else getattr(args, key) for key in ("fuse", "seeds"))
     if args.epochs is not None:
+        if dict(args.set).get("epochs", args.epochs) != args.epochs:
+            raise ValueError(f"--epochs {args.epochs} and --set epochs={dict(args.set)['epochs']} disagree: give one")
         overrides["epochs"] = args.epochs
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     out = rundir.RUNS if args.out is None else args.out
-    failures = sweeps.sweep(
-        table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
-        sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
-    )
+    with data.download_option("--set download=True"):
+        failures = sweeps.sweep(
+            table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
+            sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
+        )
     if args.preset == "quick" and not args.dry_run:
         for notebook in sweeps.report_quick(out):
             print(f"wrote {notebook} and its outputs beside it")
     return 1 if failures else 0
 
 
+def _cache(args) -> int:
+    entries = data.clear_cache() if args.clear else data.cache_entries()
+    for path, size, what in entries:
+        print(f"{size / 1e6:9.1f} MB  {path}  ({what})")
+    total = sum(size for _, size, _ in entries) / 1e6
+    print(f"{'deleted' if args.clear else 'in'} {data.cache_dir()}: {len(entries)} entries, {total:.1f} MB"
+          + ("" if args.clear or not entries else "; python -m mmlib cache --clear deletes them"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _train, "list": _list, "sweep": _sweep}[args.command]
+    command = {"train": _train, "list": _list, "sweep": _sweep, "cache": _cache}[args.command]
     try:
         return command(args)
     except (ValueError, FileNotFoundError) as err:

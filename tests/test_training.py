@@ -320,7 +320,7 @@ def test_cli_help_lists_methods_and_defaults():
 def test_cli_trains_a_run(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mmlib", "train", "--run-dir", str(tmp_path / "r"), "--dataset", "digits", "--ratio", "10",
-         "--arch", "resnet8", "--epochs", "1", "--method", "mm-drw", "--quiet"],
+         "--arch", "resnet8", "--epochs", "2", "--method", "mm-drw", "--quiet"],
         capture_output=True, text=True, check=True, env={"MMLIB_CACHE": str(tmp_path), "PATH": ""},
     ).stdout
     assert json.loads(out)["final_error"] == rundir.load_results(tmp_path / "r")["final"]["error"]
