@@ -18,7 +18,8 @@ import pytest
 import yaml
 from papermill.translators import PythonTranslator
 
-from mmlib import notebook, paper, training
+import mmlib.notebook
+from mmlib import paper, training
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -56,16 +57,19 @@ def test_every_notebook_has_parameters_papermill_can_read():
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes_and_writes_readable_outputs(notebook, quick_runs, tmp_path, monkeypatch):
+def test_notebook_executes_and_writes_readable_outputs(notebook, quick_runs, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     out.mkdir()
     params = yaml.safe_load((PARAMETERS / f"{notebook.stem}.yaml").read_text()) or {}
     params = {k: substitute(v, {"runs": str(quick_runs), "out": str(out)}) for k, v in params.items()}
-    papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=params,
-                               kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    mmlib.notebook.execute(notebook, tmp_path / notebook.name, params, kernel_name="python3", cwd=str(ROOT))
     executed = nbformat.read(tmp_path / notebook.name, as_version=4)
-    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    # nothing that looks like a failure: no warnings in the notebook, none from its kernel
+    assert not [o["text"] for o in outputs if o.get("name") == "stderr" and "Warning" in o["text"]]
+    assert "WARNING" not in capfd.readouterr().err
     written = [p for p in out.rglob("*") if p.is_file()]
     assert written, f"{notebook.name} wrote nothing into {out}"
     for path in written:
@@ -125,10 +129,10 @@ def test_a_wrong_type_is_the_notebooks_first_failure_in_one_line(tmp_path):
 
 def test_every_notebook_checks_its_injected_parameters(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError) as failure:
-        notebook.execute(ROOT / "notebooks" / "table1.ipynb", tmp_path / "out.ipynb", {"tabel": "quick"})
+        mmlib.notebook.execute(ROOT / "notebooks" / "table1.ipynb", tmp_path / "out.ipynb", {"tabel": "quick"})
     assert failure.value.ename == "ParameterError"
     assert failure.value.evalue == "unknown parameter tabel (did you mean table?)"
     with pytest.raises(papermill.PapermillExecutionError) as failure:
-        notebook.execute(ROOT / "notebooks" / "fig1_class_counts.ipynb", tmp_path / "out.ipynb", {"log": "yes"})
+        mmlib.notebook.execute(ROOT / "notebooks" / "fig1_class_counts.ipynb", tmp_path / "out.ipynb", {"log": "yes"})
     assert failure.value.evalue == "parameter log must be of type bool like its default True, got 'yes'"
     assert failure.value.exec_count == 3  # parameters, injected parameters, then the check
