@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train one run into a run directory (resumes it if interrupted)",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_method_table())
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=_method_table() + "\n\nAn image-folder data root is decoded once into mmlib's cache "
+                                       "($MMLIB_CACHE, default ~/.cache/mmlib);\npython -m mmlib cache lists the caches, "
+                                       "python -m mmlib cache --clear deletes them.")
     train.add_argument("--run-dir", required=True, help="the run directory (created; resumed if it holds a checkpoint)")
     run_config.add_arguments(train)
 

@@ -34,7 +34,7 @@ class RunConfig:
     dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", data.DATASETS)
     imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", data.IMBALANCE_TYPES)
     ratio: float = _param(100.0, "imbalance ratio n_max / n_min, at least 1 (1 for balanced)")
-    data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders; an image folder is decoded once into mmlib's cache, see python -m mmlib cache --help)")
+    data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders)")
     download: bool = _param(False, "download CIFAR into data_root with torchvision")
     rand_number: int = _param(0, "seed of the imbalanced subset's selection (LDAM-DRW's rand_number)")
     arch: str = _param("resnet32", "network", tuple(ARCHS))

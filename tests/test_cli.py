@@ -96,3 +96,4 @@ def test_cache_lists_and_clears_only_mmlibs_entries(tmp_path):
     assert cleared.stdout.splitlines()[-1] == f"deleted {cache}: 2 entries, 5.0 MB"
     assert sorted(p.name for p in cache.rglob("*")) == ["notes.txt", "ssp"]
     assert str(cache) in "".join(mmlib("cache", "--help", cache=cache).stdout.split())  # argparse wraps lines
+    assert "python -m mmlib cache --clear deletes them" in mmlib("train", "--help", cache=cache).stdout
