@@ -9,9 +9,9 @@ the official python pickles, from an image-folder tree, or downloaded by torchvi
 import contextlib
 import hashlib
 import math
-import shutil
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mmlib import paper, sweeps
+from mmlib import sweeps
 
 
 def mmlib(*args, cache):
