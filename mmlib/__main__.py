@@ -5,6 +5,7 @@
   python -m mmlib export-data --dataset D --data-root PATH --out FILE.npz   one setting in one file
   python -m mmlib sweep TABLE [options]                  a table's runs as papermill batches
   python -m mmlib sweep --preset quick                   the offline quick sweep, table and figures
+  python -m mmlib cache [--clear]                        list (or delete) mmlib's caches
 
 Errors are one line, "error: ...", with an exit code per kind (mmlib.errors); --debug (or
 MMLIB_DEBUG=1) shows the traceback instead.
@@ -18,7 +19,7 @@ import sys
 import warnings
 
 from mmlib import config as run_config
-from mmlib import errors, paper, rundir
+from mmlib import data, errors, paper, rundir
 from mmlib.methods import METHODS
 
 def _method_table() -> str:
@@ -53,7 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", help="show the traceback of an error (or set MMLIB_DEBUG=1)")
 
     train = commands.add_parser("train", help="train one run into a run directory (resumes it if interrupted)",
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=_method_table(),
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=_method_table() + "\n\nAn image-folder data root is decoded once into mmlib's cache "
+                                       "($MMLIB_CACHE, default ~/.cache/mmlib);\npython -m mmlib cache lists the caches, "
+                                       "python -m mmlib cache --clear deletes them.",
                                 parents=[common])
     train.add_argument("--run-dir", required=True, help="the run directory (created; resumed if it holds a checkpoint)")
     run_config.add_arguments(train)
@@ -89,8 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
                             "the CPU, on a GPU the K with the most images/s in the curve of benchmarks/throughput.py "
                             "--save-curve that fits in its free memory")
     sweep.add_argument("--set", nargs="+", type=_key_value, default=[], metavar="KEY=VALUE",
-                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=off")
+                       help="any run parameter for every run, e.g. bf16=True channels_last=True compile=off "
+                            "download=True; not those the sweep or the table's cells set (seed, method, ...)")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+
+    cache = commands.add_parser(
+        "cache", help="list mmlib's caches (decoded image folders, SSP backbones), or delete them with --clear",
+        description=f"mmlib caches under {data.cache_dir()} ($MMLIB_CACHE, default ~/.cache/mmlib): each CIFAR "
+                    "image folder decoded once (one file per dataset content, about 185 MB for CIFAR-10, shared by "
+                    "moved or copied folders), and ldam-drw-ssp's pre-trained backbones. Deleting them is safe: "
+                    "they are rebuilt when needed.", parents=[common])
+    cache.add_argument("--clear", action="store_true", help="delete every cache entry listed")
     return parser
 
 
@@ -106,8 +119,13 @@ def _fuse(value: str):
 def _train(args) -> int:
     from mmlib.training import run
 
-    config = run_config.from_args(args)
-    results = run(config, args.run_dir)
+    with data.download_option("--download"):
+        config = run_config.from_args(args)
+        finished = rundir.is_finished(args.run_dir)
+        results = run(config, args.run_dir)
+    if finished:
+        print(f"note: {args.run_dir} holds a finished run, so nothing was trained; its results follow. To train "
+              f"again, give another --run-dir or delete {args.run_dir}.", file=sys.stderr)
     print(json.dumps({
         "run_dir": results["run_dir"],
         "final_error": results["final"]["error"],
@@ -150,25 +168,38 @@ def _sweep(args) -> int:
         raise ValueError("give a table (table1, table2, table3, quick) or --preset quick")
     fuse, seeds = (defaults[key] if getattr(args, key) is None else getattr(args, key) for key in ("fuse", "seeds"))
     if args.epochs is not None:
+        if dict(args.set).get("epochs", args.epochs) != args.epochs:
+            raise ValueError(f"--epochs {args.epochs} and --set epochs={dict(args.set)['epochs']} disagree: give one")
         overrides["epochs"] = args.epochs
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     if fuse == "auto":
         fuse = sweeps.auto_fuse(gpus)
         print(f"--fuse auto: up to {fuse} runs a fused model")
     out = rundir.RUNS if args.out is None else args.out
-    failures = sweeps.sweep(
-        table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
-        sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
-    )
+    with data.download_option("--set download=True"):
+        failures = sweeps.sweep(
+            table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
+            sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
+        )
     if args.preset == "quick" and not args.dry_run:
         for notebook in sweeps.report_quick(out):
             print(f"wrote {notebook} and its outputs beside it")
     return 1 if failures else 0
 
 
+def _cache(args) -> int:
+    entries = data.clear_cache() if args.clear else data.cache_entries()
+    for path, size, what in entries:
+        print(f"{size / 1e6:9.1f} MB  {path}  ({what})")
+    total = sum(size for _, size, _ in entries) / 1e6
+    print(f"{'deleted' if args.clear else 'in'} {data.cache_dir()}: {len(entries)} entries, {total:.1f} MB"
+          + ("" if args.clear or not entries else "; python -m mmlib cache --clear deletes them"))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep}[args.command]
+    command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep, "cache": _cache}[args.command]
     warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
     try:
         return command(args)

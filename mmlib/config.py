@@ -2,11 +2,13 @@
 
 Defaults are the LDAM-DRW CIFAR protocol (ResNet-32, SGD 0.9 / 2e-4, batch 128, lr 0.1 with 5
 warm-up epochs, x0.01 at epochs 160 and 180, re-balancing switch at 160, 200 epochs). Parameters
-left at None are derived from the others by ``resolve`` (milestones scale with the epochs).
+left at None are derived from the others by ``resolve`` (the schedule keeps its shape at any
+length: ``default_schedule``).
 """
 
 import argparse
 import dataclasses
+import difflib
 import importlib.util
 import math
 import re
@@ -42,8 +44,8 @@ class RunConfig:
     lr: float = _param(0.1, "base learning rate")
     momentum: float = _param(0.9, "SGD momentum")
     weight_decay: float = _param(2e-4, "weight decay, on all parameters")
-    warmup_epochs: int | None = _param(None, "linear warm-up epochs (default: 5, at most a tenth of the run)")
-    lr_milestones: list[int] | None = _param(None, "epochs where the lr is multiplied by lr_decay (default: 0.8 and 0.9 of the run)")
+    warmup_epochs: int | None = _param(None, "linear warm-up epochs (default: 5; a tenth of a shorter run, at least 2; none under 5 epochs)")
+    lr_milestones: list[int] | None = _param(None, "epochs where the lr is multiplied by lr_decay (default: 0.8 and 0.9 of the run, each phase at least one epoch)")
     lr_decay: float = _param(0.01, "lr factor at each milestone")
     switch_epoch: int | None = _param(None, "epoch where DRW / DRS switch on (default: the first milestone)")
     # losses
@@ -90,7 +92,8 @@ class RunConfig:
             raise ValueError(f"run parameters must be a dict of name: value, got {type(params).__name__}")
         unknown = sorted(set(params) - set(cls.names()))
         if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; valid: {', '.join(cls.names())}")
+            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}{did_you_mean(unknown[0], cls.names())}; "
+                             f"valid: {', '.join(cls.names())}")
         return cls(**params)
 
     @classmethod
@@ -106,13 +109,13 @@ class RunConfig:
 
     def resolve(self) -> "RunConfig":
         """A copy with every None default derived."""
-        milestones = self.lr_milestones or [int(0.8 * self.epochs), int(0.9 * self.epochs)]
+        warmup, milestones = _schedule(self)
         loss = get_method(self.method).loss
         return dataclasses.replace(
             self,
-            warmup_epochs=min(5, self.epochs // 10) if self.warmup_epochs is None else self.warmup_epochs,
-            lr_milestones=list(milestones),
-            switch_epoch=milestones[0] if self.switch_epoch is None else self.switch_epoch,
+            warmup_epochs=warmup,
+            lr_milestones=milestones,
+            switch_epoch=(milestones[0] if milestones else 0) if self.switch_epoch is None else self.switch_epoch,
             s=DEFAULT_SCALE.get(loss) if self.s is None else self.s,
             data_seed=self.seed if self.data_seed is None else self.data_seed,
             ssp_epochs=self.epochs if self.ssp_epochs is None else self.ssp_epochs,
@@ -137,6 +140,35 @@ class RunConfig:
             "s": self.s,
             "official": self.mm_variant == "released",
         }
+
+
+def default_schedule(epochs: int) -> tuple[int, list[int]]:
+    """(warm-up epochs, lr milestones) of a run of ``epochs``: the protocol's shape at any length.
+
+    200 epochs give the protocol's 5 and [160, 180]. Otherwise the milestones sit at 0.8 and 0.9 of
+    the run and the warm-up takes a tenth of it, from 2 to 5 epochs (a one-epoch warm-up would
+    already run at the full lr), every phase keeping at least one epoch: warm-up, full lr, one decay,
+    two decays need 5 epochs. Shorter runs drop the warm-up (3 and 4 epochs), then the second decay
+    (2 epochs: full lr, then one decay), then both (1 epoch at the full lr).
+    """
+    if epochs <= 2:
+        return 0, list(range(1, epochs))
+    second = min(9 * epochs // 10, epochs - 1)
+    first = min(8 * epochs // 10, second - 1)
+    return (0 if epochs < 5 else min(5, max(2, epochs // 10))), [first, second]
+
+
+def _schedule(config: RunConfig) -> tuple[int, list[int]]:
+    """The run's warm-up and milestones: those given, the default ones for the rest."""
+    warmup, milestones = default_schedule(config.epochs)
+    return (warmup if config.warmup_epochs is None else config.warmup_epochs,
+            milestones if config.lr_milestones is None else list(config.lr_milestones))
+
+
+def did_you_mean(name: str, valid) -> str:
+    """' (did you mean X?)' with the closest valid name, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _check_type(name: str, value, annotation) -> None:
@@ -197,6 +229,14 @@ def validate(config: RunConfig) -> None:
             raise ValueError("lr_milestones is empty: give switch_epoch explicitly")
     if config.warmup_epochs is not None and config.warmup_epochs > config.epochs:
         raise ValueError(f"warmup_epochs {config.warmup_epochs} exceeds epochs {config.epochs}")
+    warmup, milestones = _schedule(config)
+    if milestones and warmup > milestones[0]:
+        raise ValueError(f"warmup_epochs {warmup} runs past the first lr milestone {milestones[0]}: "
+                         f"shorten the warm-up or move lr_milestones later")
+    method = get_method(config.method)
+    if config.switch_epoch is None and not milestones and "deferred" in (method.reweight, method.resample):
+        raise ValueError(f"epochs={config.epochs} leaves {config.method} no epoch before its deferred re-balancing: "
+                         f"use epochs >= 2, or give switch_epoch=0 to re-balance from the first epoch")
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):

@@ -7,10 +7,12 @@ the official python pickles, from an image-folder tree, or downloaded by torchvi
 data root ending in .npz is one setting exported to a single file (mmlib.datafile).
 """
 
+import contextlib
 import hashlib
 import math
 import os
 import pickle
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 from mmlib import datafile
-from mmlib.rundir import atomic_write
+from mmlib.rundir import atomic_write, read_json, write_json
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)  # the protocol's constants, also used for CIFAR-100 and digits
@@ -165,9 +167,9 @@ def check_dataset_args(name, root, imb_type, ratio, download) -> None:
     if name == "digits":
         return
     if root is None:
-        raise FileNotFoundError(_missing_data_message(name, None, "no data root given (root=None)"))
+        raise _missing_data(name, None, "no data root given (root=None)")
     if not download and not Path(root).exists():
-        raise FileNotFoundError(_missing_data_message(name, Path(root), f"data root {root} does not exist"))
+        raise _missing_data(name, Path(root), f"data root {root} does not exist")
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, imb_type: str = "exp", ratio: float = 100.0,
@@ -243,18 +245,39 @@ def _load_cifar(name: str, root: Path, download: bool) -> _BalancedSplit:
         return _read_image_folder(name, root)
     if download:
         return _download(name, root)
-    raise FileNotFoundError(_missing_data_message(name, root, f"no {name} data found in {root}"))
+    raise _missing_data(name, root, f"no {name} data found in {root}")
 
 
-def _missing_data_message(name: str, root: Path | None, problem: str) -> str:
-    """The one message for absent or unusable data: what was wrong, where we looked, how to get the data."""
+class MissingDataError(FileNotFoundError):
+    """Absent or unusable data; the message names ``download_option``, the calling command's way to download."""
+
+    def __init__(self, before: str, after: str):
+        super().__init__(before, after)
+        self.download_option = "download=True"
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}{self.download_option}{self.args[1]}"
+
+
+@contextlib.contextmanager
+def download_option(spelling: str):
+    """Missing-data errors raised inside name ``spelling`` (e.g. --download) as the way to download the data."""
+    try:
+        yield
+    except MissingDataError as err:
+        err.download_option = spelling
+        raise
+
+
+def _missing_data(name: str, root: Path | None, problem: str) -> MissingDataError:
+    """The one error for absent or unusable data: what was wrong, where we looked, how to get the data."""
     spec = CIFAR_SPECS[name]
     where = "ROOT" if root is None else str(root)
-    return (
+    return MissingDataError(
         f"{problem}. Looked for {name} as the official python pickles ({where}/{spec.pickle_folder}/, or "
         f"{where} being that folder) or as an image folder ({where}/train/<class>/<image> and "
-        f"{where}/test/<class>/<image>, images {'/'.join(IMAGE_SUFFIXES)}). To get the data, pass "
-        f"download=True (--download on the command line), or point the data root at an existing copy."
+        f"{where}/test/<class>/<image>, images {'/'.join(IMAGE_SUFFIXES)}). To get the data, pass ",
+        ", or point the data root at an existing copy.",
     )
 
 
@@ -286,12 +309,12 @@ def _read_pickle_layout(name: str, folder: Path, source: str) -> _BalancedSplit:
 
 def _read_pickle(name: str, path: Path) -> dict:
     if not path.is_file():
-        raise FileNotFoundError(_missing_data_message(name, path.parent, f"missing file {path}"))
+        raise _missing_data(name, path.parent, f"missing file {path}")
     try:
         with open(path, "rb") as f:
             content = pickle.load(f, encoding="bytes")
     except Exception as err:  # a damaged pickle can fail in many ways; all mean the same to the user
-        raise ValueError(_missing_data_message(name, path.parent, f"{path} is not a readable CIFAR pickle ({err!r})")) from err
+        raise ValueError(str(_missing_data(name, path.parent, f"{path} is not a readable CIFAR pickle ({err!r})"))) from err
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a dict, found {type(content).__name__}")
     return content
@@ -337,14 +360,14 @@ def _download(name: str, root: Path) -> _BalancedSplit:
 
 
 def _read_image_folder(name: str, root: Path) -> _BalancedSplit:
-    """Read ROOT/{train,test}/<class>/<image>; decoded arrays are cached, keyed by the files' paths, sizes and mtimes."""
+    """Read ROOT/{train,test}/<class>/<image>; the decoded arrays are cached, named by the images' content."""
     spec = CIFAR_SPECS[name]
     train_files = _list_image_folder(name, root / "train", spec.train_per_class)
     test_files = _list_image_folder(name, root / "test", spec.test_per_class)
     if list(train_files) != list(test_files):
         differ = sorted(set(train_files) ^ set(test_files))
         raise ValueError(f"{root}/test: class folders differ from {root}/train: {differ} are in only one of them")
-    cache_path = cache_dir() / f"imagefolder-{_cache_key(root, train_files, test_files)}.npz"
+    cache_path = _image_cache(root, train_files, test_files)
     if cache_path.is_file():
         return _read_cache(cache_path, source=f"image folder {root}")
     split = _decode_image_folder(train_files, test_files, source=f"image folder {root}")
@@ -355,7 +378,7 @@ def _read_image_folder(name: str, root: Path) -> _BalancedSplit:
 def _list_image_folder(name: str, split_dir: Path, per_class: int) -> dict[str, list[Path]]:
     """Class name -> sorted image files of one split, after checking the class and image counts."""
     if not split_dir.is_dir():
-        raise FileNotFoundError(_missing_data_message(name, split_dir.parent, f"missing folder {split_dir}"))
+        raise _missing_data(name, split_dir.parent, f"missing folder {split_dir}")
     class_dirs = sorted(d for d in split_dir.iterdir() if d.is_dir())
     expected_classes = CIFAR_SPECS[name].num_classes
     if len(class_dirs) != expected_classes:
@@ -369,15 +392,83 @@ def _list_image_folder(name: str, split_dir: Path, per_class: int) -> dict[str, 
     return files
 
 
-def _cache_key(root: Path, *splits: dict[str, list[Path]]) -> str:
-    """Hash of the absolute root and every image's (relative path, size, mtime_ns): any changed file changes it."""
-    digest = hashlib.sha256(f"mmlib image folder v1\n{root.absolute()}\n".encode())
+IMAGE_CACHE_INDEX = "imagefolder-index.json"  # absolute root -> its files' signature and content hash
+
+
+def _image_cache(root: Path, train_files: dict[str, list[Path]], test_files: dict[str, list[Path]]) -> Path:
+    """The cache file of an image folder: named by a hash of its images' content, so a moved copy finds it.
+
+    The index remembers each folder's files (paths, sizes, mtimes) so an unchanged folder is not
+    hashed again. When a folder's content changes, its former cache file is deleted unless another
+    existing folder holds that content: one file per dataset content.
+    """
+    index_path = cache_dir() / IMAGE_CACHE_INDEX
+    try:
+        index = read_json(index_path)
+    except (OSError, ValueError):  # absent or damaged: it only saves hashing, so start it afresh
+        index = {}
+    files = _files_signature(root, train_files, test_files)
+    before = index.get(str(root.resolve()))
+    content = before["content"] if before and before["files"] == files else _content_hash(root, train_files, test_files)
+    if before != {"files": files, "content": content}:
+        index = {r: e for r, e in index.items() if Path(r).is_dir()}
+        index[str(root.resolve())] = {"files": files, "content": content}
+        if before and all(e["content"] != before["content"] for e in index.values()):
+            (cache_dir() / f"imagefolder-{before['content']}.npz").unlink(missing_ok=True)
+        write_json(index_path, index)
+    return cache_dir() / f"imagefolder-{content}.npz"
+
+
+def _files_signature(root: Path, *splits: dict[str, list[Path]]) -> str:
+    """Hash of every image's (relative path, size, mtime_ns): cheap, and changes with any changed file."""
+    digest = hashlib.sha256(b"mmlib image folder files v1\n")
     for split in splits:
         for images in split.values():
             for path in images:
                 stat = path.stat()
                 digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:32]
+
+
+def _content_hash(root: Path, *splits: dict[str, list[Path]]) -> str:
+    """Hash of every image's relative path and bytes: the same for any copy of the folder, wherever it lies."""
+    digest = hashlib.sha256(b"mmlib image folder content v1\n")
+    for split in splits:
+        for images in split.values():
+            for path in images:
+                digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
+                digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:32]
+
+
+def cache_entries() -> list[tuple[Path, int, str]]:
+    """mmlib's cache files and folders as (path, bytes, what): decoded image folders, the index, SSP backbones."""
+    folder = cache_dir()
+    try:
+        roots = read_json(folder / IMAGE_CACHE_INDEX)
+    except (OSError, ValueError):
+        roots = {}
+    entries = []
+    for path in sorted(folder.glob("imagefolder-*.npz")):
+        users = [r for r, e in roots.items() if path.name == f"imagefolder-{e['content']}.npz"]
+        entries.append((path, path.stat().st_size, "decoded image folder of " + (", ".join(users) or "a folder not seen lately")))
+    if (folder / IMAGE_CACHE_INDEX).is_file():
+        entries.append((folder / IMAGE_CACHE_INDEX, (folder / IMAGE_CACHE_INDEX).stat().st_size, "index of the image folders"))
+    for path in sorted(p for p in (folder / "ssp").glob("*") if p.is_dir()):
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        entries.append((path, size, "ldam-drw-ssp pre-trained backbone"))
+    return entries
+
+
+def clear_cache() -> list[tuple[Path, int, str]]:
+    """Delete every entry of cache_entries() (nothing else under cache_dir()); returns what was deleted."""
+    entries = cache_entries()
+    for path, _, _ in entries:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    return entries
 
 
 def _decode_image_folder(train_files: dict[str, list[Path]], test_files: dict[str, list[Path]],

@@ -24,7 +24,7 @@ import nbformat
 import yaml
 
 from mmlib import paper, rundir
-from mmlib.config import RunConfig
+from mmlib.config import RunConfig, did_you_mean
 from mmlib.errors import CorruptFileError
 from mmlib.training import fusion_key
 
@@ -35,6 +35,12 @@ OUTPUT_NOTEBOOK = "train.ipynb"
 # The README's main job: a few minutes offline on a CPU, into a folder of its own.
 QUICK_PRESET = {"table": "quick", "seeds": [0, 1], "fuse": 2,
                 "overrides": {"arch": "resnet8", "epochs": 20, "batch_size": 32}}
+# Run parameters a sweep sets itself, and the option that sets them.
+SWEEP_OWNED = {"seed": "--seeds", "data_root": "--data-root", "run_dir": "--out"}
+# Where the table's cells set a parameter, the option that chooses among them.
+CELL_OPTIONS = {"method": "--methods", "dataset": "--settings", "imb_type": "--settings", "ratio": "--settings",
+                "mm_variant": "--mm-variants", "s": "--mm-scale (MM cells)"}
+
 QUICK_REPORTS = [
     ("table1.ipynb", {"table": "quick"}),
     ("fig3_per_class.ipynb", {"table": "quick", "setting": "digits-step-10", "methods": ["erm", "mm-drw"],
@@ -78,6 +84,7 @@ def plan(table: str, out: str | Path, seeds=(0,), settings=None, methods=None, m
         raise ValueError(f"seeds must be distinct integers, got {list(seeds)}")
     data_roots = {k: str(Path(v).resolve()) for k, v in (data_roots or {}).items()}
     out = Path(out).resolve()
+    check_overrides(overrides or {}, paper.cells(table, settings, methods, mm_variants, mm_scale))
     pending, finished = [], []
     for cell, seed in itertools.product(paper.cells(table, settings, methods, mm_variants, mm_scale), seeds):
         run_dir = cell.path(out) / f"seed{seed}"
@@ -85,7 +92,7 @@ def plan(table: str, out: str | Path, seeds=(0,), settings=None, methods=None, m
             finished.append(run_dir)
             continue
         root = data_roots.get(cell.setting.name, data_roots.get(cell.setting.dataset, data_roots.get(None)))
-        params = cell.run_params(seed=seed, quiet=True, **({"data_root": root} if root else {}), **(overrides or {}))
+        params = cell.run_params(**{"quiet": True, **(overrides or {})}, seed=seed, **({"data_root": root} if root else {}))
         config = RunConfig.from_dict(params)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
         pending.append((fusion_key(config), _planned_epoch(run_dir), label, run_dir, params))
@@ -124,6 +131,19 @@ def failure_reason(run_dir: Path) -> str:
         if lines:
             return lines[-1].strip()
     return "no error recorded (the notebook did not run)"
+
+
+def check_overrides(overrides: dict, cells: list[paper.Cell]) -> None:
+    """Refuse --set keys that are no run parameter, that the sweep sets itself, or that the table's cells set."""
+    for key in overrides:
+        if key in SWEEP_OWNED:
+            raise ValueError(f"--set {key}: the sweep sets {key} for every run; use {SWEEP_OWNED[key]}")
+        if key not in RunConfig.names():
+            raise ValueError(f"--set {key}: unknown parameter{did_you_mean(key, RunConfig.names())}; "
+                             f"python -m mmlib train --help lists the run parameters")
+        if any(key in cell.run_params() for cell in cells):
+            option = f"; choose them with {CELL_OPTIONS[key]}" if key in CELL_OPTIONS else ""
+            raise ValueError(f"--set {key}: the table's cells set {key} themselves{option}")
 
 
 def execute(jobs: list[Job], gpus: list[int] | None = None, notebook: Path = TRAIN_NOTEBOOK, log=print) -> list[tuple[str, Path]]:
@@ -179,8 +199,7 @@ def _run_notebook(job: Job, notebook: Path, gpu: int | None) -> bool:
         yaml.safe_dump(job.notebook_parameters(), f)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "papermill", str(notebook), str(first / OUTPUT_NOTEBOOK), "-f", f.name,
-             "--no-progress-bar"],
+            [sys.executable, "-m", "mmlib.notebook", str(notebook), str(first / OUTPUT_NOTEBOOK), f.name],
             env=env, capture_output=True, text=True,
         )
     finally:
@@ -216,15 +235,15 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
 
 def report_quick(runs_root: str | Path) -> list[Path]:
     """The quick preset's table and per-class figure, written into <runs_root>/quick/figures; returns the executed notebooks."""
-    import papermill
+    import mmlib.notebook
 
     figures = Path(runs_root) / "quick" / "figures"
     figures.mkdir(parents=True, exist_ok=True)
     executed = []
     for notebook, params in QUICK_REPORTS:
         executed.append(figures / notebook)
-        papermill.execute_notebook(
-            str(NOTEBOOKS / notebook), str(executed[-1]), progress_bar=False,
+        mmlib.notebook.execute(
+            NOTEBOOKS / notebook, executed[-1],
             parameters={"runs_root": str(Path(runs_root).resolve()), "out_dir": str(figures.resolve()), **params},
         )
     return executed

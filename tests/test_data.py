@@ -3,6 +3,7 @@
 import dataclasses
 import os
 import pickle
+import shutil
 
 import numpy as np
 import pytest
@@ -237,7 +238,43 @@ def test_image_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
     os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
     reloaded = load_balanced("cifar10", root)
     np.testing.assert_array_equal(reloaded.test_images[-1], new_pixels)
-    assert len(list(cache.glob("*.npz"))) == 2
+    assert len(list(cache.glob("*.npz"))) == 1  # the former content's file went: no folder holds it any more
+
+
+def test_a_moved_copy_reuses_the_cache_one_file_per_content(tmp_path, monkeypatch):
+    split = random_split("cifar10")
+    root = tmp_path / "folder"
+    write_image_folder(root, "cifar10", *split)
+    cache = tmp_path / "cache"
+    load_balanced("cifar10", root)
+    moved = tmp_path / "elsewhere" / "cifar10"
+    shutil.copytree(root, moved, copy_function=shutil.copyfile)  # new paths and new mtimes, same bytes
+    shutil.rmtree(root)
+
+    def no_decoding(path):
+        raise AssertionError(f"decoded {path} although the cache holds its content")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(data, "_decode_image", no_decoding)
+        assert_same_split(load_balanced("cifar10", moved), *split)
+    assert len(list(cache.glob("*.npz"))) == 1
+
+    copy = tmp_path / "copy"  # a second folder of the same content: still one file
+    shutil.copytree(moved, copy)
+    load_balanced("cifar10", copy)
+    assert len(list(cache.glob("*.npz"))) == 1
+    changed = copy / "test" / "truck" / "00019.png"
+    Image.fromarray(255 - split[2][-1]).save(changed)
+    load_balanced("cifar10", copy)
+    assert len(list(cache.glob("*.npz"))) == 2  # the first content stays: `moved` still holds it
+
+    listed = data.cache_entries()
+    assert [e[0].name for e in listed].count(data.IMAGE_CACHE_INDEX) == 1
+    described = {e[2] for e in listed if e[0].suffix == ".npz"}
+    assert described == {f"decoded image folder of {moved.resolve()}", f"decoded image folder of {copy.resolve()}"}
+    (cache / "not-mmlib.txt").write_text("someone else's")
+    assert data.clear_cache() == listed
+    assert sorted(p.name for p in cache.iterdir()) == ["not-mmlib.txt"]
 
 
 # ---- errors --------------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ empty output folder.
 """
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import matplotlib.image
@@ -16,6 +18,7 @@ import pytest
 import yaml
 from papermill.translators import PythonTranslator
 
+import mmlib.notebook
 from mmlib import paper, training
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,16 +57,19 @@ def test_every_notebook_has_parameters_papermill_can_read():
 
 
 @pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes_and_writes_readable_outputs(notebook, quick_runs, tmp_path, monkeypatch):
+def test_notebook_executes_and_writes_readable_outputs(notebook, quick_runs, tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     out.mkdir()
     params = yaml.safe_load((PARAMETERS / f"{notebook.stem}.yaml").read_text()) or {}
     params = {k: substitute(v, {"runs": str(quick_runs), "out": str(out)}) for k, v in params.items()}
-    papermill.execute_notebook(str(notebook), str(tmp_path / notebook.name), parameters=params,
-                               kernel_name="python3", progress_bar=False, cwd=str(ROOT))
+    mmlib.notebook.execute(notebook, tmp_path / notebook.name, params, kernel_name="python3", cwd=str(ROOT))
     executed = nbformat.read(tmp_path / notebook.name, as_version=4)
-    assert not [o for c in executed.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
+    assert not [o for o in outputs if o.get("output_type") == "error"]
+    # nothing that looks like a failure: no warnings in the notebook, none from its kernel
+    assert not [o["text"] for o in outputs if o.get("name") == "stderr" and "Warning" in o["text"]]
+    assert "WARNING" not in capfd.readouterr().err
     written = [p for p in out.rglob("*") if p.is_file()]
     assert written, f"{notebook.name} wrote nothing into {out}"
     for path in written:
@@ -84,6 +90,49 @@ def test_train_notebook_rejects_a_bad_parameter_in_its_first_cells(tmp_path):
         papermill.execute_notebook(str(ROOT / "notebooks" / "train.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters={"run_dir": str(tmp_path / "run"), "ratio": 0.5},
                                    kernel_name="python3", progress_bar=False)
-    assert "ratio must be >= 1, got 0.5" in str(failure.value)
+    assert failure.value.evalue == "ratio must be >= 1, got 0.5"
+    assert failure.value.traceback == ["ParameterError: ratio must be >= 1, got 0.5"]
     assert failure.value.exec_count <= 4  # the validation cell, before any data is loaded
     assert not (tmp_path / "run").exists()
+
+
+# ---- parameters the notebooks refuse, in their first code cell -----------------------------
+
+
+def test_a_misspelled_parameter_stops_the_notebook_naming_the_closest_one(tmp_path):
+    """As a user types it: the papermill command line, which on its own only warns and goes on."""
+    done = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "train.ipynb"),
+                           str(tmp_path / "out.ipynb"), "-p", "epoch", "2", "-p", "run_dir", str(tmp_path / "run")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode != 0
+    assert "ParameterError: unknown parameter epoch (did you mean epochs?)\n" in done.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_wrong_type_is_the_notebooks_first_failure_in_one_line(tmp_path):
+    """Through python -m mmlib.notebook (the sweeps' runner), whose kernel also runs encrypted, so it does not warn."""
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump({"epochs": "three", "run_dir": str(tmp_path / "run")}))
+    done = subprocess.run([sys.executable, "-m", "mmlib.notebook", str(ROOT / "notebooks" / "train.ipynb"),
+                           str(tmp_path / "out.ipynb"), str(params)], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'out.ipynb'} failed in cell 3: ParameterError: "
+        "parameter epochs must be of type int like its default 10, got 'three'")
+    assert "without encryption" not in done.stderr
+    errors = [o for c in nbformat.read(tmp_path / "out.ipynb", as_version=4).cells for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert [e["traceback"] for e in errors] == [
+        ["ParameterError: parameter epochs must be of type int like its default 10, got 'three'"]]
+    assert not (tmp_path / "run").exists()
+
+
+def test_every_notebook_checks_its_injected_parameters(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        mmlib.notebook.execute(ROOT / "notebooks" / "table1.ipynb", tmp_path / "out.ipynb", {"tabel": "quick"})
+    assert failure.value.ename == "ParameterError"
+    assert failure.value.evalue == "unknown parameter tabel (did you mean table?)"
+    with pytest.raises(papermill.PapermillExecutionError) as failure:
+        mmlib.notebook.execute(ROOT / "notebooks" / "fig1_class_counts.ipynb", tmp_path / "out.ipynb", {"log": "yes"})
+    assert failure.value.evalue == "parameter log must be of type bool like its default True, got 'yes'"
+    assert failure.value.exec_count == 3  # parameters, injected parameters, then the check

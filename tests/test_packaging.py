@@ -1,4 +1,9 @@
-"""environment.yml (conda) and pyproject.toml (pip) must list the same packages and versions."""
+"""environment.yml (conda, CUDA), environment-cpu.yml (conda, CPU) and pyproject.toml (pip) must agree.
+
+conda itself is not needed: the files are parsed and compared. conda-forge builds PyTorch twice and
+names the builds by metapackage: pytorch-gpu pins the CUDA build (which needs a driver, conda's
+__cuda virtual package), pytorch-cpu the CPU build; a plain "pytorch" would leave the choice to the solver.
+"""
 
 import re
 from pathlib import Path
@@ -9,7 +14,7 @@ import yaml
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from PyPI's
+TORCH_BUILDS = {"environment.yml": "pytorch-gpu", "environment-cpu.yml": "pytorch-cpu"}
 
 
 def split(requirement: str) -> tuple[str, str]:
@@ -17,17 +22,36 @@ def split(requirement: str) -> tuple[str, str]:
     return name.lower(), spec.replace(" ", "")
 
 
-def test_environment_yml_matches_pyproject():
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = dict(split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
-    pip_side["python"] = project["requires-python"]
-
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    conda_side = {}
+def conda_requirements(file: str) -> dict[str, str]:
+    env = yaml.safe_load((ROOT / file).read_text())
+    assert env["channels"] == ["conda-forge"], f"{file}: the build metapackages are conda-forge's; mixing channels breaks them"
+    requirements = {}
     for entry in env["dependencies"]:
         if isinstance(entry, dict):
             assert entry["pip"] == ["-e ."], "the pip section installs mmlib itself, nothing else"
         elif entry != "pip":
             name, spec = split(entry)
-            conda_side[CONDA_TO_PIP.get(name, name)] = spec
+            requirements[name] = spec
+    return requirements
+
+
+@pytest.mark.parametrize("file", TORCH_BUILDS)
+def test_conda_environment_matches_pyproject(file):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_side = dict(split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    pip_side["python"] = project["requires-python"]
+    conda_side = conda_requirements(file)
+    assert "pytorch" not in conda_side, f"{file}: ask for a build ({TORCH_BUILDS[file]}), not the solver's choice"
+    conda_side["torch"] = conda_side.pop(TORCH_BUILDS[file])
     assert conda_side == pip_side
+
+
+def test_the_two_environments_differ_only_in_the_pytorch_build():
+    gpu, cpu = (conda_requirements(file) for file in TORCH_BUILDS)
+    assert gpu.pop("pytorch-gpu") == cpu.pop("pytorch-cpu")
+    assert gpu == cpu
+    names = {file: yaml.safe_load((ROOT / file).read_text())["name"] for file in TORCH_BUILDS}
+    assert len(set(names.values())) == 2, "distinct environment names, so both can be installed"
+    readme = (ROOT / "README.md").read_text()
+    for file in TORCH_BUILDS:
+        assert f"conda env create -f {file}" in readme

@@ -264,7 +264,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
     results = {}
     for method in ("erm", "mm-drw"):
         cell = find_cell("quick", "digits-step-10", method)
-        config = cell.run_params(arch="resnet8", epochs=1, quiet=True)
+        config = cell.run_params(arch="resnet8", epochs=2, quiet=True)
         results[method] = training.run(config, cell.path(runs) / "seed0")
 
     df = reports.collect("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])

@@ -165,7 +165,7 @@ def test_cb_rs_resamples_from_the_first_epoch(tmp_path, monkeypatch, digits):
 
 def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    config = RunConfig(**quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2)).resolve()
+    config = RunConfig(**quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2)).resolve()
     backbone = training.ssp_backbone(config, digits, torch.device("cpu"))
     assert [c["transform"] for c in calls] == [training.rotate, training.rotate]
     assert not any(k.startswith("fc.") for k in backbone)
@@ -175,11 +175,11 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
             assert tensor.shape == (digits.num_classes, 64)  # a fresh cosine head
         else:
             assert torch.equal(tensor, backbone[name]), name
-    again = training.ssp_backbone(RunConfig(**quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2, seed=5)).resolve(),
+    again = training.ssp_backbone(RunConfig(**quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2, seed=5)).resolve(),
                                   digits, torch.device("cpu"))
     assert len(calls) == 2  # the second seed reused the cached backbone
     assert all(torch.equal(again[k], backbone[k]) for k in backbone)
-    training.run(quick(method="ldam-drw-ssp", epochs=1, ssp_epochs=2), tmp_path / "r")
+    training.run(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2), tmp_path / "r")
     assert len(calls) == 3 and calls[2]["transform"] is None
 
 
@@ -324,7 +324,7 @@ def test_cli_help_lists_methods_and_defaults():
 def test_cli_trains_a_run(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mmlib", "train", "--run-dir", str(tmp_path / "r"), "--dataset", "digits", "--ratio", "10",
-         "--arch", "resnet8", "--epochs", "1", "--method", "mm-drw", "--quiet"],
+         "--arch", "resnet8", "--epochs", "2", "--method", "mm-drw", "--quiet"],
         capture_output=True, text=True, check=True, env={"MMLIB_CACHE": str(tmp_path), "PATH": ""},
     ).stdout
     assert json.loads(out)["final_error"] == rundir.load_results(tmp_path / "r")["final"]["error"]

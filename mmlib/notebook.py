@@ -1,0 +1,125 @@
+"""The notebooks' side of mmlib: checking the parameters papermill injects, and executing notebooks.
+
+Papermill runs a notebook's "parameters" cell, then the "injected-parameters" cell it writes after it
+(whose first line is ``# Parameters``); for a name the notebook does not define it only prints a
+warning. ``check_parameters``, called by every notebook's first code cell, reads both cells back
+from the kernel's input history and stops the notebook there, with one line saying what is wrong and
+how to fix it, when a parameter is unknown or its type differs from its default's.
+
+``execute`` runs a notebook with papermill on a kernel whose channels are CurveZMQ-encrypted (the
+kernel manager provisions the keys), so the kernel has nothing to warn about; ``python -m
+mmlib.notebook IN OUT PARAMS.yaml`` does the same from a shell (the sweeps run it so).
+"""
+
+import ast
+import contextlib
+import sys
+from pathlib import Path
+
+from mmlib.config import did_you_mean
+
+INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
+
+
+class ParameterError(ValueError):
+    """A bad notebook parameter; IPython shows it as this one line, without a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{type(self).__name__}: {self}"]
+
+
+@contextlib.contextmanager
+def parameter_errors():
+    """Re-raise a validation error (ValueError, FileNotFoundError) as a ParameterError: one line in the notebook."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as err:
+        raise ParameterError(str(err)) from err
+
+
+def check_parameters(namespace: dict) -> None:
+    """Refuse injected parameters the notebook does not define, and values of another type than the default's.
+
+    ``namespace`` is the notebook's ``globals()``. Without an injected cell in the history (the
+    notebook run by hand) there is nothing injected to check.
+    """
+    cells = [cell for cell in namespace.get("In", []) if cell.strip()]
+    injected = next((i for i in range(len(cells) - 1, -1, -1) if cells[i].startswith(INJECTED_HEADER)), None)
+    if injected is None:
+        return
+    # The parameters cell: the nearest earlier cell made of assignments only (papermill runs it just before).
+    declared = next((a for a in map(_assignments, reversed(cells[:injected])) if a is not None), {})
+    for name in _assignments(cells[injected]) or {}:
+        if name not in declared:
+            hint = did_you_mean(name, declared) or f"; this notebook's parameters: {', '.join(declared)}"
+            raise ParameterError(f"unknown parameter {name}{hint}")
+        _check_type(name, namespace[name], declared[name])
+
+
+def _assignments(source: str) -> dict | None:
+    """name -> literal value (None where not a literal) of a cell made only of assignments; None for any other cell."""
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return None
+    if not body or not all(isinstance(s, ast.Assign) and len(s.targets) == 1 and isinstance(s.targets[0], ast.Name)
+                           for s in body):
+        return None
+    values = {}
+    for statement in body:
+        try:
+            values[statement.targets[0].id] = ast.literal_eval(statement.value)
+        except ValueError:
+            values[statement.targets[0].id] = None
+    return values
+
+
+def _check_type(name: str, value, default) -> None:
+    """A value must have its default's type (an int will do for a float); a default of None takes anything."""
+    if default is None:
+        return
+    kind = type(default)
+    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+    if kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok:
+        raise ParameterError(f"parameter {name} must be of type {kind.__name__} like its default {default!r}, "
+                             f"got {value!r}")
+
+
+def kernel_config():
+    """The kernel manager's configuration: CurveZMQ-encrypted channels where pyzmq supports them."""
+    import zmq
+    from traitlets.config import Config
+
+    return Config({"KernelManager": {"transport_encryption": "auto"}}) if zmq.has("curve") else Config()
+
+
+def execute(notebook: str | Path, output: str | Path, parameters: dict | None = None, **kwargs):
+    """papermill.execute_notebook on an encrypted kernel, without a progress bar; returns the executed notebook."""
+    import papermill
+
+    return papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, progress_bar=False,
+                                      config=kernel_config(), **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m mmlib.notebook IN OUT [PARAMS.yaml]: execute IN into OUT; a failure is one line and exit 1."""
+    import papermill
+    import yaml
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3):
+        print("usage: python -m mmlib.notebook IN.ipynb OUT.ipynb [PARAMETERS.yaml]", file=sys.stderr)
+        return 2
+    parameters = yaml.safe_load(Path(args[2]).read_text()) if len(args) == 3 else {}
+    try:
+        execute(args[0], args[1], parameters)
+    except papermill.PapermillExecutionError as err:
+        print(f"error: {args[1]} failed in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

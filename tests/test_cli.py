@@ -1,0 +1,99 @@
+"""The command line as a newcomer meets it: messages that name the command's own options, finished runs, --set, the cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mmlib import sweeps
+
+
+def mmlib(*args, cache):
+    """python -m mmlib ARGS with its own cache folder."""
+    return subprocess.run([sys.executable, "-m", "mmlib", *map(str, args)], capture_output=True, text=True,
+                          env={**os.environ, "MMLIB_CACHE": str(cache), "OMP_NUM_THREADS": "1"})
+
+
+def test_missing_data_names_the_download_option_of_the_command(tmp_path):
+    train = mmlib("train", "--run-dir", tmp_path / "r", "--dataset", "cifar10", "--data-root", tmp_path / "none",
+                  cache=tmp_path)
+    assert train.returncode == 2 and train.stderr.startswith(f"error: data root {tmp_path / 'none'} does not exist.")
+    assert "To get the data, pass --download, or point the data root at an existing copy." in train.stderr
+    sweep = mmlib("sweep", "table1", "--out", tmp_path, "--dry-run", cache=tmp_path)
+    assert sweep.returncode == 2
+    assert "To get the data, pass --set download=True, or point the data root at an existing copy." in sweep.stderr
+    assert "unrecognized arguments" not in mmlib("sweep", "table1", "--out", tmp_path, "--dry-run", "--data-root",
+                                                 tmp_path / "none", "--set", "download=True", cache=tmp_path).stderr
+
+
+def test_training_a_finished_run_again_says_so_and_how_to_start_over(tmp_path):
+    args = ["train", "--run-dir", tmp_path / "r", "--dataset", "digits", "--ratio", "10", "--arch", "resnet8",
+            "--epochs", "1", "--method", "erm", "--quiet"]
+    first = mmlib(*args, cache=tmp_path)
+    assert first.returncode == 0 and "finished run" not in first.stderr
+    again = mmlib(*args, cache=tmp_path)
+    assert again.returncode == 0 and json.loads(again.stdout) == json.loads(first.stdout)
+    assert again.stderr.strip() == (f"note: {tmp_path / 'r'} holds a finished run, so nothing was trained; its results "
+                                    f"follow. To train again, give another --run-dir or delete {tmp_path / 'r'}.")
+
+
+def plan(tmp_path, **overrides):
+    return sweeps.plan("quick", tmp_path, [0], ["digits-exp-10"], ["mm-drw"], overrides={"epochs": 2, **overrides})
+
+
+def test_every_set_key_that_is_a_run_parameter_works(tmp_path):
+    (job,), _ = plan(tmp_path, quiet=False, data_seed=7, bf16=True, download=True)
+    assert {k: job.params[0][k] for k in ("quiet", "data_seed", "bf16", "download")} == {
+        "quiet": False, "data_seed": 7, "bf16": True, "download": True}
+    (job,), _ = plan(tmp_path)
+    assert job.params[0]["quiet"] is True  # the sweep's default: notebooks run headless
+
+
+@pytest.mark.parametrize("key, message", [
+    ("seed", "--set seed: the sweep sets seed for every run; use --seeds"),
+    ("data_root", "--set data_root: the sweep sets data_root for every run; use --data-root"),
+    ("run_dir", "--set run_dir: the sweep sets run_dir for every run; use --out"),
+    ("method", "--set method: the table's cells set method themselves; choose them with --methods"),
+    ("beta", "--set beta: the table's cells set beta themselves"),
+    ("epoch", "--set epoch: unknown parameter (did you mean epochs?); "
+              "python -m mmlib train --help lists the run parameters"),
+])
+def test_set_keys_the_sweep_owns_or_that_do_not_exist_are_refused(tmp_path, key, message):
+    with pytest.raises(ValueError) as error:
+        plan(tmp_path, **{key: 1})
+    assert str(error.value) == message
+    assert not any(tmp_path.iterdir())
+
+
+def test_set_quiet_through_the_command_line(tmp_path):
+    done = mmlib("sweep", "quick", "--settings", "digits-exp-10", "--methods", "erm", "--out", tmp_path, "--dry-run",
+                 "--set", "quiet=True", "--set", "seed=3", cache=tmp_path)
+    assert done.returncode == 2 and done.stderr == "error: --set seed: the sweep sets seed for every run; use --seeds\n"
+    done = mmlib("sweep", "quick", "--settings", "digits-exp-10", "--methods", "erm", "--out", tmp_path, "--dry-run",
+                 "--set", "quiet=True", cache=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == "quick: 1 runs to do in 1 notebooks, 0 finished runs skipped"
+    done = mmlib("sweep", "quick", "--epochs", "3", "--set", "epochs=4", "--out", tmp_path, "--dry-run", cache=tmp_path)
+    assert done.stderr == "error: --epochs 3 and --set epochs=4 disagree: give one\n"
+
+
+def test_cache_lists_and_clears_only_mmlibs_entries(tmp_path):
+    cache = tmp_path / "cache"
+    (cache / "ssp" / "abc").mkdir(parents=True)
+    (cache / "ssp" / "abc" / "backbone.pt").write_bytes(b"x" * 2_000_000)
+    (cache / "imagefolder-0123.npz").write_bytes(b"y" * 3_000_000)
+    (cache / "notes.txt").write_text("not mmlib's")
+    listed = mmlib("cache", cache=cache)
+    assert listed.returncode == 0
+    assert listed.stdout.splitlines() == [
+        f"      3.0 MB  {cache / 'imagefolder-0123.npz'}  (decoded image folder of a folder not seen lately)",
+        f"      2.0 MB  {cache / 'ssp' / 'abc'}  (ldam-drw-ssp pre-trained backbone)",
+        f"in {cache}: 2 entries, 5.0 MB; python -m mmlib cache --clear deletes them",
+    ]
+    cleared = mmlib("cache", "--clear", cache=cache)
+    assert cleared.stdout.splitlines()[-1] == f"deleted {cache}: 2 entries, 5.0 MB"
+    assert sorted(p.name for p in cache.rglob("*")) == ["notes.txt", "ssp"]
+    assert str(cache) in "".join(mmlib("cache", "--help", cache=cache).stdout.split())  # argparse wraps lines
+    assert "python -m mmlib cache --clear deletes them" in mmlib("train", "--help", cache=cache).stdout
