@@ -27,19 +27,20 @@ import mmlib
 from mmlib import rundir
 from mmlib.config import RunConfig
 from mmlib.data import ImbalancedDataset, cache_dir, load_dataset
-from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights
+from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights, log_prior
 from mmlib.methods import active, get_method
 from mmlib.models import build_model, merge_state_dicts, split_state_dict
 from mmlib.pipeline import TrainStream, eval_batches, to_device
 
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {
-    "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant",
+    "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
     "focal_gamma", "cb_beta", "quiet", "tensorboard",
 }
 # Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
 RESUMABLE_CHANGES = {"quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic"}
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
+PLAIN_NOTE = "plain: the same epoch's errors of the unadjusted logits z (plain ERM); the record's own, of z - tau log(prior)"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -227,8 +228,12 @@ def train_epoch(model, streams, criteria, optimizer, autocast, channels_last, tr
 
 
 @torch.no_grad()
-def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last) -> torch.Tensor:
-    """(K, C, C) confusion matrices (rows: true class) of the K runs on a test set."""
+def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last,
+                logit_offset=None) -> torch.Tensor:
+    """(K, C, C) confusion matrices (rows: true class) of the K runs on a test set.
+
+    logit_offset (K, C), if given, is added to each run's logits before the argmax (post-hoc adjustment).
+    """
     model.eval()
     counts = torch.zeros(runs * num_classes * num_classes, dtype=torch.int64, device=labels.device)
     offsets = torch.arange(runs, device=labels.device) * num_classes * num_classes
@@ -237,7 +242,8 @@ def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, 
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            pred = model(x).view(len(y), runs, -1).argmax(-1)
+            logits = model(x).view(len(y), runs, -1)
+        pred = (logits if logit_offset is None else logits + logit_offset).argmax(-1)
         index = offsets + y[:, None] * num_classes + pred
         counts += torch.bincount(index.flatten(), minlength=counts.numel())
     return counts.view(runs, num_classes, num_classes).cpu()
@@ -278,8 +284,9 @@ class _Group:
                 )
                 self._stop_if_non_finite(epoch, losses, bad_steps)
                 evaluate = (epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs
-                confusions = self._evaluate() if evaluate else None
-                entries = self._record(state, epoch, lr, losses, train_errors, confusions, time.perf_counter() - start)
+                confusions, plain = self._evaluate() if evaluate else (None, None)
+                entries = self._record(state, epoch, lr, losses, train_errors, confusions, plain,
+                                       time.perf_counter() - start)
                 for writer, entry in zip(writers, entries):
                     if writer is not None:
                         for name, value in entry.items():
@@ -309,6 +316,13 @@ class _Group:
         self.criteria = [build_loss(m.loss, self.counts, **c.loss_params()).to(device)
                          for m, c in zip(self.methods, self.configs)]
         self.cb_weights = [class_balanced_weights(self.counts, c.cb_beta).to(device) for c in self.configs]
+        # Post-hoc logit adjustment: -tau log(prior) added to the logits of each post-hoc run, 0 for the others.
+        self.logit_offsets = None
+        if any(m.posthoc for m in self.methods):
+            self.logit_offsets = torch.stack([
+                -c.tau * log_prior(self.counts) if m.posthoc else torch.zeros(self.dataset.num_classes)
+                for m, c in zip(self.methods, self.configs)
+            ]).to(device)
 
     def _schedule(self, epoch: int) -> float:
         """This epoch's learning rate, and each run's class weights and sampling; returns the lr."""
@@ -322,12 +336,21 @@ class _Group:
             stream.set_class_weights(weights if active(method.resample, epoch, config.switch_epoch) else None)
         return lr
 
-    def _evaluate(self) -> torch.Tensor:
-        return _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
-                           self.first.eval_batch_size, self.autocast, self.channels_last)
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Confusions with each run's logit offset applied, and the plain ones (None when no run has an offset)."""
+        def confusions(offset):
+            return _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
+                               self.first.eval_batch_size, self.autocast, self.channels_last, offset)
 
-    def _record(self, state, epoch, lr, losses, train_errors, confusions, seconds) -> list[dict]:
-        """Append each run's history entry and update its final and best records; returns the entries."""
+        if self.logit_offsets is None:
+            return confusions(None), None
+        return confusions(self.logit_offsets), confusions(None)
+
+    def _record(self, state, epoch, lr, losses, train_errors, confusions, plain, seconds) -> list[dict]:
+        """Append each run's history entry and update its final and best records; returns the entries.
+
+        A post-hoc run's records are those of its adjusted logits, each holding the same epoch's plain
+        record under "plain" (and its entries a plain_test_error)."""
         entries = []
         for k in range(len(self.configs)):
             entry = {"epoch": epoch + 1, "lr": lr, "train_loss": losses[k], "train_error": train_errors[k],
@@ -335,6 +358,10 @@ class _Group:
             if confusions is not None:
                 record = _error_record(epoch + 1, confusions[k], self.dataset.groups)
                 entry.update(test_error=record["error"], group_error=record["group_error"])
+                if self.methods[k].posthoc:
+                    record["plain"] = _error_record(epoch + 1, plain[k], self.dataset.groups)
+                    record["plain"]["note"] = PLAIN_NOTE
+                    entry["plain_test_error"] = record["plain"]["error"]
                 state["final"][k] = record
                 if state["best"][k] is None or record["error"] < state["best"][k]["error"]:
                     state["best"][k] = record
