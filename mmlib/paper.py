@@ -184,7 +184,7 @@ def _mm_cells(table: str, setting: Setting, method: str, beta: float, delta_neg:
     notes = [RELEASED_NOTES.get((setting.name, method), "")]
     if scale is None:
         notes.insert(0, "s=10 as the paper states; the scale of each cell was not published")
-    if table == "table1" and method != "mm-drw":
+    if table in ("table1", "ablation") and method != "mm-drw":
         notes.insert(0, "beta and delta_neg of MM-DRW's best cell in Table 2/3 (the paper gives none for this row)")
     notes = tuple(filter(None, notes))
     return [

@@ -133,3 +133,14 @@ def test_cli_lists_the_new_tables(table, lines, capsys):
                                           "delta_neg=0.6 beta=1.5 s=10.0 mm_variant=released", "21.98"]
     else:
         assert out[0].split("\t") == ["beyond", "cifar10-exp-100", "la", "-", "-"]
+
+
+@pytest.mark.parametrize("table", ["beyond", "ablation"])
+def test_the_new_tables_render_through_the_reports(table, tmp_path):
+    from mmlib import reports
+
+    md = reports.render(reports.collect(table, tmp_path), table)["md"]
+    assert md.startswith(f"## {reports.TITLES[table]}")
+    rows = [c.label for c in paper.cells(table)]
+    assert all(f"| {label} |" in md for label in rows)  # every row shown, missing runs as missing
+    assert "missing" in md and ("Menon et al." in md if table == "beyond" else "which variant" in md)
