@@ -108,15 +108,15 @@ def _best_mm(setting: str) -> tuple[float, float]:
 
 # Beyond the paper: logit adjustment under the same protocol (Table 1's 8 settings).
 BEYOND_METHODS = ("la", "la-drw", "erm-posthoc")
-# Published top-1 errors (%) of these methods in Table 1's column order: the papers report only
-# CIFAR-10/100 long-tailed 100, with ResNet-32 but not under the LDAM-DRW schedule (see BEYOND_NOTE).
-# A cell is entered only when it was read in the paper itself; none could be here, so all are blank.
+# Published top-1 errors (%) of these methods in Table 1's column order, None where there is none.
+# A cell is to be entered only when read in the paper itself, with paper and table cited beside it;
+# none could be read here (see BEYOND_NOTE), so every cell is blank.
 BEYOND_ERRORS = {method: [None] * len(_COLUMNS) for method in BEYOND_METHODS}
 BEYOND_NOTE = (
-    "published error not entered: Menon et al. (ICLR 2021), Table 2, report the logit-adjusted loss and "
-    "post-hoc adjustment on CIFAR-10/100-LT ratio 100 with ResNet-32, as balanced error under their own "
-    "schedule (SGD with Nesterov momentum, their epochs), not under the LDAM-DRW protocol; the table was "
-    "not available to check its numbers"
+    "no published number entered: Menon et al. (ICLR 2021) report the logit-adjusted loss and post-hoc "
+    "adjustment on CIFAR-10/100-LT ratio 100 with ResNet-32, as balanced error under their own schedule (SGD with "
+    "Nesterov momentum), and Ren et al. (NeurIPS 2020) Balanced Softmax under theirs, not the LDAM-DRW protocol; "
+    "their tables could not be read here to check the numbers"
 )
 
 # The released MM code's departures one at a time (mm_variant), on these settings by default.
