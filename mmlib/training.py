@@ -40,7 +40,7 @@ FUSABLE = {
 # Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
 RESUMABLE_CHANGES = {"quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic"}
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
-PLAIN_NOTE = "plain: the same epoch's errors of the unadjusted logits z (plain ERM); the record's own, of z - tau log(prior)"
+PLAIN_NOTE = "the same epoch's errors of the plain logits z (ERM as trained); the enclosing record's are of z - tau log(prior)"
 
 
 class NonFiniteLossError(RuntimeError):
