@@ -42,7 +42,8 @@ def _table_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", help="only these settings, e.g. cifar10-exp-100 cifar100-step-10")
     parser.add_argument("--methods", nargs="+", help="only these methods, e.g. mm-drw ldam-drw")
     parser.add_argument("--mm-variants", nargs="+", default=["equations"], choices=run_config.MM_VARIANTS,
-                        help="run the MM cells as the paper's equations and/or as the released code behaves")
+                        help="run the MM cells as the paper's equations, as the released code behaves, and/or with one "
+                             "of its departures alone (first-label, mask-zero)")
     parser.add_argument("--mm-scale", type=float, help="scale s of every MM cell (default: the paper's s=10)")
 
 

@@ -19,7 +19,7 @@ from mmlib.methods import METHODS, get_method
 from mmlib.models import ARCHS
 from mmlib.step import COMPILE_MODES
 
-MM_VARIANTS = ("equations", "released")
+MM_VARIANTS = ("equations", "first-label", "mask-zero", "released")  # mmlib.losses.MM_VARIANTS
 DEFAULT_SCALE = {"ldam": 30.0, "am": 30.0, "hinge": 30.0, "ldam-hinge": 30.0, "mm": 10.0, "mm-ldam": 10.0}
 
 
@@ -54,7 +54,8 @@ class RunConfig:
     margin: float = _param(0.5, "uniform margin of HG-DRS and M-DRW (unpublished; LDAM's largest margin by default)")
     delta_neg: float = _param(0.6, "MM's delta^- (Eq. 3; default: Table 2's best for CIFAR-10 long-tailed 100)")
     beta: float = _param(1.5, "MM's beta: delta^+ is beta times delta^- (Eq. 5)")
-    mm_variant: str = _param("equations", "MM as the paper's equations, or as the released code behaves", MM_VARIANTS)
+    mm_variant: str = _param("equations", "MM as the paper's equations, as the released code behaves, or with one of its two departures alone (first-label, mask-zero)", MM_VARIANTS)
+    tau: float = _param(1.0, "logit adjustment's tau: la / la-drw train on z + tau log(prior), erm-posthoc predicts with z - tau log(prior)")
     focal_gamma: float = _param(1.0, "focal loss gamma (1, as the released LDAM-DRW code)")
     cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.; LDAM-DRW's 0.9999; 1 gives inverse class frequency, Algorithm 1's n_y^-1)")
     ssp_epochs: int | None = _param(None, "rotation pre-training epochs of ldam-drw-ssp (default: the run's epochs)")
@@ -134,11 +135,13 @@ class RunConfig:
             return {"margin": self.margin, "s": self.s}
         if loss == "ldam-hinge":
             return {"margin": self.max_m, "s": self.s}
+        if loss == "la":
+            return {"tau": self.tau}
         return {
             "delta_neg": self.delta_neg,
             "beta": self.beta,
             "s": self.s,
-            "official": self.mm_variant == "released",
+            "variant": self.mm_variant,
         }
 
 
@@ -205,7 +208,7 @@ def validate(config: RunConfig) -> None:
         at_least(name, 1)
     for name in ("lr", "s"):
         at_least(name, 0, strict=True)
-    for name in ("weight_decay", "max_m", "margin", "delta_neg", "beta", "focal_gamma", "warmup_epochs"):
+    for name in ("weight_decay", "max_m", "margin", "delta_neg", "beta", "tau", "focal_gamma", "warmup_epochs"):
         at_least(name, 0)
     at_least("ratio", 1)
     if not 0 <= config.momentum < 1:

@@ -67,6 +67,12 @@ def ldam_margins(cls_num_list: Sequence[int], max_margin: float = 0.5) -> torch.
     return (margins * (max_margin / margins.max())).float()
 
 
+def log_prior(cls_num_list: Sequence[int]) -> torch.Tensor:
+    """log pi_j = log(n_j / sum_k n_k): the training set's log class prior (logit adjustment's offsets)."""
+    counts = torch.tensor(_check_counts(cls_num_list), dtype=torch.float64)
+    return (counts / counts.sum()).log().float()
+
+
 class _WeightedLoss(nn.Module):
     """Shared plumbing: the class count, the replaceable class weights, input checks, the mean."""
 
@@ -248,6 +254,15 @@ class HingeLoss(_WeightedLoss):
         return self._mean(per_sample, target)
 
 
+# MM variant -> (z_y read from the batch's first label's column, target masked with 0 in the max).
+MM_VARIANTS = {
+    "equations": (False, False),
+    "first-label": (True, False),
+    "mask-zero": (False, True),
+    "released": (True, True),
+}
+
+
 class MMLoss(_WeightedLoss):
     """Maximum Margin loss, Kang, Vu, Yoo (ICIP 2021), Eq. 1-4 (Eq. 6-7 with ldam=True).
 
@@ -260,9 +275,10 @@ class MMLoss(_WeightedLoss):
     delta_neg_y = delta_neg - gamma_y and delta_plus_y = beta * delta_neg_y (Eq. 6-7), gamma_j =
     C / n_j^(1/4) with max_j gamma_j = 0.5. The paper uses s = 10.
 
-    official=True reproduces the released code (HMMLoss), which departs from the equations in two
-    ways: z_y is read from the column of the batch's *first* label for every row, and the target
-    is masked by multiplying it by 0, so the "max over j != y" includes a 0 at the target.
+    variant (a key of MM_VARIANTS) picks the equations or the released code (HMMLoss), which departs
+    from them in two ways, each of which can be switched on alone: "first-label" reads z_y from the
+    column of the batch's *first* label for every row; "mask-zero" masks the target by multiplying it
+    by 0, so the "max over j != y" includes a 0 at the target; "released" does both.
     """
 
     def __init__(
@@ -272,29 +288,28 @@ class MMLoss(_WeightedLoss):
         beta: float,
         s: float = 10.0,
         ldam: bool = False,
-        official: bool = False,
+        variant: str = "equations",
         weight: torch.Tensor | None = None,
     ):
         counts = _check_counts(cls_num_list)
         super().__init__(len(counts), weight)
+        if variant not in MM_VARIANTS:
+            raise ValueError(f"unknown MM variant {variant!r}; valid: {', '.join(MM_VARIANTS)}")
+        self.variant = variant
         self.delta_neg = _check_non_negative("delta_neg", delta_neg)
         self.beta = _check_non_negative("beta", beta)
         self.s = _check_positive("s", s)
         self.ldam = ldam
-        self.official = official
         gamma = ldam_margins(counts, 0.5) if ldam else torch.zeros(len(counts))
         self.register_buffer("delta_neg_per_class", self.delta_neg - gamma)
 
     @torch.no_grad()
     def shift(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Delta^MM of every sample (Eq. 1-3): how far its target logit is lowered."""
-        if self.official:
-            first_label = target[:1].expand_as(target)
-            z_target = logits.gather(1, first_label[:, None]).squeeze(1)
-            z_other = logits.scatter(1, target[:, None], 0.0).amax(dim=1)
-        else:
-            z_target = logits.gather(1, target[:, None]).squeeze(1)
-            z_other = logits.scatter(1, target[:, None], float("-inf")).amax(dim=1)
+        first_label, mask_zero = MM_VARIANTS[self.variant]
+        target_column = target[:1].expand_as(target) if first_label else target
+        z_target = logits.gather(1, target_column[:, None]).squeeze(1)
+        z_other = logits.scatter(1, target[:, None], 0.0 if mask_zero else float("-inf")).amax(dim=1)
         m = z_target - z_other
         delta_neg = self.delta_neg_per_class.to(logits.device, logits.dtype)[target]
         delta_plus = self.beta * delta_neg
@@ -306,6 +321,28 @@ class MMLoss(_WeightedLoss):
         return self._margin_cross_entropy(logits, target, self.shift(logits, target), self.s)
 
 
+class LogitAdjustedLoss(_WeightedLoss):
+    """Logit-adjusted cross-entropy (Menon et al., ICLR 2021): CE(z + tau * log pi), pi_j = n_j / N.
+
+    -log( exp(z_y + tau log pi_y) / sum_j exp(z_j + tau log pi_j) ), the training set's class prior
+    pi added to the logits during training only; predictions take the plain argmax of z. With tau = 1
+    it is Balanced Softmax (Ren et al., NeurIPS 2020), -log( n_y e^{z_y} / sum_j n_j e^{z_j} ),
+    since log pi_j = log n_j - log N and a shift of every logit by the same constant leaves the softmax
+    unchanged.
+    """
+
+    def __init__(self, cls_num_list: Sequence[int], tau: float = 1.0, weight: torch.Tensor | None = None):
+        counts = _check_counts(cls_num_list)
+        super().__init__(len(counts), weight)
+        self.tau = _check_non_negative("tau", tau)
+        self.register_buffer("log_prior", log_prior(counts))
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = self._prepare(logits, target)
+        adjusted = logits + self.tau * self.log_prior.to(logits.device, logits.dtype)
+        return self._mean(F.cross_entropy(adjusted, target, reduction="none"), target)
+
+
 LOSSES = {
     "ce": lambda counts, **params: CrossEntropyLoss(num_classes=len(counts), **params),
     "focal": lambda counts, **params: FocalLoss(num_classes=len(counts), **params),
@@ -315,6 +352,7 @@ LOSSES = {
     "ldam-hinge": lambda counts, **params: HingeLoss(counts, ldam=True, **params),
     "mm": lambda counts, **params: MMLoss(counts, ldam=False, **params),
     "mm-ldam": lambda counts, **params: MMLoss(counts, ldam=True, **params),
+    "la": LogitAdjustedLoss,
 }
 """Loss name -> factory(cls_num_list, **params)."""
 

@@ -1,4 +1,4 @@
-"""The methods of the paper's Table 1 (and Cao et al.'s ERM-DRW / ERM-DRS) as data.
+"""The methods of the paper's Table 1 (and Cao et al.'s ERM-DRW / ERM-DRS, and logit adjustment) as data.
 
 A method is a loss, a head, and when class-balanced re-weighting and re-sampling are on:
 "never", "always" (from epoch 0: CB RW, CB RS) or "deferred" (from the switch epoch: DRW, DRS).
@@ -18,6 +18,7 @@ class Method:
     reweight: str = "never"
     resample: str = "never"
     ssp: bool = False  # start from a rotation-prediction pre-trained backbone (Yang & Xu 2020)
+    posthoc: bool = False  # predict with z - tau log(prior) (Menon et al. 2021), the plain z's errors beside
 
     @property
     def normed(self) -> bool:
@@ -43,6 +44,10 @@ METHODS = {
         Method("mm-ldam-drw", "MM-LDAM-DRW (ours)", "mm-ldam", "cosine", reweight="deferred"),
         Method("erm-drw", "ERM-DRW", "ce", "linear", reweight="deferred"),
         Method("erm-drs", "ERM-DRS", "ce", "linear", resample="deferred"),
+        # Beyond the paper: logit adjustment (Menon et al., ICLR 2021).
+        Method("la", "LA (logit-adjusted loss)", "la", "linear"),
+        Method("la-drw", "LA-DRW", "la", "linear", reweight="deferred"),
+        Method("erm-posthoc", "ERM + post-hoc LA", "ce", "linear", posthoc=True),
     ]
 }
 

@@ -1,7 +1,9 @@
 """The paper's Tables 1-3 as data: every cell's setting, method, hyper-parameters and reported error.
 
 Besides table1, table2 and table3 there is "quick": ERM, LDAM-DRW and MM-DRW on the offline digits
-dataset (long-tailed and step, ratio 10), no paper numbers, for the quick preset and the tests.
+dataset (long-tailed and step, ratio 10), no paper numbers, for the quick preset and the tests; and two
+tables beyond the paper: "beyond" (logit adjustment, Menon et al. ICLR 2021, on Table 1's 8 settings)
+and "ablation" (MM-DRW and MM-LDAM-DRW with each of the released code's departures alone).
 
 Table 1 holds the 14 rows of the paper plus Cao et al.'s ERM-DRW and ERM-DRS (their Table 5);
 cells the paper leaves blank (HG rows on CIFAR-100) are absent. The MM rows take (beta, delta^-) of
@@ -10,13 +12,13 @@ s = 10; the released scripts used other scales for some cells, noted where known
 run as the paper's equations or as the released code behaves (``mm_variant``).
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mmlib.config import MM_VARIANTS
 from mmlib.methods import get_method
 
-TABLES = ("table1", "table2", "table3", "quick")
+TABLES = ("table1", "table2", "table3", "quick", "beyond", "ablation")
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,26 @@ def _best_mm(setting: str) -> tuple[float, float]:
     return beta, delta_neg
 
 
+# Beyond the paper: logit adjustment under the same protocol (Table 1's 8 settings).
+BEYOND_METHODS = ("la", "la-drw", "erm-posthoc")
+# Published top-1 errors (%) of these methods in Table 1's column order, None where there is none.
+# A cell is to be entered only when read in the paper itself, with paper and table cited beside it;
+# none could be read here (see BEYOND_NOTE), so every cell is blank.
+BEYOND_ERRORS = {method: [None] * len(_COLUMNS) for method in BEYOND_METHODS}
+BEYOND_NOTE = (
+    "no published number entered: Menon et al. (ICLR 2021) report the logit-adjusted loss and post-hoc "
+    "adjustment on CIFAR-10/100-LT ratio 100 with ResNet-32, as balanced error under their own schedule (SGD with "
+    "Nesterov momentum), and Ren et al. (NeurIPS 2020) Balanced Softmax under theirs, not the LDAM-DRW protocol; "
+    "their tables could not be read here to check the numbers"
+)
+
+# The released MM code's departures one at a time (mm_variant), on these settings by default.
+ABLATION_METHODS = ("mm-drw", "mm-ldam-drw")
+ABLATION_SETTINGS = ("cifar10-exp-100", "cifar100-exp-100")
+ABLATION_NOTE = "paper: Table 1's number for the row; the paper does not say which variant produced it"
+VARIANT_LABELS = {"first-label": "[first-label only]", "mask-zero": "[mask-zero only]", "released": "[released code]"}
+
+
 @dataclass(frozen=True)
 class Cell:
     """One configuration of a paper table: what to run and what the paper reports for it."""
@@ -127,15 +149,15 @@ class Cell:
             name += f"-beta{self.params['beta']:g}-dneg{self.params['delta_neg']:g}"
         if "s" in self.params and self.params["s"] != PAPER_SCALE and self.method.startswith("mm"):
             name += f"-s{self.params['s']:g}"
-        return name + ("-released" if self.variant == "released" else "")
+        return name + ("" if self.variant == "equations" else f"-{self.variant}")
 
     @property
     def label(self) -> str:
-        """The row as the paper writes it, with the MM variant when it is the released code's."""
+        """The row as the paper writes it, with the MM variant when it is not the equations."""
         label = get_method(self.method).label
         if self.table in ("table2", "table3"):
             label += f" beta={self.params['beta']:g} / delta-={self.params['delta_neg']:g}"
-        return label + (" [released code]" if self.variant == "released" else "")
+        return label + (f" {VARIANT_LABELS[self.variant]}" if self.variant in VARIANT_LABELS else "")
 
     def path(self, runs_root) -> Path:
         """Where the cell's runs live: <runs_root>/<table>/<setting>/<run_name>/seed<k>."""
@@ -162,7 +184,7 @@ def _mm_cells(table: str, setting: Setting, method: str, beta: float, delta_neg:
     notes = [RELEASED_NOTES.get((setting.name, method), "")]
     if scale is None:
         notes.insert(0, "s=10 as the paper states; the scale of each cell was not published")
-    if table == "table1" and method != "mm-drw":
+    if table in ("table1", "ablation") and method != "mm-drw":
         notes.insert(0, "beta and delta_neg of MM-DRW's best cell in Table 2/3 (the paper gives none for this row)")
     notes = tuple(filter(None, notes))
     return [
@@ -176,7 +198,8 @@ def _mm_cells(table: str, setting: Setting, method: str, beta: float, delta_neg:
 def cells(table: str, settings=None, methods=None, mm_variants=("equations",), mm_scale: float | None = None) -> list[Cell]:
     """The cells of ``table``, optionally only some settings / methods; MM cells once per variant.
 
-    mm_scale overrides the MM cells' scale s (default: the paper's s = 10).
+    mm_scale overrides the MM cells' scale s (default: the paper's s = 10). The ablation table holds
+    every variant whatever mm_variants says, on ABLATION_SETTINGS unless settings names others.
     """
     if table not in TABLES:
         raise ValueError(f"unknown table {table!r}; valid: {', '.join(TABLES)}")
@@ -204,6 +227,20 @@ def cells(table: str, settings=None, methods=None, mm_variants=("equations",), m
                     out += _mm_cells(table, setting, method, *QUICK_MM, None, mm_variants, mm_scale)
                 else:
                     out.append(Cell(table, setting, method, {"s": LDAM_SCALE} if method == "ldam-drw" else {}))
+    elif table == "beyond":
+        for method, errors in BEYOND_ERRORS.items():
+            for setting, error in zip(_COLUMNS, errors):
+                out.append(Cell(table, SETTINGS[setting], method, {}, error, () if error is not None else (BEYOND_NOTE,)))
+    elif table == "ablation":
+        unknown = sorted(set(settings or ()) - set(SETTINGS))
+        if unknown:
+            raise ValueError(f"{table} has no settings {', '.join(unknown)}; valid: {', '.join(SETTINGS)}")
+        for setting in settings or ABLATION_SETTINGS:
+            beta, delta_neg = _best_mm(setting)
+            for method in ABLATION_METHODS:
+                error = TABLE1_ERRORS[method][_COLUMNS.index(setting)]
+                out += [replace(c, notes=(ABLATION_NOTE, *c.notes)) for c in
+                        _mm_cells(table, SETTINGS[setting], method, beta, delta_neg, error, MM_VARIANTS, mm_scale)]
     else:
         for setting, grid in BETA_GRIDS[table].items():
             for beta, delta_neg, error in grid:

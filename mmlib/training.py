@@ -28,7 +28,7 @@ from mmlib import rundir
 from mmlib.config import RunConfig
 from mmlib.data import ImbalancedDataset, cache_dir, load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError
-from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights
+from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights, log_prior
 from mmlib.methods import active, get_method
 from mmlib.models import build_model, merge_state_dicts, split_state_dict
 from mmlib.pipeline import TrainStream, eval_batches, to_device
@@ -36,7 +36,7 @@ from mmlib.step import TrainStep, resolve_compile
 
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {
-    "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant",
+    "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
     "focal_gamma", "cb_beta", "quiet", "tensorboard",
 }
 # Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
@@ -44,6 +44,7 @@ RESUMABLE_CHANGES = {
     "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic", "checkpoint_every",
 }
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
+PLAIN_NOTE = "the same epoch's errors of the plain logits z (ERM as trained); the enclosing record's are of z - tau log(prior)"
 
 
 def learning_rate(config: RunConfig, epoch: int) -> float:
@@ -221,10 +222,12 @@ def _error_record(epoch: int, confusion: torch.Tensor, groups: dict[str, list[in
 
 
 @torch.inference_mode()
-def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last) -> torch.Tensor:
+def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last,
+                logit_offset=None) -> torch.Tensor:
     """(K, C, C) confusion matrices (rows: true class) of the K runs on a test set, in one pass.
 
     Predictions stay on the device and are counted once at the end: one host sync an evaluation.
+    logit_offset (K, C), if given, is added to each run's logits before the argmax (post-hoc adjustment).
     """
     model.eval()
     predictions = torch.empty(len(labels), runs, dtype=torch.int64, device=labels.device)
@@ -233,7 +236,8 @@ def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, 
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
-            predictions[start:start + len(y)] = model(x).view(len(y), runs, -1).argmax(-1)
+            logits = model(x).view(len(y), runs, -1)
+        predictions[start:start + len(y)] = (logits if logit_offset is None else logits.float() + logit_offset).argmax(-1)
     offsets = torch.arange(runs, device=labels.device) * num_classes * num_classes
     index = offsets + labels[:, None] * num_classes + predictions
     counts = torch.bincount(index.flatten(), minlength=runs * num_classes * num_classes)
@@ -299,8 +303,9 @@ class _Group:
                 losses, train_errors, bad_steps = self.step.epoch(progress.step)
                 self._stop_if_non_finite(epoch, losses, bad_steps)
                 evaluate = (epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs
-                confusions = self._evaluate() if evaluate else None
-                entries = self._record(state, epoch, lr, losses, train_errors, confusions, time.perf_counter() - start)
+                confusions, plain = self._evaluate() if evaluate else (None, None)
+                entries = self._record(state, epoch, lr, losses, train_errors, confusions, plain,
+                                       time.perf_counter() - start)
                 for writer, entry in zip(writers, entries):
                     if writer is not None:
                         for name, value in entry.items():
@@ -336,6 +341,13 @@ class _Group:
         self.loss_weights = torch.ones(runs, self.dataset.num_classes, device=device)
         for criterion, row in zip(self.criteria, self.loss_weights):
             criterion.weight = row
+        # Post-hoc logit adjustment: -tau log(prior) added to the logits of each post-hoc run, 0 for the others.
+        self.logit_offsets = None
+        if any(m.posthoc for m in self.methods):
+            self.logit_offsets = torch.stack([
+                -c.tau * log_prior(self.counts) if m.posthoc else torch.zeros(self.dataset.num_classes)
+                for m, c in zip(self.methods, self.configs)
+            ]).to(device)
 
     def _schedule(self, epoch: int) -> float:
         """This epoch's learning rate, and each run's class weights and sampling; returns the lr."""
@@ -350,12 +362,21 @@ class _Group:
             stream.set_class_weights(weights if active(method.resample, epoch, config.switch_epoch) else None)
         return lr
 
-    def _evaluate(self) -> torch.Tensor:
-        return _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
-                           self.first.eval_batch_size, self.autocast, self.channels_last)
+    def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Confusions with each run's logit offset applied, and the plain ones (None when no run has an offset)."""
+        def confusions(offset):
+            return _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
+                               self.first.eval_batch_size, self.autocast, self.channels_last, offset)
 
-    def _record(self, state, epoch, lr, losses, train_errors, confusions, seconds) -> list[dict]:
-        """Append each run's history entry and update its final and best records; returns the entries."""
+        if self.logit_offsets is None:
+            return confusions(None), None
+        return confusions(self.logit_offsets), confusions(None)
+
+    def _record(self, state, epoch, lr, losses, train_errors, confusions, plain, seconds) -> list[dict]:
+        """Append each run's history entry and update its final and best records; returns the entries.
+
+        A post-hoc run's records are those of its adjusted logits, each holding the same epoch's plain
+        record under "plain" (and its entries a plain_test_error)."""
         entries = []
         for k in range(len(self.configs)):
             entry = {"epoch": epoch + 1, "lr": lr, "train_loss": losses[k], "train_error": train_errors[k],
@@ -363,6 +384,10 @@ class _Group:
             if confusions is not None:
                 record = _error_record(epoch + 1, confusions[k], self.dataset.groups)
                 entry.update(test_error=record["error"], group_error=record["group_error"])
+                if self.methods[k].posthoc:
+                    record["plain"] = _error_record(epoch + 1, plain[k], self.dataset.groups)
+                    record["plain"]["note"] = PLAIN_NOTE
+                    entry["plain_test_error"] = record["plain"]["error"]
                 state["final"][k] = record
                 if state["best"][k] is None or record["error"] < state["best"][k]["error"]:
                     state["best"][k] = record

@@ -12,11 +12,13 @@ from mmlib.losses import (
     FocalLoss,
     HingeLoss,
     LDAMLoss,
+    LogitAdjustedLoss,
     MMLoss,
     build_loss,
     class_balanced_weights,
     ldam_margins,
 )
+from mmlib.losses import MM_VARIANTS
 
 # Cosine logits of four samples over three classes, and their labels.
 Z = [
@@ -184,7 +186,7 @@ def test_mm_official_reads_first_label_column_for_every_row():
     rows = [[0.9, 0.2, 0.3], [0.1, 0.4, 0.3], [0.5, 0.2, 0.6], [0.7, 0.3, 0.2]]
     ys = [0, 2, 1, 0]
     paper = MMLoss(COUNTS, delta_neg=0.6, beta=1.5).shift(logits(rows), labels(ys)).tolist()
-    official = MMLoss(COUNTS, delta_neg=0.6, beta=1.5, official=True).shift(logits(rows), labels(ys)).tolist()
+    official = MMLoss(COUNTS, delta_neg=0.6, beta=1.5, variant="released").shift(logits(rows), labels(ys)).tolist()
     for i, (row, y) in enumerate(zip(rows, ys)):
         if y == ys[0]:
             assert official[i] == pytest.approx(paper[i], rel=1e-6)
@@ -198,10 +200,94 @@ def test_mm_official_reads_first_label_column_for_every_row():
 def test_mm_official_masks_the_target_with_zero():
     # All other logits negative: the released code's max over "j != y" is the 0 left at the target.
     rows = [[0.3, -0.2, -0.4]]
-    official = MMLoss(COUNTS, delta_neg=0.6, beta=1.5, official=True).shift(logits(rows), labels([0]))
+    official = MMLoss(COUNTS, delta_neg=0.6, beta=1.5, variant="released").shift(logits(rows), labels([0]))
     assert official.item() == pytest.approx(math.exp(-0.3 - 0.9), rel=1e-6)
     paper = MMLoss(COUNTS, delta_neg=0.6, beta=1.5).shift(logits(rows), labels([0]))
     assert paper.item() == pytest.approx(math.exp(-0.5 - 0.9), rel=1e-6)
+
+
+# Rows chosen so that each departure of the released code applies to some rows and not others:
+# "first-label" where y != y_0 (rows 1, 2); "mask-zero" where every other logit is negative (rows 0, 2).
+VARIANT_ROWS = [[0.3, -0.2, -0.4], [0.1, 0.4, 0.3], [-0.5, 0.2, -0.1], [0.7, 0.3, 0.2]]
+VARIANT_YS = [0, 2, 1, 0]
+FIRST_LABEL_ROWS, MASK_ZERO_ROWS = {1, 2}, {0, 2}
+
+
+def variant_delta(row, y, first_y, first_label, mask_zero, delta_neg=0.6, beta=1.5):
+    """Delta^MM with the released code's departures: z_y from the first label's column, a 0 in the max."""
+    z_target = row[first_y] if first_label else row[y]
+    m = z_target - max([v for j, v in enumerate(row) if j != y] + ([0.0] if mask_zero else []))
+    if m == 0:
+        return 0.0
+    return math.exp(-m - beta * delta_neg) if m > 0 else math.exp(m - delta_neg)
+
+
+@pytest.mark.parametrize("variant", list(MM_VARIANTS))
+def test_mm_variants_differ_from_the_equations_exactly_where_their_departures_apply(variant):
+    first_label, mask_zero = {"equations": (0, 0), "first-label": (1, 0), "mask-zero": (0, 1), "released": (1, 1)}[variant]
+    departs = (FIRST_LABEL_ROWS if first_label else set()) | (MASK_ZERO_ROWS if mask_zero else set())
+    shift = MMLoss(COUNTS, 0.6, 1.5, variant=variant).shift(logits(VARIANT_ROWS), labels(VARIANT_YS)).tolist()
+    for i, (row, y) in enumerate(zip(VARIANT_ROWS, VARIANT_YS)):
+        expected = variant_delta(row, y, VARIANT_YS[0], first_label, mask_zero)
+        assert shift[i] == pytest.approx(expected, rel=1e-6)
+        equations = variant_delta(row, y, VARIANT_YS[0], False, False)
+        assert (expected != pytest.approx(equations, rel=1e-3)) == (i in departs), (variant, i)
+
+
+def test_mm_first_label_and_mask_zero_together_are_the_released_code():
+    z, y = logits(VARIANT_ROWS), labels(VARIANT_YS)
+    shifts = {v: MMLoss(COUNTS, 0.6, 1.5, ldam=True, variant=v).shift(z, y) for v in MM_VARIANTS}
+    only_first, only_mask = FIRST_LABEL_ROWS - MASK_ZERO_ROWS, MASK_ZERO_ROWS - FIRST_LABEL_ROWS
+    for i in range(len(VARIANT_ROWS)):
+        if i in only_first:
+            assert shifts["released"][i] == shifts["first-label"][i]
+        if i in only_mask:
+            assert shifts["released"][i] == shifts["mask-zero"][i]
+    both = (FIRST_LABEL_ROWS & MASK_ZERO_ROWS).pop()
+    assert len({shifts[v][both].item() for v in MM_VARIANTS}) == 4  # the row where both apply tells them apart
+    assert shifts["released"].tolist() == pytest.approx(
+        [variant_delta(r, t, VARIANT_YS[0], True, True, 0.6 - g) for r, t, g in
+         zip(VARIANT_ROWS, VARIANT_YS, [ldam_margins(COUNTS)[t].item() for t in VARIANT_YS])], rel=1e-6)
+
+
+def test_mm_rejects_an_unknown_variant():
+    with pytest.raises(ValueError, match="unknown MM variant 'official'; valid: equations, first-label, mask-zero, released"):
+        MMLoss(COUNTS, 0.6, 1.5, variant="official")
+
+
+# --- logit adjustment ---------------------------------------------------------------------
+
+
+def logit_adjusted_ce(row, y, counts, tau):
+    """-log softmax(z + tau log pi)_y with pi_j = n_j / N."""
+    total = sum(counts)
+    return ce([v + tau * math.log(n / total) for v, n in zip(row, counts)], y)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.5, 2.0])
+def test_logit_adjusted_loss_matches_the_formula(tau):
+    expected = mean([logit_adjusted_ce(row, y, COUNTS, tau) for row, y in zip(Z, Y)])
+    assert LogitAdjustedLoss(COUNTS, tau=tau)(logits(), labels()).item() == pytest.approx(expected, rel=1e-6)
+    weight = [0.5, 1.0, 3.0]
+    weighted = mean([logit_adjusted_ce(row, y, COUNTS, tau) for row, y in zip(Z, Y)], [weight[y] for y in Y])
+    loss = build_loss("la", COUNTS, tau=tau, weight=torch.tensor(weight))
+    assert loss(logits(), labels()).item() == pytest.approx(weighted, rel=1e-6)
+
+
+def test_logit_adjusted_loss_at_tau_1_is_balanced_softmax():
+    """Ren et al.: -log(n_y exp(z_y) / sum_j n_j exp(z_j)); the logits differ from LA's by log N, a constant."""
+    balanced = mean([-math.log(COUNTS[y] * math.exp(row[y]) / sum(n * math.exp(v) for n, v in zip(COUNTS, row)))
+                     for row, y in zip(Z, Y)])
+    assert LogitAdjustedLoss(COUNTS, tau=1.0)(logits(), labels()).item() == pytest.approx(balanced, rel=1e-6)
+    shifted = [[v + 7.0 for v in row] for row in Z]  # any common shift of the logits leaves the loss as it is
+    assert LogitAdjustedLoss(COUNTS)(logits(shifted), labels()).item() == pytest.approx(balanced, rel=1e-5)
+
+
+def test_logit_adjusted_loss_at_tau_0_is_cross_entropy():
+    expected = mean([ce(row, y) for row, y in zip(Z, Y)])
+    assert LogitAdjustedLoss(COUNTS, tau=0.0)(logits(), labels()).item() == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="tau must be >= 0, got -1"):
+        LogitAdjustedLoss(COUNTS, tau=-1.0)
 
 
 def test_mm_weighted_mean_divides_by_target_weights():
@@ -237,7 +323,8 @@ def _all_losses():
         HingeLoss(COUNTS, 0.3, weight=weight),
         HingeLoss(COUNTS, 0.5, ldam=True),
         MMLoss(COUNTS, 0.6, 1.5, weight=weight),
-        MMLoss(COUNTS, 0.6, 1.5, ldam=True, official=True),
+        MMLoss(COUNTS, 0.6, 1.5, ldam=True, variant="released"),
+        LogitAdjustedLoss(COUNTS, 1.0, weight=weight),
     ]
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from mmlib import data, paper, reports, rundir, training
+from mmlib.config import MM_VARIANTS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
@@ -66,7 +67,7 @@ def test_collect_means_and_stds_over_finished_seeds(tmp_path):
     df = reports.collect("quick", tmp_path)
 
     assert list(df.columns) == reports.COLUMNS
-    assert len(df) == len(paper.cells("quick", mm_variants=("equations", "released")))
+    assert len(df) == len(paper.cells("quick", mm_variants=MM_VARIANTS))
     row = row_of(df, erm)
     assert row["seeds"] == 3
     assert row["final_mean"] == pytest.approx(np.mean(finals))

@@ -265,7 +265,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_
         ({"switch_epoch": 5, "epochs": 5}, "switch_epoch 5 is beyond the run"),
         ({"lr_milestones": [3, 1]}, "lr_milestones must be ascending"),
         ({"epochs": "10"}, "epochs must be of type int"),
-        ({"mm_variant": "paper"}, "unknown mm_variant 'paper'; valid: equations, released"),
+        ({"mm_variant": "paper"}, "unknown mm_variant 'paper'; valid: equations, first-label, mask-zero, released"),
         ({"dataset": "cifar10", "data_root": "/no/such/folder"}, "/no/such/folder"),
         ({"dataset": "cifar10"}, "cifar10"),
         ({"nonsense": 1}, "unknown parameter"),
