@@ -32,11 +32,6 @@ OUTPUT_NOTEBOOK = "train.ipynb"
 # The README's main job: a few minutes offline on a CPU, into a folder of its own.
 QUICK_PRESET = {"table": "quick", "seeds": [0, 1], "fuse": 2,
                 "overrides": {"arch": "resnet8", "epochs": 20, "batch_size": 32}}
-QUICK_REPORTS = [
-    ("table1.ipynb", {"table": "quick"}),
-    ("fig3_per_class.ipynb", {"table": "quick", "setting": "digits-step-10", "methods": ["erm", "mm-drw"],
-                              "name": "fig3_quick"}),
-]
 
 
 @dataclass
@@ -176,17 +171,9 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
     return failures
 
 
-def report_quick(runs_root: str | Path) -> list[Path]:
-    """The quick preset's table and per-class figure, written into <runs_root>/quick/figures; returns the executed notebooks."""
-    import papermill
+def report_quick(runs_root: str | Path, log=print) -> list[Path]:
+    """The quick preset's table and per-class figure (every trained method on every quick setting, what is
+    missing said so) into <runs_root>/quick/figures, never figures/; returns the notebooks that failed."""
+    from mmlib import reports
 
-    figures = Path(runs_root) / "quick" / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    executed = []
-    for notebook, params in QUICK_REPORTS:
-        executed.append(figures / notebook)
-        papermill.execute_notebook(
-            str(NOTEBOOKS / notebook), str(executed[-1]), progress_bar=False,
-            parameters={"runs_root": str(Path(runs_root).resolve()), "out_dir": str(figures.resolve()), **params},
-        )
-    return executed
+    return reports.run_notebooks(reports.QUICK_NOTEBOOKS, runs_root, Path(runs_root) / "quick" / "figures", log)

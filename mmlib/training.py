@@ -12,6 +12,7 @@ and are read once an epoch.
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
@@ -137,6 +138,7 @@ def _environment(device: torch.device) -> dict:
     return {
         "mmlib_version": mmlib.__version__,
         "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
         "python_version": platform.python_version(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -416,6 +418,8 @@ class _Group:
                 "best": {**best, "note": BEST_NOTE},
                 "history": history,
                 "seconds": sum(h["seconds"] for h in history),
+                "fused_runs": len(self.run_dirs),
+                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
             lines = ["class,name,train_count,group,final_error,best_error"]
             group_of = {c: g for g, classes in self.dataset.groups.items() for c in classes}
