@@ -24,7 +24,10 @@ def save_figure(fig, out_dir, name: str) -> list[Path]:
     paths = []
     for kind in ("png", "pdf"):
         path = Path(out_dir or rundir.FIGURES) / f"{name}.{kind}"
-        rundir.atomic_write(path, lambda f, kind=kind: fig.savefig(f, format=kind, dpi=150, bbox_inches="tight"))
+        # no creation date in the pdf: the same figure gives the same file
+        metadata = {"CreationDate": None} if kind == "pdf" else {}
+        rundir.atomic_write(path, lambda f, kind=kind, metadata=metadata: fig.savefig(
+            f, format=kind, dpi=150, bbox_inches="tight", metadata=metadata))
         paths.append(path)
     return paths
 
@@ -32,7 +35,7 @@ def save_figure(fig, out_dir, name: str) -> list[Path]:
 def _legend_below(fig, handles, labels, title: str) -> None:
     """One legend for the whole figure, under its axes (never over the data)."""
     fig.legend(handles, labels, title=title, loc="upper center", bbox_to_anchor=(0.5, 0.0),
-               ncol=min(len(labels), 4), frameon=False)
+               ncol=min(len(labels), 3), frameon=False)
 
 
 # ---------------------------------------------------------------- Fig. 3
@@ -43,7 +46,7 @@ def plot_per_class(per_class) -> plt.Figure:
     per_class is ``reports.per_class``'s result. One row of panels per setting: per-class top-1
     error (classes ordered by training images, largest first, methods side by side, bars the mean
     over seeds, error bars ±1 std over them), and the many / medium / few-shot errors likewise.
-    Methods without a finished run are named under the figure.
+    Methods asked for without a finished run are named in the legend as missing.
     """
     classes, groups = per_class.classes, per_class.groups
     if classes.empty:
@@ -75,14 +78,15 @@ def plot_per_class(per_class) -> plt.Figure:
             ax.set_ylim(0, min(100.0, 1.08 * np.nanmax(shown["error_mean"] + shown["error_std"].fillna(0))) or 1)
     seeds = classes.drop_duplicates("row").set_index("row")["seeds"]
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[s]) for s in series]
-    _legend_below(fig, handles, [f"{s} (n = {seeds[s]} seeds)" for s in series], "method")
+    labels = [f"{s} (n = {seeds[s]} seed{'s' if seeds[s] > 1 else ''})" for s in series]
+    # asked for but never trained: an empty box in the legend, so the figure says what it lacks
+    handles += [plt.Rectangle((0, 0), 1, 1, fill=False, edgecolor="0.5", linestyle="--") for _ in per_class.missing]
+    labels += [f"missing (no finished run): {m.split(' (searched')[0]}" for m in per_class.missing]
+    _legend_below(fig, handles, labels, "method")
     epoch = classes["epoch"].iloc[0]
     fig.suptitle(f"Per-class top-1 test error at the {epoch} epoch\n"
                  f"bars: mean over seeds; error bars: ±1 std over the n seeds of each method (legend)")
     fig.tight_layout()
-    if per_class.missing:
-        fig.text(0.5, -0.02 - 0.03 * math.ceil(len(series) / 4), "missing (no finished run): "
-                 + "; ".join(per_class.missing), ha="center", va="top", fontsize=8, color="0.3", wrap=True)
     return fig
 
 

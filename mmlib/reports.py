@@ -20,7 +20,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import nbformat
 import pandas as pd
 
 from mmlib import paper, results, rundir
@@ -35,7 +34,6 @@ COLUMNS = [
 GROUPS = ("many", "medium", "few")
 NOTE_SEPARATOR = " | "  # between a cell's notes in the "note" column
 EPOCHS = ("final", "best")
-SEED_FOLDER = re.compile(r"seed(\d+)")
 
 TITLES = {
     "table1": "Table 1: top-1 error (%) on imbalanced CIFAR-10 and CIFAR-100",
@@ -66,7 +64,7 @@ def finished_runs(cell: paper.Cell, results_root) -> list[dict]:
     seeds = sorted(
         (int(match.group(1)), path)
         for path in folder.iterdir()
-        if (match := SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
+        if (match := results.SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
     )
     return [results.load(path, details=False) for _, path in seeds]
 
@@ -484,7 +482,7 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
         name = params.get("table", params.get("name", Path(notebook).stem))
         executed = executed_dir / f"{name}.ipynb"
         parameters = {"out_dir": str(out_dir), **params}
-        if "fig1" not in notebook and "fig2" not in notebook:
+        if "results_root" in _parameter_names(NOTEBOOKS / notebook):
             parameters["results_root"] = str(results_root)
         command = [sys.executable, "-m", "papermill", str(NOTEBOOKS / notebook), str(executed), "--no-progress-bar",
                    "-y", json.dumps(parameters)]
@@ -500,12 +498,20 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
         return [path for path in pool.map(execute, notebooks) if path is not None]
 
 
+def _parameter_names(notebook: Path) -> set[str]:
+    """The names assigned in a notebook's cell tagged "parameters"."""
+    cells = json.loads(notebook.read_text())["cells"]
+    source = "".join("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    return set(re.findall(r"^(\w+)\s*=", source, flags=re.M))
+
+
 def _written(executed: Path) -> list[str]:
     """What an executed notebook says it wrote ("wrote PATH" lines) or found missing ("missing: ...")."""
     lines = []
-    for cell in nbformat.read(executed, as_version=4).cells:
+    for cell in json.loads(executed.read_text())["cells"]:
         for output in cell.get("outputs", []):
-            for line in output.get("text", "").splitlines():
+            text = output.get("text", "")
+            for line in (text if isinstance(text, str) else "".join(text)).splitlines():
                 if line.startswith("wrote "):
                     lines.append(Path(line[len("wrote "):]).name)
                 elif line.startswith("missing"):

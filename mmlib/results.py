@@ -42,7 +42,7 @@ HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_error",
 # Parameters that change how, not what, a run computes, or where its data sat: not part of a record's identity.
 INCIDENTAL = {"quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic",
               "data_root", "download"}
-SEED_FOLDER = re.compile(r"seed\d+")
+SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its cell's
 PROTOCOL_EPOCHS = RunConfig.__dataclass_fields__["epochs"].default
 
 

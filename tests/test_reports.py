@@ -318,8 +318,8 @@ def test_fig3_names_what_is_missing_and_refuses_an_empty_figure(tmp_path):
 
     fig = figures.plot_per_class(reports.per_class("quick", tmp_path, "digits-step-10", ["erm", "ldam-drw"]))
 
-    texts = [t.get_text() for t in fig.texts]
-    assert any(t.startswith("missing (no finished run): LDAM-DRW on digits step 10") for t in texts)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts == ["ERM (n = 1 seed)", "missing (no finished run): LDAM-DRW on digits step 10"]
     with pytest.raises(ValueError, match="nothing to draw: every method on digits long-tailed 10"):
         figures.plot_per_class(reports.per_class("quick", tmp_path, "digits-exp-10"))
 
