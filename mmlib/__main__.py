@@ -5,6 +5,8 @@
   python -m mmlib export-data --dataset D --data-root PATH --out FILE.npz   one setting in one file
   python -m mmlib sweep TABLE [options]                  a table's runs as papermill batches
   python -m mmlib sweep --preset quick                   the offline quick sweep, table and figures
+  python -m mmlib collect [--from runs] [--to results]   finished runs' records into results/
+  python -m mmlib report [--results results] [--out figures]   every table and figure from the records
   python -m mmlib cache [--clear]                        list (or delete) mmlib's caches
 
 Errors are one line, "error: ...", with an exit code per kind (mmlib.errors); --debug (or
@@ -105,6 +107,20 @@ def build_parser() -> argparse.ArgumentParser:
                     "moved or copied folders), and ldam-drw-ssp's pre-trained backbones. Deleting them is safe: "
                     "they are rebuilt when needed.", parents=[common])
     cache.add_argument("--clear", action="store_true", help="delete every cache entry listed")
+
+    collect = commands.add_parser("collect", help="copy finished runs' records (no checkpoints) from runs/ into results/", parents=[common])
+    collect.add_argument("--from", dest="source", help="runs root (default: the checkout's runs/)")
+    collect.add_argument("--to", dest="target", help="results root (default: the checkout's results/; "
+                         "runs of another schedule than 200 epochs go under <to>/short/)")
+    collect.add_argument("--replace", action="store_true",
+                         help="overwrite records of another configuration or with other results")
+
+    report = commands.add_parser("report", help="execute the table and figure notebooks against the records",
+                                   parents=[common])
+    report.add_argument("--results", help="results root, or a runs root (default: the checkout's results/)")
+    report.add_argument("--out", help="where tables, figures and reproduction.md go (default: the checkout's figures/)")
+    report.add_argument("--tables", nargs="+", choices=[t for t in paper.TABLES if t != "quick"],
+                        help="only these tables (default: all but quick)")
     return parser
 
 
@@ -182,10 +198,25 @@ def _sweep(args) -> int:
             table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
             sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
         )
-    if args.preset == "quick" and not args.dry_run:
-        for notebook in sweeps.report_quick(out):
-            print(f"wrote {notebook} and its outputs beside it")
-    return 1 if failures else 0
+    failed_reports = sweeps.report_quick(out) if args.preset == "quick" and not args.dry_run else []
+    return 1 if failures or failed_reports else 0
+
+
+def _collect(args) -> int:
+    from mmlib import results
+
+    done = results.collect(args.source, args.target, args.replace)
+    for run, record in done.written:
+        print(f"recorded {run} -> {record}")
+    print("\n".join(done.lines()))
+    return 1 if done.refused else 0
+
+
+def _report(args) -> int:
+    from mmlib import reports
+
+    failed = reports.report(args.results, args.out, args.tables or reports.REPORT_TABLES)
+    return 1 if failed else 0
 
 
 def _cache(args) -> int:
@@ -200,7 +231,8 @@ def _cache(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep, "cache": _cache}[args.command]
+    command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep, "collect": _collect,
+               "report": _report, "cache": _cache}[args.command]
     warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
     try:
         return command(args)

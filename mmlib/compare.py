@@ -21,7 +21,7 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats
 
-from mmlib import paper, reports, rundir
+from mmlib import figures, paper, reports, results, rundir
 from mmlib.config import MM_VARIANTS
 
 DEFAULT_PAIRS = (
@@ -41,12 +41,12 @@ TOO_FEW = "fewer than 2 paired seeds: no interval"
 NO_RUNS = "no paired runs"
 
 
-def paired_differences(runs_root, pairs=None, settings=None, tables=None, epoch: str = "final") -> pd.DataFrame:
+def paired_differences(results_root, pairs=None, settings=None, tables=None, epoch: str = "final") -> pd.DataFrame:
     """One row per (pair, setting) (columns: COLUMNS): paired seeds, mean difference A - B and its 95% t-interval.
 
     pairs: (A, B) method specs (None: DEFAULT_PAIRS); settings: setting names (None: every setting of
     the tables where A or B has a cell); tables: where runs are looked up, in order (None:
-    DEFAULT_TABLES). runs_root None means the repository's runs/.
+    DEFAULT_TABLES). results_root: the records (None: the repository's results/) or a runs/ folder.
     """
     pairs = DEFAULT_PAIRS if pairs is None else pairs
     tables = DEFAULT_TABLES if tables is None else tables
@@ -54,9 +54,7 @@ def paired_differences(runs_root, pairs=None, settings=None, tables=None, epoch:
         raise ValueError(f"epoch must be one of {', '.join(reports.EPOCHS)}, got {epoch!r}")
     if not pairs:
         raise ValueError("give at least one pair of methods to compare")
-    root = rundir.RUNS if runs_root is None else Path(runs_root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"runs root {root} does not exist (or is not a folder)")
+    root = reports.existing_folder(results_root)
     cells = [c for table in tables for c in paper.cells(table, mm_variants=MM_VARIANTS)]
     rows = []
     for pair in pairs:
@@ -88,7 +86,7 @@ def _runs_by_seed(cells: list[paper.Cell], setting: str, root: Path, epoch: str)
             continue
         runs = reports.finished_runs(cell, root)
         if runs:
-            seeds = [int(reports.SEED_FOLDER.fullmatch(Path(r["run_dir"]).name).group(1)) for r in runs]
+            seeds = [int(results.SEED_FOLDER.fullmatch(Path(r["run_dir"]).name).group(1)) for r in runs]
             return {seed: r[epoch]["error"] for seed, r in zip(seeds, runs)}, str(cell.path(root).relative_to(root))
     return {}, ""
 
@@ -187,7 +185,7 @@ def write(df: pd.DataFrame, out_dir=None, name: str = "compare", figure=None) ->
         paths.append(Path(out_dir or rundir.FIGURES) / f"{name}.{kind}")
         rundir.write_text(paths[-1], text)
     drawn = plot(df) if figure is None else figure
-    paths += reports.save_figure(drawn, out_dir, name)
+    paths += figures.save_figure(drawn, out_dir, name)
     if figure is None:
         plt.close(drawn)
     return paths

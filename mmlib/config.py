@@ -20,6 +20,11 @@ from mmlib.models import ARCHS
 from mmlib.step import COMPILE_MODES
 
 MM_VARIANTS = ("equations", "first-label", "mask-zero", "released")  # mmlib.losses.MM_VARIANTS
+# Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
+RESUMABLE_CHANGES = {
+    "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic", "checkpoint_every",
+}
+
 DEFAULT_SCALE = {"ldam": 30.0, "am": 30.0, "hinge": 30.0, "ldam-hinge": 30.0, "mm": 10.0, "mm-ldam": 10.0}
 
 

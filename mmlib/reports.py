@@ -1,36 +1,41 @@
-"""Finished runs gathered into the paper's tables, and the paper's figures drawn from them.
+"""Finished runs gathered into the paper's tables, Fig. 3's numbers, and the report that renders them.
 
-``collect`` turns a runs root (<runs_root>/<table>/<setting>/<run name>/seed<k>, as the sweep writes
-it) into one row per cell of a paper table: mean and std over seeds of the final-epoch error, and
-beside it of the best-epoch error (chosen on the test set, as the released code reports it, hence
-optimistic), with the paper's number and the difference. ``render`` / ``write_table`` lay that out
-as Markdown, CSV and LaTeX. ``per_class`` and ``plot_per_class`` draw Fig. 3 (per-class error);
-``plot_class_counts`` draws Fig. 1-style class-size curves of the imbalanced training sets.
+``collect`` turns a results root (results/<table>/<setting>/<run name>/seed<k>, mmlib.results's
+records, or a runs/ folder of the same layout) into one row per cell of a paper table: mean and
+std over seeds of the final-epoch error, and beside it of the best-epoch error (chosen on the test
+set, as the released code reports it, hence optimistic), with the paper's number and the
+difference. ``render`` / ``write_table`` lay that out as Markdown, CSV and LaTeX; ``reproduction``
+sums up how close each setting lies to the paper. ``per_class`` gives Fig. 3's numbers
+(mmlib.figures draws them). ``report`` executes the table and figure notebooks into figures/.
 
 Only finished runs (with a FINISHED file) count; a cell without any is kept and shown as missing.
 """
 
+import concurrent.futures
+import dataclasses
+import json
 import math
+import os
 import re
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
 import pandas as pd
-import seaborn as sns
+import yaml
 
-from mmlib import data, paper, rundir
+from mmlib import paper, results, rundir
 from mmlib.config import MM_VARIANTS
+from mmlib.results import EPOCHS, GROUPS
+from mmlib.methods import get_method
 
 COLUMNS = [
     "table", "setting", "setting_label", "method", "row", "variant", "run_name", "beta", "delta_neg", "seeds",
     "final_mean", "final_std", "best_mean", "best_std", "many_mean", "medium_mean", "few_mean", "paper", "diff",
     "note",
 ]
-GROUPS = ("many", "medium", "few")
 NOTE_SEPARATOR = " | "  # between a cell's notes in the "note" column
-EPOCHS = ("final", "best")
-SEED_FOLDER = re.compile(r"seed(\d+)")
 
 TITLES = {
     "table1": "Table 1: top-1 error (%) on imbalanced CIFAR-10 and CIFAR-100",
@@ -42,9 +47,11 @@ TITLES = {
 }
 EPOCH_TITLES = {"final": "final epoch", "best": "best epoch (optimistic: chosen on the test set)"}
 LEGENDS = {
-    "wide": "Each cell: our mean ± std over n seeds (the paper's error, ours - paper); "
+    "wide": "Each cell: our top-1 error, mean ± std over n seeds [the paper's error, ours - paper]; "
+            "MM rows name their variant: [equations] as the paper writes MM, [released code] as its code behaves; "
             "missing: no finished run; —: the paper has no such cell.",
-    "grouped": "Our mean ± std over n seeds; the best epoch is chosen on the test set (optimistic); "
+    "grouped": "Our top-1 error, mean ± std over n seeds; MM rows name their variant ([equations] or [released code]); "
+               "the best epoch is chosen on the test set (optimistic); "
                "many / medium / few: final-epoch error of the classes with > 100, 20-100, < 20 training images; "
                "missing: no finished run; —: no number.",
 }
@@ -52,35 +59,37 @@ LEGENDS = {
 
 # ---------------------------------------------------------------- collecting runs
 
-def finished_runs(cell: paper.Cell, runs_root) -> list[dict]:
-    """``rundir.load_results`` of every finished seed<k> folder of the cell, in seed order."""
-    folder = cell.path(runs_root)
+def finished_runs(cell: paper.Cell, results_root) -> list[dict]:
+    """``results.load`` (without history and confusion) of every finished seed<k> folder of the cell
+    (a record or a run), in seed order."""
+    folder = cell.path(results_root)
     if not folder.is_dir():
         return []
     seeds = sorted(
         (int(match.group(1)), path)
         for path in folder.iterdir()
-        if (match := SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
+        if (match := results.SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
     )
-    return [rundir.load_results(path) for _, path in seeds]
+    return [results.load(path, details=False) for _, path in seeds]
 
 
-def collect(table: str, runs_root=None, settings=None, methods=None, mm_variants=MM_VARIANTS) -> pd.DataFrame:
-    """One row per cell of ``paper.cells(table, ...)`` (columns: COLUMNS), from the finished runs under runs_root
-    (default: the repository's runs/).
+def collect(table: str, results_root=None, settings=None, methods=None, mm_variants=MM_VARIANTS) -> pd.DataFrame:
+    """One row per cell of ``paper.cells(table, ...)`` (columns: COLUMNS), from the finished runs under
+    results_root (default: the repository's results/; a runs/ folder reads the same).
 
     Every MM variant is collected by default so that runs of either show up; cells without a finished
     run are kept with seeds=0 and NaN numbers, so that a missing cell shows as missing.
     """
-    root = _existing_folder(runs_root)
+    root = existing_folder(results_root)
     cells = paper.cells(table, settings, methods, mm_variants)
     return pd.DataFrame([_summary(cell, finished_runs(cell, root)) for cell in cells], columns=COLUMNS)
 
 
-def _existing_folder(path) -> Path:
-    path = rundir.RUNS if path is None else Path(path)
+def existing_folder(path) -> Path:
+    path = rundir.RESULTS if path is None else Path(path)
     if not path.is_dir():
-        raise FileNotFoundError(f"runs root {path} does not exist (or is not a folder)")
+        raise FileNotFoundError(f"results root {path} does not exist (or is not a folder): give a results/ "
+                                "or runs/ folder")
     return path
 
 
@@ -88,6 +97,12 @@ def _mean_std(values) -> tuple[float, float]:
     """Mean and sample std (ddof=1) of values, None counting as missing; NaN where too few values."""
     series = pd.Series(values, dtype=float)
     return series.mean(), series.std(ddof=1)
+
+
+def row_label(cell: paper.Cell) -> str:
+    """The cell's row as the paper writes it; an MM row names its variant."""
+    equations = cell.method.startswith("mm") and cell.variant == "equations"
+    return cell.label + (" [equations]" if equations else "")
 
 
 def _summary(cell: paper.Cell, runs: list[dict]) -> dict:
@@ -101,7 +116,7 @@ def _summary(cell: paper.Cell, runs: list[dict]) -> dict:
         "setting": cell.setting.name,
         "setting_label": cell.setting.label,
         "method": cell.method,
-        "row": cell.label,
+        "row": row_label(cell),
         "variant": cell.variant,
         "run_name": cell.run_name,
         "beta": cell.params.get("beta", math.nan),
@@ -168,23 +183,23 @@ def _shown_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _result_text(cell, epoch: str) -> str:
-    """"mean ± std n=k" of one cell at the final or best epoch, or "missing"."""
+    """"mean ± std (n=k)" of one cell at the final or best epoch, or "missing"."""
     if cell.seeds == 0:
         return "missing"
     mean, std = getattr(cell, f"{epoch}_mean"), getattr(cell, f"{epoch}_std")
     spread = "" if math.isnan(std) else f" ± {std:.2f}"
-    return f"{mean:.2f}{spread} n={cell.seeds}"
+    return f"{mean:.2f}{spread} (n={cell.seeds})"
 
 
 def _compared_text(cell, epoch: str) -> str:
-    """The result followed by "(paper, ours - paper)" where the paper has a number."""
+    """The result followed by "[paper, ours - paper]" where the paper has a number."""
     text = _result_text(cell, epoch)
     if math.isnan(cell.paper):
         return text
     if cell.seeds == 0:
-        return f"{text} ({cell.paper:.2f})"
+        return f"{text} [{cell.paper:.2f}]"
     difference = getattr(cell, f"{epoch}_mean") - cell.paper
-    return f"{text} ({cell.paper:.2f}, {difference:+.2f})"
+    return f"{text} [{cell.paper:.2f}, {difference:+.2f}]"
 
 
 def _number(value: float) -> str:
@@ -263,52 +278,82 @@ def _tabular(header: list[str], rows: list[list[str]]) -> str:
 
 # ---------------------------------------------------------------- per-class errors (Fig. 3)
 
+@dataclasses.dataclass
+class PerClass:
+    """Per-class and per-group errors over seeds of some series (cells) on some settings, and what is missing.
+
+    classes: a row per (series, class), classes ordered by training images (largest first); columns
+    method, row (the series' label), setting, setting_label, epoch, seeds, class (0-based), name,
+    train_count, group, error_mean, error_std.
+    groups: a row per (series, many / medium / few group with classes); columns method, row, setting,
+    setting_label, epoch, seeds, group, classes (how many), error_mean, error_std.
+    missing: "<series> on <setting>" for each asked-for series without a finished run.
+    """
+
+    classes: pd.DataFrame
+    groups: pd.DataFrame
+    missing: list[str]
+
+
 def parse_method(spec: str) -> tuple[str, str]:
     """"mm-drw@released" -> ("mm-drw", "released"); a bare method name means the equations variant."""
     method, sep, variant = spec.partition("@")
     return method, variant if sep else "equations"
 
 
-def per_class(table: str, runs_root, setting: str, methods, epoch: str = "final") -> pd.DataFrame:
-    """Per-class error (%) mean and std over seeds, per method, on one setting of a table.
+def per_class(table: str, results_root=None, settings=None, methods=None, epoch: str = "final") -> PerClass:
+    """Per-class and many / medium / few errors (%) over seeds, per cell, of a table's finished runs.
 
-    runs_root None means the repository's runs/.
-    methods are method names, each optionally "@released" for the released-code MM variant
-    (e.g. ["cb-rw", "mm-drw", "mm-drw@released"]). In tables 2 and 3 a method has one cell per
-    (beta, delta-); each becomes its own series. Every cell must have a finished run.
-    Columns: method (as given), row (the cell's label), setting, setting_label, epoch, seeds, class
-    (0-based), name, train_count, group, error_mean, error_std.
+    results_root None means the repository's results/ (a runs/ folder reads the same). settings
+    None: every setting of the table. methods: names, each optionally "@released" for the
+    released-code MM variant (e.g. ["cb-rw", "mm-drw", "mm-drw@released"]), each reported missing
+    where it has no finished run; None: every cell that has one (tables 2 and 3 have a cell per
+    (beta, delta-)).
     """
     if epoch not in EPOCHS:
         raise ValueError(f"epoch must be one of {', '.join(EPOCHS)}, got {epoch!r}")
-    if not methods:
-        raise ValueError("give at least one method")
-    root = _existing_folder(runs_root)
-    frames = []
-    for spec in methods:
-        method, variant = parse_method(spec)
-        cells = [c for c in paper.cells(table, [setting], [method], (variant,)) if c.variant == variant]
-        if not cells:
-            raise ValueError(f"{spec}: {method} has no {variant!r} variant (only MM methods have a released one)")
-        for cell in cells:
-            runs = finished_runs(cell, root)
-            if not runs:
-                raise ValueError(f"no finished run of {spec} on {setting}: searched {cell.path(root)}/seed*")
-            frames.append(_per_class_frame(spec, cell, runs, epoch))
-    return pd.concat(frames, ignore_index=True)
+    root = existing_folder(results_root)
+    if isinstance(settings, str):
+        settings = [settings]
+    specs = [parse_method(spec) for spec in methods or ()]
+    wanted = {method for method, _ in specs} or None
+    cells = paper.cells(table, settings, wanted, MM_VARIANTS)
+    for method, variant in specs:
+        if not any(c.method == method and c.variant == variant for c in cells):
+            raise ValueError(f"{method}@{variant}: {table} has no such cell (only MM methods have a released variant)")
+    classes, groups, missing = [], [], []
+    for cell in cells:
+        spec = cell.method + ("@released" if cell.variant == "released" else "")
+        if specs and (cell.method, cell.variant) not in specs:
+            continue
+        runs = finished_runs(cell, root)
+        if runs:
+            classes.append(_per_class_frame(spec, cell, runs, epoch))
+            groups.append(_group_frame(spec, cell, runs, epoch))
+        elif specs:
+            missing.append(f"{row_label(cell)} on {cell.setting.label} (searched {cell.path(root)}/seed*)")
+    trained = {frame["setting"].iloc[0] for frame in classes}
+    if not specs:
+        missing = [f"every method on {s.label} (searched {root / table / s.name})"
+                   for s in dict.fromkeys(c.setting for c in cells) if s.name not in trained]
+    return PerClass(_concat(classes), _concat(groups), missing)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _identity(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> dict:
+    return {"method": spec, "row": row_label(cell), "setting": cell.setting.name,
+            "setting_label": cell.setting.label, "epoch": epoch, "seeds": len(runs)}
 
 
 def _per_class_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> pd.DataFrame:
     errors = pd.DataFrame([r[epoch]["per_class_error"] for r in runs])  # seeds x classes
     counts = runs[0]["class_counts"]
     group_of = {c: group for group, classes in counts["groups"].items() for c in classes}
-    return pd.DataFrame({
-        "method": spec,
-        "row": cell.label,
-        "setting": cell.setting.name,
-        "setting_label": cell.setting.label,
-        "epoch": epoch,
-        "seeds": len(runs),
+    frame = pd.DataFrame({
+        **_identity(spec, cell, runs, epoch),
         "class": range(errors.shape[1]),
         "name": counts["classes"],
         "train_count": counts["cls_num_list"],
@@ -316,98 +361,26 @@ def _per_class_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) 
         "error_mean": errors.mean().to_numpy(),
         "error_std": errors.std(ddof=1).to_numpy(),
     })
+    return frame.sort_values("train_count", ascending=False, kind="stable", ignore_index=True)
 
 
-def plot_per_class(df: pd.DataFrame, ax=None):
-    """Fig. 3: grouped bars of per-class top-1 error, one bar per series (std over seeds as error bars).
-
-    df is ``per_class``'s output; classes are labelled C1..CN with their name and training count.
-    Returns the figure.
-    """
-    series = list(dict.fromkeys(df["row"]))
-    classes = df.drop_duplicates("class").sort_values("class")
-    if ax is None:
-        with sns.axes_style("whitegrid"):
-            _, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(classes) * max(1, len(series) / 2)), 4.0))
-    width = 0.8 / len(series)
-    for i, (label, color) in enumerate(zip(series, sns.color_palette(n_colors=len(series)))):
-        bars = df[df["row"] == label].sort_values("class")
-        spread = bars["error_std"] if bars["error_std"].notna().any() else None
-        ax.bar(np.arange(len(bars)) + (i - (len(series) - 1) / 2) * width, bars["error_mean"], width, yerr=spread,
-               capsize=2, error_kw={"elinewidth": 1, "ecolor": "0.3"}, color=color,
-               label=f"{label} (n={bars['seeds'].iloc[0]})")
-    many_classes = len(classes) > 20
-    ticks = [f"C{c + 1}" if many_classes else f"C{c + 1}\n{name}\n{count}"
-             for c, name, count in zip(classes["class"], classes["name"], classes["train_count"])]
-    ax.set_xticks(np.arange(len(classes)), ticks, rotation=90 if many_classes else 0, fontsize=7 if many_classes else 8)
-    ax.set_xlabel("class" if many_classes else "class (name, training images)")
-    ax.set_ylabel("top-1 error (%)")
-    ax.set_ylim(bottom=0)
-    ax.set_title(f"{classes['setting_label'].iloc[0]}: per-class error, {classes['epoch'].iloc[0]} epoch")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), title="method (seeds)")
-    ax.figure.tight_layout()
-    return ax.figure
+def _group_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> pd.DataFrame:
+    members = runs[0]["class_counts"]["groups"]
+    rows = []
+    for group in GROUPS:
+        if members.get(group):
+            mean, std = _mean_std([r[epoch]["group_error"][group] for r in runs])
+            rows.append({**_identity(spec, cell, runs, epoch), "group": group, "classes": len(members[group]),
+                         "error_mean": mean, "error_std": std})
+    return pd.DataFrame(rows)
 
 
-def save_figure(fig, out_dir, name: str) -> list[Path]:
-    """Write out_dir/<name>.png and .pdf (out_dir None: the repository's figures/), each atomically; returns their paths."""
-    paths = []
-    for kind in ("png", "pdf"):
-        path = Path(out_dir or rundir.FIGURES) / f"{name}.{kind}"
-        rundir.atomic_write(path, lambda f, kind=kind: fig.savefig(f, format=kind, dpi=150, bbox_inches="tight"))
-        paths.append(path)
-    return paths
+# ---------------------------------------------------------------- one run's summary (train.ipynb)
 
-
-# ---------------------------------------------------------------- class sizes (Fig. 1)
-
-KNOWN_SETTINGS = {**paper.SETTINGS, **{s.name: s for s in paper.QUICK_SETTINGS}}
-
-
-def setting_class_counts(setting: str) -> list[int]:
-    """Training images per class of a paper setting (or a quick one), by LDAM-DRW's rule; no images needed."""
-    if setting not in KNOWN_SETTINGS:
-        raise ValueError(f"unknown setting {setting!r}; valid: {', '.join(KNOWN_SETTINGS)}")
-    chosen = KNOWN_SETTINGS[setting]
-    return data.class_counts(*data.dataset_size(chosen.dataset), chosen.imb_type, chosen.ratio)
-
-
-def plot_class_counts(settings, ax=None, log: bool = True):
-    """Fig. 1-style curves: training images per class, largest class first, one line per setting.
-
-    settings: a setting name or a list of them. The many / medium / few-shot boundaries (100, 20)
-    are drawn as dashed lines. Returns the figure.
-    """
-    names = [settings] if isinstance(settings, str) else list(settings)
-    if not names:
-        raise ValueError("give at least one setting")
-    counts = {name: sorted(setting_class_counts(name), reverse=True) for name in names}
-    if ax is None:
-        with sns.axes_style("whitegrid"):
-            _, ax = plt.subplots(figsize=(8.0, 4.0))
-    for name, color in zip(names, sns.color_palette(n_colors=len(names))):
-        ax.plot(np.arange(1, len(counts[name]) + 1), counts[name], marker="o", markersize=3, color=color,
-                drawstyle="steps-mid", label=KNOWN_SETTINGS[name].label)
-    for bound, text, side in ((data.MANY_SHOT_ABOVE, f"many-shot: > {data.MANY_SHOT_ABOVE}", "bottom"),
-                              (data.FEW_SHOT_BELOW, f"few-shot: < {data.FEW_SHOT_BELOW}", "top")):
-        ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
-        ax.text(0.99, bound, text, transform=ax.get_yaxis_transform(), ha="right", va=side, fontsize=8, color="grey")
-    if log:
-        ax.set_yscale("log")
-    ax.set_xlabel("class, sorted by training images")
-    ax.set_ylabel("training images")
-    ax.set_title("Training images per class")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.figure.tight_layout()
-    return ax.figure
-
-
-# ---------------------------------------------------------------- one run (train.ipynb)
-
-def summarize_runs(results: list[dict]) -> pd.DataFrame:
+def summarize_runs(runs: list[dict]) -> pd.DataFrame:
     """One row per run: method, seed, final and best error, final many / medium / few-shot errors."""
     rows = []
-    for r in results:
+    for r in runs:
         config = r["config"]["config"]
         rows.append({
             "run_dir": r["run_dir"], "method": config["method"], "seed": config["seed"],
@@ -419,60 +392,149 @@ def summarize_runs(results: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def plot_history(result: dict):
-    """Learning curves of one run: training loss, learning rate, training and test error per epoch."""
-    history = pd.DataFrame(result["history"])
-    with sns.axes_style("whitegrid"):
-        fig, (loss_ax, lr_ax, error_ax) = plt.subplots(1, 3, figsize=(13.0, 3.5))
-    loss_ax.plot(history["epoch"], history["train_loss"])
-    loss_ax.set(xlabel="epoch", ylabel="training loss", yscale="log")
-    lr_ax.plot(history["epoch"], history["lr"])
-    lr_ax.set(xlabel="epoch", ylabel="learning rate", yscale="log")
-    error_ax.plot(history["epoch"], history["train_error"], label="training (augmented, as sampled)")
-    evaluated = history.dropna(subset=["test_error"]) if "test_error" in history else history.iloc[:0]
-    error_ax.plot(evaluated["epoch"], evaluated["test_error"], marker=".", label="test")
-    error_ax.set(xlabel="epoch", ylabel="top-1 error (%)")
-    error_ax.legend()
-    fig.suptitle(_run_title(result))
-    fig.tight_layout()
-    return fig
+# ---------------------------------------------------------------- how close to the paper
+
+RANKED = ("ldam-drw", "mm-drw", "mm-ldam-drw")  # the paper's claim: MM-LDAM-DRW < MM-DRW < LDAM-DRW
+CLOSE = (0.5, 1.0)  # points of error
 
 
-def plot_run_per_class(result: dict):
-    """Per-class test error of one run at the final and the best epoch, classes by training count."""
-    counts = result["class_counts"]
-    order = np.argsort(counts["cls_num_list"], kind="stable")[::-1]
-    frame = pd.DataFrame([
-        {"class": f"{counts['classes'][c]} ({counts['cls_num_list'][c]})", "epoch": epoch,
-         "error": result[epoch]["per_class_error"][c]}
-        for epoch in EPOCHS for c in order
-    ])
-    with sns.axes_style("whitegrid"):
-        fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(order)), 4.0))
-    sns.barplot(frame, x="class", y="error", hue="epoch", ax=ax)
-    ax.set(xlabel="class (training images)", ylabel="top-1 error (%)")
-    ax.tick_params(axis="x", rotation=90)
-    ax.set_title(_run_title(result))
-    fig.tight_layout()
-    return fig
+def reproduction(tables: dict[str, pd.DataFrame]) -> str:
+    """Markdown: per table, setting and MM variant, how many cells have results and how close they lie to
+    the paper; where a table holds LDAM-DRW and the MM rows, their order against the paper's."""
+    lines = ["# Reproduction summary", "",
+             "Final-epoch top-1 error, mean over seeds, against the paper's number; a cell is within x points "
+             "when |ours - paper| <= x. Rows \"equations\" count the paper's cells (the MM rows as its equations "
+             "write MM); rows \"released code\" the MM cells run as its released code behaves, against the same "
+             "numbers. Generated by `python -m mmlib report` from the records it was given.", ""]
+    for table, df in tables.items():
+        compared = df[df["paper"].notna()]
+        if compared.empty:
+            continue
+        lines += [f"## {TITLES.get(table, table)}", ""]
+        header = ["setting", "variant", "cells", "with results", *(f"within {x:g}" for x in CLOSE),
+                  "mean gap (points)"]
+        rows, ranks = [], []
+        for label, cells in compared.groupby("setting_label", sort=False):
+            for variant in MM_VARIANTS:
+                chosen = cells[cells["variant"] == variant]
+                found = chosen[chosen["seeds"] > 0]
+                if variant != "equations" and found.empty:
+                    continue
+                gaps = (found["final_mean"] - found["paper"]).abs()
+                rows.append([label, _VARIANT_NAMES[variant], str(len(chosen)), str(len(found)),
+                             *(str(int((gaps <= x).sum())) for x in CLOSE), _number(gaps.mean())])
+                ranks += _rank_row(label, variant, cells)
+        lines += [_markdown(header, rows), ""]
+        if set(RANKED) <= set(df["method"]):
+            lines += ["Rank order of " + ", ".join(_short(m) for m in RANKED) + " (lowest error first), over "
+                      "the rows with results:", ""]
+            lines += [_markdown(["setting", "MM variant", "ours", "paper", "same order"], ranks)
+                      if ranks else "no setting has two of them with results", ""]
+    return "\n".join(lines)
 
 
-def plot_confusion(result: dict, epoch: str = "final"):
-    """Confusion matrix of one run (rows: true class, columns: predicted), normalised per true class."""
-    confusion = np.asarray(result[epoch]["confusion"], dtype=float)
-    confusion /= np.maximum(confusion.sum(axis=1, keepdims=True), 1)
-    classes = result["class_counts"]["classes"]
-    size = min(12.0, 2.0 + 0.45 * len(classes))
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
-    sns.heatmap(confusion, ax=ax, cmap="viridis", vmin=0, vmax=1, square=True,
-                xticklabels=classes if len(classes) <= 20 else False,
-                yticklabels=classes if len(classes) <= 20 else False, cbar_kws={"label": "share of the true class"})
-    ax.set(xlabel="predicted class", ylabel="true class", title=f"{_run_title(result)}, {epoch} epoch")
-    fig.tight_layout()
-    return fig
+_VARIANT_NAMES = {"equations": "equations", "released": "released code"}
 
 
-def _run_title(result: dict) -> str:
-    config = result["config"]["config"]
-    variant = " (released code)" if config["method"].startswith("mm") and config["mm_variant"] == "released" else ""
-    return f"{config['method']}{variant}, seed {config['seed']}: {result['class_counts']['description'].split(':')[0]}"
+def _short(method: str) -> str:
+    return get_method(method).label.replace(" (ours)", "")
+
+
+def _rank_row(label: str, variant: str, cells: pd.DataFrame) -> list[list[str]]:
+    """[setting, variant, our order, the paper's order, same?] of RANKED (MM rows of this variant), if two have results."""
+    chosen = cells[cells["method"].isin(RANKED) & (cells["seeds"] > 0)
+                   & ((cells["method"] == RANKED[0]) | (cells["variant"] == variant))]
+    if len(chosen) < 2:
+        return []
+    ours = chosen.sort_values("final_mean")
+    theirs = chosen.sort_values("paper")
+    same = list(ours["method"]) == list(theirs["method"])
+    return [[label, _VARIANT_NAMES[variant],
+             " < ".join(f"{_short(m)} {e:.2f}" for m, e in zip(ours["method"], ours["final_mean"])),
+             " < ".join(f"{_short(m)} {e:.2f}" for m, e in zip(theirs["method"], theirs["paper"])),
+             "yes" if same else "no"]]
+
+
+# ---------------------------------------------------------------- the report: notebooks into figures/
+
+NOTEBOOKS = rundir.REPOSITORY / "notebooks"
+REPORT_TABLES = tuple(t for t in paper.TABLES if t != "quick")
+FIGURE_NOTEBOOKS = [("fig1_class_counts.ipynb", {}), ("fig2_toy.ipynb", {}), ("fig3_per_class.ipynb", {}),
+                    ("compare.ipynb", {})]
+QUICK_NOTEBOOKS = [("table1.ipynb", {"table": "quick"}),
+                   ("fig3_per_class.ipynb", {"table": "quick", "settings": None, "methods": None,
+                                             "name": "fig3_quick"})]
+REPRODUCTION = "reproduction.md"
+
+
+def report_notebooks(tables=REPORT_TABLES) -> list[tuple[str, dict]]:
+    """The notebooks of the report and their parameters: a table notebook per table (notebooks/<table>.ipynb,
+    else table1.ipynb rendering it), then the figures' notebooks."""
+    return [((f"{t}.ipynb" if (NOTEBOOKS / f"{t}.ipynb").exists() else "table1.ipynb"), {"table": t})
+            for t in tables] + FIGURE_NOTEBOOKS
+
+
+def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=print, workers: int = 2) -> list[Path]:
+    """Execute each notebook with papermill against results_root, writing into out_dir; the executed
+    notebooks land in out_dir/notebooks. A failing notebook does not stop the others; returns the failed ones."""
+    results_root, out_dir = Path(results_root).resolve(), Path(out_dir).resolve()
+    existing_folder(results_root)
+    executed_dir = out_dir / "notebooks"
+    executed_dir.mkdir(parents=True, exist_ok=True)
+
+    def execute(item: tuple[str, dict]) -> Path | None:
+        notebook, params = item
+        name = params.get("table", params.get("name", Path(notebook).stem))
+        executed = executed_dir / f"{name}.ipynb"
+        parameters = {"out_dir": str(out_dir), **params}
+        if "results_root" in _parameter_names(NOTEBOOKS / notebook):
+            parameters["results_root"] = str(results_root)
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=executed_dir, delete=False) as f:
+            yaml.safe_dump(parameters, f)
+        try:  # mmlib.notebook: papermill on an encrypted kernel, a failure as one "error:" line
+            done = subprocess.run([sys.executable, "-m", "mmlib.notebook", str(NOTEBOOKS / notebook), str(executed),
+                                   f.name], capture_output=True, text=True, cwd=rundir.REPOSITORY)
+        finally:
+            os.unlink(f.name)
+        if done.returncode:
+            error = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no message"]
+            log(f"FAILED {notebook} {params or ''}: {error[0]} (see {executed})")
+            return executed
+        log(f"{notebook} {params or ''}: {', '.join(_written(executed)) or 'nothing written'}")
+        return None
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        return [path for path in pool.map(execute, notebooks) if path is not None]
+
+
+def _parameter_names(notebook: Path) -> set[str]:
+    """The names assigned in a notebook's cell tagged "parameters"."""
+    cells = json.loads(notebook.read_text())["cells"]
+    source = "".join("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    return set(re.findall(r"^(\w+)\s*=", source, flags=re.M))
+
+
+def _written(executed: Path) -> list[str]:
+    """What an executed notebook says it wrote ("wrote PATH" lines) or found missing ("missing: ...")."""
+    lines = []
+    for cell in json.loads(executed.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            text = output.get("text", "")
+            for line in (text if isinstance(text, str) else "".join(text)).splitlines():
+                if line.startswith("wrote "):
+                    lines.append(Path(line[len("wrote "):]).name)
+                elif line.startswith("missing"):
+                    lines.append(line)
+    return lines
+
+
+def report(results_root=None, out_dir=None, tables=REPORT_TABLES, log=print) -> list[Path]:
+    """Every table, figure and the reproduction summary from results_root (default results/) into out_dir
+    (default figures/); returns the failed notebooks."""
+    results_root = existing_folder(results_root)
+    out_dir = Path(out_dir or rundir.FIGURES)
+    failed = run_notebooks(report_notebooks(tables), results_root, out_dir, log)
+    summary = reproduction({t: collect(t, results_root) for t in tables})
+    rundir.write_text(out_dir / REPRODUCTION, summary)
+    log(f"wrote {out_dir / REPRODUCTION}")
+    return failed

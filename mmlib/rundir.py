@@ -28,6 +28,7 @@ from mmlib.errors import CorruptFileError, NoSpaceError, RunDirBusyError, is_no_
 # Defaults of the notebooks and the CLI, the same wherever they are started from: the checkout's folders.
 REPOSITORY = Path(__file__).resolve().parent.parent
 RUNS = REPOSITORY / "runs"
+RESULTS = REPOSITORY / "results"  # finished runs' records (mmlib.results), committed
 FIGURES = REPOSITORY / "figures"
 
 CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (

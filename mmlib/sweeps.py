@@ -41,12 +41,6 @@ SWEEP_OWNED = {"seed": "--seeds", "data_root": "--data-root", "run_dir": "--out"
 CELL_OPTIONS = {"method": "--methods", "dataset": "--settings", "imb_type": "--settings", "ratio": "--settings",
                 "mm_variant": "--mm-variants", "s": "--mm-scale (MM cells)"}
 
-QUICK_REPORTS = [
-    ("table1.ipynb", {"table": "quick"}),
-    ("fig3_per_class.ipynb", {"table": "quick", "setting": "digits-step-10", "methods": ["erm", "mm-drw"],
-                              "name": "fig3_quick"}),
-]
-
 
 @dataclass
 class Job:
@@ -233,20 +227,12 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
     return failures
 
 
-def report_quick(runs_root: str | Path) -> list[Path]:
-    """The quick preset's table and per-class figure, written into <runs_root>/quick/figures; returns the executed notebooks."""
-    import mmlib.notebook
+def report_quick(runs_root: str | Path, log=print) -> list[Path]:
+    """The quick preset's table and per-class figure (every trained method on every quick setting, what is
+    missing said so) into <runs_root>/quick/figures, never figures/; returns the notebooks that failed."""
+    from mmlib import reports
 
-    figures = Path(runs_root) / "quick" / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
-    executed = []
-    for notebook, params in QUICK_REPORTS:
-        executed.append(figures / notebook)
-        mmlib.notebook.execute(
-            NOTEBOOKS / notebook, executed[-1],
-            parameters={"runs_root": str(Path(runs_root).resolve()), "out_dir": str(figures.resolve()), **params},
-        )
-    return executed
+    return reports.run_notebooks(reports.QUICK_NOTEBOOKS, runs_root, Path(runs_root) / "quick" / "figures", log)
 
 
 FUSE_CURVE = "fuse_curve.json"  # in mmlib.data.cache_dir(), written by benchmarks/throughput.py --save-curve

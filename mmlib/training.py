@@ -12,6 +12,7 @@ losses and errors accumulate on the device and are read once an epoch.
 
 import contextlib
 import dataclasses
+import datetime
 import hashlib
 import json
 import math
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 
 import mmlib
 from mmlib import rundir
-from mmlib.config import RunConfig
+from mmlib.config import RESUMABLE_CHANGES, RunConfig
 from mmlib.data import ImbalancedDataset, cache_dir, load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError
 from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights, log_prior
@@ -38,10 +39,6 @@ from mmlib.step import TrainStep, resolve_compile
 FUSABLE = {
     "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
     "focal_gamma", "cb_beta", "quiet", "tensorboard",
-}
-# Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
-RESUMABLE_CHANGES = {
-    "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic", "checkpoint_every",
 }
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
 PLAIN_NOTE = "the same epoch's errors of the plain logits z (ERM as trained); the enclosing record's are of z - tau log(prior)"
@@ -161,6 +158,7 @@ def _environment(device: torch.device) -> dict:
     return {
         "mmlib_version": mmlib.__version__,
         "torch_version": torch.__version__,
+        "cuda_version": torch.version.cuda,
         "python_version": platform.python_version(),
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
@@ -480,6 +478,8 @@ class _Group:
                 "best": {**best, "note": BEST_NOTE},
                 "history": history,
                 "seconds": sum(h["seconds"] for h in history),
+                "fused_runs": len(self.run_dirs),
+                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
             lines = ["class,name,train_count,group,final_error,best_error"]
             group_of = {c: g for g, classes in self.dataset.groups.items() for c in classes}

@@ -5,10 +5,11 @@ import math
 
 import matplotlib
 import numpy as np
+from matplotlib.container import BarContainer
 import pandas as pd
 import pytest
 
-from mmlib import data, paper, reports, rundir, training
+from mmlib import data, figures, paper, reports, rundir, training
 from mmlib.config import MM_VARIANTS
 
 matplotlib.use("Agg")
@@ -26,6 +27,12 @@ def close_figures():
 def find_cell(table: str, setting: str, method: str, variant: str = "equations") -> paper.Cell:
     [cell] = [c for c in paper.cells(table, [setting], [method], (variant,)) if c.variant == variant]
     return cell
+
+
+def label_of(cell: paper.Cell) -> str:
+    """The row label a table shows: the paper's, MM rows with their variant."""
+    mm = cell.method.startswith("mm")
+    return cell.label + (" [equations]" if mm and cell.variant == "equations" else "")
 
 
 def write_run(run_dir, final_error: float, best_error: float, per_class=None, group_error=None, counts=None,
@@ -135,22 +142,23 @@ def test_render_table1_as_the_paper_lays_it_out(tmp_path):
     assert f"| Method | {' | '.join(labels)} |" in md
     final_rows = markdown_rows(md, reports.EPOCH_TITLES["final"])
     best_rows = markdown_rows(md, reports.EPOCH_TITLES["best"])
-    mm_drw = find_cell("table1", "cifar10-exp-100", "mm-drw").label
-    expected_order = [find_cell("table1", "cifar10-exp-100", m).label for m in paper.TABLE1_ERRORS]
+    mm_drw = label_of(find_cell("table1", "cifar10-exp-100", "mm-drw"))
+    assert mm_drw == "MM-DRW (ours) [equations]" and released.label == "MM-DRW (ours) [released code]"
+    expected_order = [label_of(find_cell("table1", "cifar10-exp-100", m)) for m in paper.TABLE1_ERRORS]
     expected_order.insert(expected_order.index(mm_drw) + 1, released.label)  # the only released row with a run
     assert [r[0] for r in final_rows] == expected_order == [r[0] for r in best_rows]
 
     ours, theirs = dict(zip(["Method"] + labels, final_rows[0])), paper.TABLE1_ERRORS["erm"][0]
     mean, std = np.mean(finals), np.std(finals, ddof=1)
-    assert ours[labels[0]] == f"{mean:.2f} ± {std:.2f} n=2 ({theirs:.2f}, {mean - theirs:+.2f})"
-    assert ours[labels[1]] == f"missing ({paper.TABLE1_ERRORS['erm'][1]:.2f})"
+    assert ours[labels[0]] == f"{mean:.2f} ± {std:.2f} (n=2) [{theirs:.2f}, {mean - theirs:+.2f}]"
+    assert ours[labels[1]] == f"missing [{paper.TABLE1_ERRORS['erm'][1]:.2f}]"
     best = dict(zip(["Method"] + labels, best_rows[0]))[labels[0]]
-    assert best == f"{np.mean(bests):.2f} ± {np.std(bests, ddof=1):.2f} n=2 ({theirs:.2f}, {np.mean(bests) - theirs:+.2f})"
-    hg = dict(zip(["Method"] + labels, final_rows[expected_order.index(find_cell("table1", "cifar10-exp-100", "hg-drs").label)]))
+    assert best == f"{np.mean(bests):.2f} ± {np.std(bests, ddof=1):.2f} (n=2) [{theirs:.2f}, {np.mean(bests) - theirs:+.2f}]"
+    hg = dict(zip(["Method"] + labels, final_rows[expected_order.index(label_of(find_cell("table1", "cifar10-exp-100", "hg-drs")))]))
     assert [hg[label] for label in labels[4:]] == ["—"] * 4
     released_row = dict(zip(["Method"] + labels, final_rows[expected_order.index(released.label)]))
     mm_paper = paper.TABLE1_ERRORS["mm-drw"][3]
-    assert released_row[labels[3]] == f"12.00 n=1 ({mm_paper:.2f}, {12.0 - mm_paper:+.2f})"
+    assert released_row[labels[3]] == f"12.00 (n=1) [{mm_paper:.2f}, {12.0 - mm_paper:+.2f}]"
 
     tex = texts["tex"]
     assert tex.count(r"\begin{tabular}") == 2 == tex.count(r"\end{tabular}")
@@ -172,8 +180,8 @@ def test_render_grouped_tables_and_write_table(tmp_path):
     for setting in paper.BETA_GRIDS["table2"]:
         assert f"### {paper.SETTINGS[setting].label}" in texts["md"]
     rows = {r[0]: r for r in markdown_rows(texts["md"], paper.SETTINGS["cifar10-step-10"].label)}
-    assert set(rows) == {c.label for c in paper.cells("table2", ["cifar10-step-10"])}
-    assert rows[cell.label][1:] == ["11.00 n=1", "10.50 n=1", f"{cell.paper_error:.2f}",
+    assert set(rows) == {label_of(c) for c in paper.cells("table2", ["cifar10-step-10"])}
+    assert rows[label_of(cell)][1:] == ["11.00 (n=1)", "10.50 (n=1)", f"{cell.paper_error:.2f}",
                                     f"{11.0 - cell.paper_error:+.2f}", f"{10.5 - cell.paper_error:+.2f}",
                                     "4.00", "18.00", "—"]
     assert texts["tex"].count(r"\begin{tabular}") == len(paper.BETA_GRIDS["table2"])
@@ -191,17 +199,21 @@ def test_render_grouped_tables_and_write_table(tmp_path):
 
 # ---------------------------------------------------------------- per-class errors and figures
 
-def test_per_class_means_over_seeds(tmp_path):
+def test_per_class_means_over_seeds_and_groups(tmp_path):
     counts = data.class_counts(120, 10, "step", 10.0)
     erm = find_cell("quick", "digits-step-10", "erm")
     per_seed = [[float(c) for c in range(10)], [float(3 * c) for c in range(10)]]
-    for seed, errors in enumerate(per_seed):
-        write_run(erm.path(tmp_path) / f"seed{seed}", 20.0, 19.0, per_class=errors, counts=counts)
+    manys = [4.0, 6.0]
+    for seed, (errors, many) in enumerate(zip(per_seed, manys)):
+        write_run(erm.path(tmp_path) / f"seed{seed}", 20.0, 19.0, per_class=errors, counts=counts,
+                  group_error={"many": many, "medium": None, "few": 30.0})
     released = find_cell("quick", "digits-step-10", "mm-drw", "released")
-    write_run(released.path(tmp_path) / "seed0", 15.0, 14.0, per_class=[15.0] * 10, counts=counts)
+    write_run(released.path(tmp_path) / "seed0", 15.0, 14.0, per_class=[15.0] * 10, counts=counts,
+              group_error={"many": 5.0, "medium": None, "few": 25.0})
 
-    df = reports.per_class("quick", tmp_path, "digits-step-10", ["erm", "mm-drw@released"])
+    found = reports.per_class("quick", tmp_path, "digits-step-10", ["erm", "mm-drw@released", "mm-drw"])
 
+    df = found.classes
     erm_rows = df[df["method"] == "erm"]
     assert erm_rows["error_mean"].tolist() == pytest.approx(np.mean(per_seed, axis=0))
     assert erm_rows["error_std"].tolist() == pytest.approx(np.std(per_seed, axis=0, ddof=1))
@@ -210,25 +222,38 @@ def test_per_class_means_over_seeds(tmp_path):
     released_rows = df[df["method"] == "mm-drw@released"]
     assert released_rows["row"].unique().tolist() == [released.label]
     assert released_rows["error_mean"].tolist() == [15.0] * 10 and released_rows["error_std"].isna().all()
+    groups = found.groups[found.groups["method"] == "erm"]
+    assert groups["group"].tolist() == ["many", "few"] and groups["classes"].tolist() == [5, 5]  # no medium class
+    assert groups["error_mean"].tolist() == pytest.approx([np.mean(manys), 30.0])
+    assert groups["error_std"].iloc[0] == pytest.approx(np.std(manys, ddof=1))
+    equations = find_cell("quick", "digits-step-10", "mm-drw")
+    assert found.missing == [f"{label_of(equations)} on digits step 10 (searched {equations.path(tmp_path)}/seed*)"]
     best = reports.per_class("quick", tmp_path, "digits-step-10", ["erm"], epoch="best")
-    assert best["error_mean"].tolist() == [19.0] * 10
+    assert best.classes["error_mean"].tolist() == [19.0] * 10
 
-    fig = reports.plot_per_class(df)
-    bars = fig.axes[0].patches
-    assert len(bars) == 20
-    assert [b.get_height() for b in bars] == pytest.approx(df["error_mean"].tolist())
-    paths = reports.save_figure(fig, tmp_path / "figures", "fig3")
-    assert [p.name for p in paths] == ["fig3.png", "fig3.pdf"]
-    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+def test_per_class_orders_classes_by_training_images_and_finds_every_trained_method(tmp_path):
+    counts = [12, 120, 50, 120, 20, 12, 30, 120, 12, 60]  # not sorted: the figure must sort them
+    for method in ("erm", "ldam-drw"):
+        cell = find_cell("quick", "digits-exp-10", method)
+        write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, per_class=[float(c) for c in range(10)], counts=counts)
+
+    found = reports.per_class("quick", tmp_path)
+
+    for method in ("erm", "ldam-drw"):
+        rows = found.classes[found.classes["method"] == method]
+        assert rows["train_count"].tolist() == sorted(counts, reverse=True)
+        assert rows["class"].tolist() == [1, 3, 7, 9, 2, 6, 4, 0, 5, 8]  # ties keep the class order
+    assert set(found.classes["method"]) == {"erm", "ldam-drw"}
+    assert found.missing == [f"every method on digits step 10 (searched {tmp_path / 'quick' / 'digits-step-10'})"]
 
 
 def test_per_class_errors(tmp_path):
-    searched = find_cell("quick", "digits-exp-10", "mm-drw").path(tmp_path)
-    with pytest.raises(ValueError, match=str(searched)):
-        reports.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw"])
-    with pytest.raises(ValueError, match="no 'released' variant"):
+    empty = reports.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw"])
+    assert empty.classes.empty and len(empty.missing) == 1
+    with pytest.raises(ValueError, match="erm@released: quick has no such cell"):
         reports.per_class("quick", tmp_path, "digits-exp-10", ["erm@released"])
-    with pytest.raises(ValueError, match="mm_variants must be among"):
+    with pytest.raises(ValueError, match="mm-drw@paper: quick has no such cell"):
         reports.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw@paper"])
     with pytest.raises(ValueError, match="no settings cifar10-exp-100"):
         reports.per_class("quick", tmp_path, "cifar10-exp-100", ["erm"])
@@ -238,9 +263,71 @@ def test_per_class_errors(tmp_path):
         reports.per_class("quick", tmp_path / "nowhere", "digits-exp-10", ["erm"])
 
 
+# ---------------------------------------------------------------- figures read on their own
+
+def legend_outside_axes(fig) -> bool:
+    """Every legend's box lies outside every axes' box (so it covers no data)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends
+    return all(not legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))
+               for legend in legends for ax in fig.axes)
+
+
+def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path):
+    counts = data.class_counts(120, 10, "step", 10.0)
+    errors = {"erm": 30.0, "ldam-drw": 20.0, "mm-drw": 10.0}
+    for setting in ("digits-exp-10", "digits-step-10"):
+        for method, error in errors.items():
+            cell = find_cell("quick", setting, method)
+            for seed in (0, 1):
+                write_run(cell.path(tmp_path) / f"seed{seed}", error, error, per_class=[error + seed] * 10,
+                          counts=counts, group_error={"many": error, "medium": None, "few": error + 1})
+
+    fig = figures.plot_per_class(reports.per_class("quick", tmp_path))
+
+    class_axes, group_axes = fig.axes[0::2], fig.axes[1::2]
+    assert len(class_axes) == 2  # a row of panels per setting
+    for ax in fig.axes:
+        assert ax.get_ylabel() == "top-1 error (%)" and ax.get_xlabel() and ax.get_title()
+    for ax in class_axes:
+        assert len(ax.patches) == 3 * 10  # three methods side by side on ten classes
+        assert [t.get_text() for t in ax.get_xticklabels()][0] == "C1 0 (120)"  # one line per class
+        assert all("\n" not in t.get_text() for t in ax.get_xticklabels())
+        heights = [b.get_height() for b in ax.patches]
+        assert heights == pytest.approx([v + 0.5 for v in errors.values() for _ in range(10)])
+        bars = [c for c in ax.containers if isinstance(c, BarContainer)]
+        assert len(bars) == 3 and all(c.errorbar is not None for c in bars)
+        [segments] = [c.errorbar.lines[2][0].get_segments() for c in bars[:1]]
+        assert [seg[1][1] - seg[0][1] for seg in segments] == pytest.approx([2 * np.std([0, 1], ddof=1)] * 10)
+    for ax in group_axes:
+        assert [b.get_height() for b in ax.patches] == pytest.approx([30, 31, 20, 21, 10, 11])
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == [f"{label_of(find_cell('quick', 'digits-exp-10', m))} (n = 2 seeds)" for m in errors]
+    assert "±1 std over the n seeds" in fig._suptitle.get_text()
+    assert legend_outside_axes(fig)
+    paths = figures.save_figure(fig, tmp_path / "figures", "fig3")
+    assert [p.name for p in paths] == ["fig3.png", "fig3.pdf"]
+    assert paths[0].read_bytes()[:4] == b"\x89PNG" and paths[1].read_bytes()[:4] == b"%PDF"
+
+
+def test_fig3_names_what_is_missing_and_refuses_an_empty_figure(tmp_path):
+    counts = data.class_counts(120, 10, "step", 10.0)
+    cell = find_cell("quick", "digits-step-10", "erm")
+    write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, counts=counts)
+
+    fig = figures.plot_per_class(reports.per_class("quick", tmp_path, "digits-step-10", ["erm", "ldam-drw"]))
+
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert texts == ["ERM (n = 1 seed)", "missing (no finished run): LDAM-DRW on digits step 10"]
+    with pytest.raises(ValueError, match="nothing to draw: every method on digits long-tailed 10"):
+        figures.plot_per_class(reports.per_class("quick", tmp_path, "digits-exp-10"))
+
+
 def test_plot_class_counts():
     settings = ["cifar10-exp-100", "cifar10-step-10", "cifar100-exp-10"]
-    fig = reports.plot_class_counts(settings)
+    fig = figures.plot_class_counts(settings)
     ax = fig.axes[0]
     curves = [line for line in ax.lines if len(line.get_ydata()) > 2]
     expected = []
@@ -254,7 +341,7 @@ def test_plot_class_counts():
     assert bounds == {100, 20}
     assert ax.get_yscale() == "log"
     with pytest.raises(ValueError, match="unknown setting"):
-        reports.plot_class_counts(["cifar10-exp-7"])
+        figures.plot_class_counts(["cifar10-exp-7"])
 
 
 # ---------------------------------------------------------------- real runs
@@ -269,7 +356,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
         results[method] = training.run(config, cell.path(runs) / "seed0")
 
     df = reports.collect("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])
-    per_class = reports.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"])
+    per_class = reports.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"]).classes
 
     for method, result in results.items():
         row = row_of(df, find_cell("quick", "digits-step-10", method))
@@ -281,5 +368,29 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
         assert errors == pytest.approx(result["final"]["per_class_error"])
     md = reports.render(df, "quick")["md"]
     for method, result in results.items():
-        label = find_cell("quick", "digits-step-10", method).label
-        assert f"| {label} | {result['final']['error']:.2f} n=1 | {result['best']['error']:.2f} n=1 |" in md
+        label = label_of(find_cell("quick", "digits-step-10", method))
+        assert f"| {label} | {result['final']['error']:.2f} (n=1) | {result['best']['error']:.2f} (n=1) |" in md
+
+
+def test_run_curves_read_on_their_own():
+    epochs = 20
+    result = {
+        "config": {"config": {"method": "mm-drw", "mm_variant": "equations", "seed": 0, "arch": "resnet8",
+                              "epochs": epochs}},
+        "class_counts": {"description": "digits step ratio 10: 10 classes"},
+        "history": [{"epoch": e, "lr": 0.1 * 0.01 ** (e > 16) * 0.01 ** (e > 18), "train_loss": 6.0 / e,
+                     "train_error": 50.0 / e, "test_error": 60.0 / e, "seconds": 1.0} for e in range(1, epochs + 1)],
+    }
+
+    fig = figures.plot_history(result)
+
+    assert fig._suptitle.get_text() == "Learning curves of mm-drw, seed 0, resnet8, 20 epochs: digits step ratio 10"
+    for ax in fig.axes:
+        assert ax.get_xlabel() == "epoch" and ax.get_ylabel() and ax.get_title()
+    loss_ax, lr_ax, error_ax = fig.axes
+    assert loss_ax.get_yscale() == lr_ax.get_yscale() == "log"  # both span more than a decade
+    fig.canvas.draw()
+    ticks = [t.get_text() for ax in (loss_ax, lr_ax) for t in ax.get_yticklabels() if t.get_text()]
+    assert "0.01" in ticks and "1e-05" in ticks and not [t for t in ticks if "times" in t or "^" in t]
+    assert error_ax.get_ylabel() == "top-1 error (%)"
+    assert legend_outside_axes(fig)

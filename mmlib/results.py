@@ -1,0 +1,230 @@
+"""Records of finished runs, small enough to commit: results/<table>/<setting>/<run name>/seed<k>/.
+
+A record keeps what a reader needs to check a run against the paper, in the run directory's layout:
+
+    config.json            the run's: every resolved parameter, mmlib / torch / CUDA versions, device, commit
+    class_counts.json      the run's: class names, training counts, many / medium / few groups
+    metrics.json           final and best epoch: error, per-class and many / medium / few errors; wall time
+                           (seconds), fused_runs, finished_at; numbers to 6 significant digits
+    history.csv            per epoch: lr, training loss and error, test error and its groups, seconds
+    confusion_final.csv.gz, confusion_best.csv.gz   test confusion matrices (row: true class, column: predicted)
+    per_class.csv          the run's
+    FINISHED               written last
+
+No checkpoint and no notebook; a CIFAR-100 record is about 40 KB. ``load`` reads a record or a run
+directory into the same dict (``rundir.load_results``'s), so one report code reads either tree.
+
+``collect`` copies every finished run of a runs root into a results root. Runs of another schedule
+than the protocol's (``epochs`` other than 200) go under <results>/short/, apart from the paper's
+tables; the quick preset's runs are never collected.
+"""
+
+import dataclasses
+import gzip
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from mmlib import paper, rundir
+from mmlib.config import RESUMABLE_CHANGES, RunConfig
+
+SHORT = "short"  # <results>/short/<table>/...: records of shortened schedules
+NOT_COLLECTED = {"quick"}  # tables whose runs stay in runs/ (the quick preset)
+HISTORY = "history.csv"
+CONFUSION = "confusion_{}.csv.gz"
+EPOCHS = ("final", "best")
+GROUPS = ("many", "medium", "few")
+HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_error",
+                   *(f"{g}_error" for g in GROUPS), "seconds"]
+# Parameters that change how, not what, a run computes, or where its data sat: not part of a record's identity.
+INCIDENTAL = RESUMABLE_CHANGES | {"data_root", "download"}
+SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its cell's
+PROTOCOL_EPOCHS = RunConfig.__dataclass_fields__["epochs"].default
+
+
+def load(run_dir, details: bool = True) -> dict:
+    """A finished run directory's or record's results, as ``rundir.load_results`` gives a run's.
+
+    details False leaves out a record's history and confusion matrices (the tables need neither).
+    """
+    results = rundir.load_results(run_dir)
+    run_dir = Path(run_dir)
+    if not details:
+        return results
+    if "history" not in results:
+        history = pd.read_csv(run_dir / HISTORY)
+        results["history"] = [_history_entry(row) for row in history.to_dict("records")]
+    for epoch in EPOCHS:
+        path = run_dir / CONFUSION.format(epoch)
+        if "confusion" not in results[epoch] and path.exists():
+            text = gzip.decompress(path.read_bytes()).decode()
+            results[epoch]["confusion"] = [[int(v) for v in line.split(",")] for line in text.splitlines()]
+    return results
+
+
+def _history_entry(row: dict) -> dict:
+    """A history.csv row as the trainer's history entry: test error and groups only where evaluated."""
+    entry = {k: row[k] for k in ("epoch", "lr", "train_loss", "train_error", "seconds")}
+    entry["epoch"] = int(entry["epoch"])
+    if not math.isnan(row["test_error"]):
+        entry["test_error"] = row["test_error"]
+        entry["group_error"] = {g: None if math.isnan(row[f"{g}_error"]) else row[f"{g}_error"] for g in GROUPS}
+    return entry
+
+
+def record_files(run_dir) -> dict[str, bytes]:
+    """The files of a finished run's record, by name (FINISHED last), deterministic to the byte."""
+    results = rundir.load_results(run_dir)
+    run_dir = Path(run_dir)
+    metrics = {epoch: {k: v for k, v in results[epoch].items() if k != "confusion"} for epoch in EPOCHS}
+    metrics.update({k: results.get(k) for k in ("seconds", "fused_runs", "finished_at")})
+    history = pd.DataFrame([_history_row(entry) for entry in results["history"]], columns=HISTORY_COLUMNS)
+    files = {
+        rundir.CONFIG: (run_dir / rundir.CONFIG).read_bytes(),
+        rundir.COUNTS: (run_dir / rundir.COUNTS).read_bytes(),
+        rundir.METRICS: (json.dumps(_rounded(metrics), indent=1) + "\n").encode(),
+        HISTORY: history.to_csv(index=False, float_format="%.6g").encode(),
+        rundir.PER_CLASS: (run_dir / rundir.PER_CLASS).read_bytes(),
+    }
+    for epoch in EPOCHS:
+        rows = "".join(",".join(str(int(v)) for v in row) + "\n" for row in results[epoch]["confusion"])
+        files[CONFUSION.format(epoch)] = gzip.compress(rows.encode(), mtime=0)
+    files[rundir.FINISHED] = (run_dir / rundir.FINISHED).read_bytes()
+    return files
+
+
+def _history_row(entry: dict) -> dict:
+    groups = entry.get("group_error") or {}
+    return {**{k: entry.get(k) for k in HISTORY_COLUMNS}, **{f"{g}_error": groups.get(g) for g in GROUPS}}
+
+
+def _rounded(value):
+    """Floats to 6 significant digits, recursively (0.01 % of error is below any test set's resolution)."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+@dataclasses.dataclass
+class Collection:
+    """What ``collect`` did: each list holds (run folder, record folder or reason)."""
+
+    written: list = dataclasses.field(default_factory=list)
+    unchanged: list = dataclasses.field(default_factory=list)
+    unfinished: list = dataclasses.field(default_factory=list)
+    failed: list = dataclasses.field(default_factory=list)
+    conflicting: list = dataclasses.field(default_factory=list)
+
+    @property
+    def refused(self) -> list:
+        return self.unfinished + self.failed + self.conflicting
+
+    def lines(self) -> list[str]:
+        """A summary line, then one line per refused run."""
+        out = [f"{len(self.written)} records written, {len(self.unchanged)} unchanged, {len(self.unfinished)} "
+               f"unfinished, {len(self.failed)} failed and {len(self.conflicting)} conflicting runs refused"]
+        for kind, items in (("unfinished", self.unfinished), ("failed", self.failed),
+                            ("conflicting", self.conflicting)):
+            out += [f"  {kind}: {run}: {why}" for run, why in items]
+        return out
+
+
+def run_folders(runs_root) -> list[Path]:
+    """Every <table>/<setting>/<run>/seed<k> folder of a runs root whose table is collected, sorted."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"runs root {root} does not exist (or is not a folder)")
+    return sorted(
+        path for table in paper.TABLES if table not in NOT_COLLECTED
+        for path in root.glob(f"{table}/*/*/seed*") if path.is_dir() and SEED_FOLDER.fullmatch(path.name)
+    )
+
+
+def record_folder(run_folder: Path, runs_root, results_root) -> Path:
+    """Where a finished run's record goes: the same relative path, under short/ for a shortened schedule."""
+    relative = Path(run_folder).relative_to(runs_root)
+    epochs = rundir.read_json(Path(run_folder) / rundir.CONFIG)["config"]["epochs"]
+    return Path(results_root) / (relative if epochs == PROTOCOL_EPOCHS else Path(SHORT) / relative)
+
+
+def collect(runs_root=None, results_root=None, replace: bool = False) -> Collection:
+    """Copy every finished run's record from runs_root (default runs/) into results_root (default results/).
+
+    Unfinished and failed runs are refused and listed. A record already there is left as it is when
+    identical (so collecting twice changes nothing), and otherwise refused (listing what differs)
+    unless ``replace``.
+    """
+    runs_root = Path(runs_root or rundir.RUNS)
+    results_root = Path(results_root or rundir.RESULTS)
+    done = Collection()
+    for run in run_folders(runs_root):
+        if not rundir.is_finished(run):
+            failure = _failure(run)
+            (done.failed if failure else done.unfinished).append((run, failure or _progress(run)))
+            continue
+        target = record_folder(run, runs_root, results_root)
+        files = record_files(run)
+        conflict = _conflict(files, target)
+        if conflict is None:
+            done.unchanged.append((run, target))
+        elif conflict and not replace:
+            done.conflicting.append((run, f"{target} holds {conflict}; --replace to overwrite it"))
+        else:
+            _write_record(files, target)
+            done.written.append((run, target))
+    return done
+
+
+def _write_record(files: dict[str, bytes], target: Path) -> None:
+    """Write the record's files atomically, FINISHED last (removed first), and drop files it no longer has."""
+    (target / rundir.FINISHED).unlink(missing_ok=True)
+    for name, content in files.items():
+        rundir.atomic_write(target / name, lambda f, content=content: f.write(content))
+    for stale in set(p.name for p in target.iterdir() if p.is_file()) - set(files):
+        (target / stale).unlink()
+
+
+def _conflict(files: dict[str, bytes], target: Path) -> str | None:
+    """None if target holds exactly this record, "" if it holds none, else what differs."""
+    if not target.exists() or not any(target.iterdir()):
+        return ""
+    existing = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    if existing == files:
+        return None
+    if rundir.CONFIG not in existing:
+        return "other files (no config.json)"
+    ours = json.loads(files[rundir.CONFIG])["config"]
+    theirs = json.loads(existing[rundir.CONFIG])["config"]
+    differing = sorted(k for k in (set(ours) | set(theirs)) - INCIDENTAL if ours.get(k) != theirs.get(k))
+    if differing:
+        return "a record of another configuration (" + ", ".join(
+            f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing) + ")"
+    return "a record of the same configuration with other results (another run of it)"
+
+
+def _failure(run: Path) -> str | None:
+    """The error an executed train.ipynb ended with (the sweep's failed runs), or None."""
+    notebook = run / "train.ipynb"
+    if not notebook.exists():
+        return None
+    for cell in json.loads(notebook.read_text()).get("cells", []):
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return f"{output.get('ename')}: {output.get('evalue')} (see {notebook})"
+    return None
+
+
+def _progress(run: Path) -> str:
+    from mmlib.training import checkpoint_epoch
+
+    config = run / rundir.CONFIG
+    epochs = rundir.read_json(config)["config"]["epochs"] if config.exists() else "?"
+    return f"not finished: {checkpoint_epoch(run)} of {epochs} epochs checkpointed"
+

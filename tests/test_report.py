@@ -1,0 +1,115 @@
+"""`python -m mmlib report` on a fixture results tree, and the quick preset's report on partial runs."""
+
+import subprocess
+import sys
+
+import matplotlib.image
+import numpy as np
+import pandas as pd
+import pytest
+
+from fixture_runs import cell_of, write_run
+from mmlib import paper, reports, results, rundir
+
+SETTING = "cifar10-step-100"
+ERRORS = {  # (method, variant): top-1 error (%) of each seed; 10 classes of 1000 test images
+    ("cb-rw", "equations"): [38.36, 38.56],
+    ("mm-drw", "equations"): [23.83, 24.03],
+    ("ldam-drw", "equations"): [23.00],
+}
+
+
+def correct_for(error: float) -> list[int]:
+    """Per-class correct counts (of 1000) whose top-1 error over 10000 images is ``error``."""
+    total = round(10000 * (1 - error / 100))
+    return [total // 10 + (c < total % 10) for c in range(10)]
+
+
+@pytest.fixture(scope="module")
+def results_tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("report")
+    for (method, variant), errors in ERRORS.items():
+        cell = cell_of("table1", SETTING, method, variant)
+        for seed, error in enumerate(errors):
+            write_run(cell.path(root / "runs") / f"seed{seed}", cell.run_params(seed=seed), 1000, correct_for(error))
+    [table2_cell] = [c for c in paper.cells("table2", [SETTING]) if c.params["beta"] == 1.3]
+    write_run(table2_cell.path(root / "runs") / "seed0", table2_cell.run_params(seed=0), 1000, correct_for(22.50))
+    assert len(results.collect(root / "runs", root / "results").written) == 6
+    done = subprocess.run([sys.executable, "-m", "mmlib", "report", "--results", str(root / "results"),
+                           "--out", str(root / "figures")], capture_output=True, text=True)
+    return root, done
+
+
+def cells_of(md: str, section: str) -> dict[str, list[str]]:
+    """{row label: its cells} of the Markdown table under ``### section``."""
+    lines = md.split(f"### {section}\n\n", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_every_notebook_executes_and_writes_its_outputs(results_tree):
+    root, done = results_tree
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = root / "figures"
+    for table in ("table1", "table2", "table3"):
+        for kind in ("md", "csv", "tex"):
+            assert (out / f"{table}.{kind}").read_text().strip()
+    for figure in ("fig1_class_counts", "fig2_toy", "fig3"):
+        assert matplotlib.image.imread(out / f"{figure}.png").ndim == 3
+        assert (out / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
+    assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
+        "fig1_class_counts.ipynb", "fig2_toy.ipynb", "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb",
+        "table3.ipynb"]
+    assert "missing: MM-DRW (ours) [released code] on CIFAR-10 step 100" in done.stdout  # fig3 says what it lacks
+
+
+def test_table_cells_show_mean_std_n_the_paper_and_the_difference(results_tree):
+    root, _ = results_tree
+    md = (root / "figures" / "table1.md").read_text()
+    column = list(paper.SETTINGS).index(SETTING)
+    final = cells_of(md, reports.EPOCH_TITLES["final"])
+    for (method, variant), errors in ERRORS.items():
+        label = cell_of("table1", SETTING, method, variant).label + (" [equations]" if method.startswith("mm") else "")
+        theirs = paper.TABLE1_ERRORS[method][column]
+        mean = np.mean(errors)
+        spread = f" ± {np.std(errors, ddof=1):.2f}" if len(errors) > 1 else ""
+        assert final[label][column] == f"{mean:.2f}{spread} (n={len(errors)}) [{theirs:.2f}, {mean - theirs:+.2f}]"
+    assert final["ERM"][column] == f"missing [{paper.TABLE1_ERRORS['erm'][column]:.2f}]"
+    assert "MM-DRW (ours) [released code]" not in final  # no released run: no released row
+
+    table2 = cells_of((root / "figures" / "table2.md").read_text(), paper.SETTINGS[SETTING].label)
+    row = table2["MM-DRW (ours) beta=1.3 / delta-=0.6 [equations]"]
+    assert row[:5] == ["22.50 (n=1)", "22.50 (n=1)", "22.83", "-0.33", "-0.33"]
+    assert table2["MM-DRW (ours) beta=1.2 / delta-=0.6 [equations]"][:2] == ["missing", "missing"]
+    csv = pd.read_csv(root / "figures" / "table1.csv")
+    assert csv.loc[(csv["method"] == "cb-rw") & (csv["setting"] == SETTING), "seeds"].item() == 2
+
+
+def test_reproduction_counts_cells_near_the_paper_and_the_rank_order(results_tree):
+    root, _ = results_tree
+    summary = (root / "figures" / "reproduction.md").read_text()
+    column = list(paper.SETTINGS).index(SETTING)
+    gaps = [abs(np.mean(e) - paper.TABLE1_ERRORS[m][column]) for (m, _), e in ERRORS.items()]
+    within = [sum(g <= x for g in gaps) for x in (0.5, 1.0)]
+    cells = sum(paper.TABLE1_ERRORS[m][column] is not None for m in paper.TABLE1_ERRORS)
+    assert (f"| CIFAR-10 step 100 | equations | {cells} | 3 | {within[0]} | {within[1]} | {np.mean(gaps):.2f} |"
+            in summary)
+    assert "| CIFAR-10 long-tailed 100 | equations | 16 | 0 | 0 | 0 | — |" in summary
+    assert ("| CIFAR-10 step 100 | equations | LDAM-DRW 23.00 < MM-DRW 23.93 | MM-DRW 22.83 < LDAM-DRW 23.08 | no |"
+            in summary)
+
+
+def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
+    out = tmp_path / "runs"
+    done = subprocess.run([sys.executable, "-m", "mmlib", "sweep", "--preset", "quick", "--settings", "digits-exp-10",
+                           "--methods", "mm-drw", "--seeds", "0", "--epochs", "4", "--out", str(out)],
+                          capture_output=True, text=True)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = out / "quick" / "figures"
+    md = (figures / "quick.md").read_text()
+    assert md.count("missing") >= 5  # every cell but the one trained
+    assert "| MM-DRW (ours) [equations] | " in md and "(n=1)" in md
+    assert matplotlib.image.imread(figures / "fig3_quick.png").ndim == 3
+    assert "missing: every method on digits step 10" in done.stdout
+    assert not (rundir.FIGURES / "quick.md").exists()
