@@ -70,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", nargs="+", type=_key_value, default=[], metavar="KEY=VALUE",
                        help="any run parameter for every run, e.g. bf16=True channels_last=True compile=reduce-overhead")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="local: worker threads on this machine; ray: one Ray task per notebook, on a Ray cluster "
+                            "or a local Ray instance (pip install -e \".[ray]\")")
+    sweep.add_argument("--address", help="Ray cluster to run on: auto (the one this machine belongs to) or HOST:PORT "
+                                         "(default: start a local Ray instance)")
+    sweep.add_argument("--gpus-per-job", type=float,
+                       help="GPUs each notebook needs under Ray, fractions allowed: 0.5 puts two on a GPU, 0 runs on "
+                            "CPUs (default: 1)")
+    sweep.add_argument("--no-shared-fs", action="store_true",
+                       help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends its "
+                            "run directories (all but checkpoints) back to be written under --out")
     return parser
 
 
@@ -111,9 +122,12 @@ def _sweep(args) -> int:
         overrides["epochs"] = args.epochs
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     out = rundir.RUNS if args.out is None else args.out
+    ray_options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "shared_fs": not args.no_shared_fs}
+    ray_options = {key: value for key, value in ray_options.items() if value not in (None, True)}
     failures = sweeps.sweep(
         table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
         sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
+        backend=args.backend, ray_options=ray_options,
     )
     if args.preset == "quick" and not args.dry_run:
         for notebook in sweeps.report_quick(out):

@@ -9,7 +9,7 @@ import yaml
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_TO_PIP = {"pytorch": "torch"}  # conda-forge names that differ from PyPI's
+CONDA_TO_PIP = {"pytorch": "torch", "ray-core": "ray"}  # conda-forge names that differ from PyPI's
 
 
 def split(requirement: str) -> tuple[str, str]:
@@ -19,7 +19,8 @@ def split(requirement: str) -> tuple[str, str]:
 
 def test_environment_yml_matches_pyproject():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = dict(split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = [r for requirements in project["optional-dependencies"].values() for r in requirements]
+    pip_side = dict(split(r) for r in project["dependencies"] + extras)
     pip_side["python"] = project["requires-python"]
 
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
