@@ -177,6 +177,32 @@ def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_in
 
 
 @needs_ray
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the notebook processes through /proc (Linux)")
+def test_ctrl_c_cancels_every_task_and_keeps_finished_runs(ray_instance, tmp_path):
+    out = tmp_path / "runs"
+    lines, finished = [], {}
+
+    def log_then_press_ctrl_c(line):
+        lines.append(line)
+        if " final " in line:  # the first finished run: the others are still running or waiting
+            run_dir = next(d for d in out.glob("quick/*/*/seed*") if rundir.is_finished(d))
+            finished[run_dir] = (run_dir / rundir.METRICS).read_bytes()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweeps.sweep("quick", out, [0, 1, 2], ["digits-step-10"], ["erm"], overrides=TINY, backend="ray",
+                     ray_options=ON_CPUS, log=log_then_press_ctrl_c)
+    assert lines[-1].startswith("interrupted: cancelled ") and "the same command resumes" in lines[-1]
+    deadline = time.monotonic() + 30
+    while any("papermill" in cmd and str(out) in cmd for _, cmd in _processes().values()):
+        assert time.monotonic() < deadline, "a cancelled notebook is still running"
+        time.sleep(0.5)
+    [(run_dir, metrics)] = finished.items()
+    assert rundir.is_finished(run_dir) and (run_dir / rundir.METRICS).read_bytes() == metrics
+    assert sum(rundir.is_finished(d) for d in out.glob("quick/*/*/seed*")) < 3
+
+
+@needs_ray
 def test_more_gpus_per_job_than_the_cluster_has_is_refused_before_any_work(ray_instance, tmp_path):
     with pytest.raises(ValueError, match=r"--gpus-per-job 1, but the Ray cluster has 0 GPUs; give --gpus-per-job 0"):
         sweeps.sweep("quick", tmp_path, [0], **ERM_MM, backend="ray", log=print)
