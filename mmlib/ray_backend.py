@@ -88,7 +88,10 @@ def execute(jobs: list[sweeps.Job], out: str | Path, address: str | None = None,
     out = Path(out).resolve()
     started = not ray.is_initialized()
     if started:
-        ray.init(address=address or "local")  # "local": a new instance, even where a cluster runs
+        try:
+            ray.init(address=address or "local")  # "local": a new instance, even where a cluster runs
+        except ConnectionError as err:
+            raise ValueError(f"--address {address}: {err}") from None
     marker = out / f".ray-sweep-{uuid.uuid4().hex}" if shared_fs else None
     pending = {}
     try:
@@ -128,9 +131,9 @@ def _outcome(ref, job: sweeps.Job, log) -> tuple[bool, float, list[dict] | None]
     """A finished task's result; a task that Ray gave up on (its worker died every try) counts as failed."""
     try:
         return ray.get(ref)
-    except NotSharedError as err:
-        raise ValueError(str(getattr(err, "cause", err))) from None
     except ray.exceptions.RayTaskError as err:  # the task's own code raised (never retried)
+        if isinstance(err.cause, NotSharedError):
+            raise ValueError(str(err.cause)) from None
         reason = repr(err.cause)
     except ray.exceptions.RayError as err:
         reason = f"its worker died on each of {MAX_RETRIES + 1} tries ({str(err).splitlines()[0]})"

@@ -224,4 +224,6 @@ def test_ray_options_are_checked_before_any_work(tmp_path):
     else:
         with pytest.raises(ValueError, match="--gpus-per-job must be a fraction of one GPU"):
             sweeps.sweep("quick", tmp_path, backend="ray", ray_options={"gpus_per_job": 1.5})
+        done = cli("--settings", "digits-step-10", "--methods", "erm", "--backend", "ray", "--address", "auto")
+        assert done.returncode == 2 and "error: --address auto: Could not find any running Ray instance" in done.stderr
     assert not any(tmp_path.iterdir())
