@@ -3,7 +3,6 @@ isolate, no shared filesystem, a killed worker; and the option checks, which nee
 
 import importlib.util
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -170,7 +169,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_in
     killer.join(timeout=1)
     assert "worker" in killed and killed["kernels"]
     assert failures == []
-    assert [line for line in lines if "final" in line] == [lines[1]] and lines[1].startswith("[1/1] quick digits-step-10 erm seed0: final")
+    assert len(lines) == 2 and lines[1].startswith("[1/1] quick digits-step-10 erm seed0: final")  # finished once
     history = rundir.load_results(run_dir)["history"]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[0] == killed["first_epoch"]
     assert not set(killed["kernels"]) & set(_processes())  # the killed attempt's kernel went with its worker
