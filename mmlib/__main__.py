@@ -122,8 +122,10 @@ def _sweep(args) -> int:
         overrides["epochs"] = args.epochs
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     out = rundir.RUNS if args.out is None else args.out
-    ray_options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "shared_fs": not args.no_shared_fs}
-    ray_options = {key: value for key, value in ray_options.items() if value not in (None, True)}
+    ray_options = {key: value for key, value in [("address", args.address), ("gpus_per_job", args.gpus_per_job)]
+                   if value is not None}
+    if args.no_shared_fs:
+        ray_options["shared_fs"] = False
     failures = sweeps.sweep(
         table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
         sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,

@@ -213,7 +213,7 @@ def test_ray_options_are_checked_before_any_work(tmp_path):
         return subprocess.run([sys.executable, "-m", "mmlib", "sweep", "quick", "--out", str(tmp_path), *options],
                               capture_output=True, text=True)
 
-    done = cli("--gpus-per-job", "0.5")
+    done = cli("--gpus-per-job", "1")
     assert done.returncode == 2 and "--gpus-per-job and --no-shared-fs (ray_options) need --backend ray" in done.stderr
     with pytest.raises(ValueError, match="--gpus picks local GPUs"):
         sweeps.sweep("quick", tmp_path, backend="ray", gpus=[0])
