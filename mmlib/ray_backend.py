@@ -28,6 +28,7 @@ except ModuleNotFoundError as err:
     raise ValueError('--backend ray needs Ray: pip install -e ".[ray]"') from err
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died; a failing notebook is never retried
+MARKER_WAIT = 60  # seconds a worker waits to see the driver's marker under --out (NFS caches a miss ~30 s)
 
 
 class NotSharedError(ValueError):
@@ -47,7 +48,7 @@ def scratch_root(out: Path) -> Path:
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def _run_job(job: sweeps.Job, out: Path, marker: Path | None) -> tuple[bool, float, list[dict] | None]:
     """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
-    if marker is not None and not marker.exists():
+    if marker is not None and not _appears(marker, seconds=MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
                              "every node mounts, or give --no-shared-fs")
     local = job
@@ -64,6 +65,16 @@ def _run_job(job: sweeps.Job, out: Path, marker: Path | None) -> tuple[bool, flo
         if rundir.is_finished(run_dir):  # its files are on their way to the driver
             shutil.rmtree(run_dir)
     return ok, seconds, records
+
+
+def _appears(path: Path, seconds: float) -> bool:
+    """Whether ``path`` exists within ``seconds`` (a network filesystem may cache that it did not, a while)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
 
 
 def _small_files(run_dir: Path) -> dict[str, bytes]:
