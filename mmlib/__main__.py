@@ -99,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any run parameter for every run, e.g. bf16=True channels_last=True compile=off "
                             "download=True; not those the sweep or the table's cells set (seed, method, ...)")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    sweep.add_argument("--backend", choices=["local", "ray"], default="local",
+                       help="local: worker threads on this machine; ray: one Ray task per notebook, on a Ray cluster "
+                            "or a local Ray instance (pip install -e \".[ray]\")")
+    sweep.add_argument("--address", help="Ray cluster to run on: auto (the one this machine belongs to) or HOST:PORT "
+                                         "(default: start a local Ray instance)")
+    sweep.add_argument("--gpus-per-job", type=float,
+                       help="GPUs each notebook needs under Ray, fractions allowed: 0.5 puts two on a GPU, 0 runs on "
+                            "CPUs (default: 1)")
+    sweep.add_argument("--no-shared-fs", action="store_true",
+                       help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends its "
+                            "run directories (all but checkpoints) back to be written under --out")
 
     cache = commands.add_parser(
         "cache", help="list mmlib's caches (decoded image folders, SSP backbones), or delete them with --clear",
@@ -193,10 +204,15 @@ def _sweep(args) -> int:
         fuse = sweeps.auto_fuse(gpus)
         print(f"--fuse auto: up to {fuse} runs a fused model")
     out = rundir.RUNS if args.out is None else args.out
+    ray_options = {key: value for key, value in [("address", args.address), ("gpus_per_job", args.gpus_per_job)]
+                   if value is not None}
+    if args.no_shared_fs:
+        ray_options["shared_fs"] = False
     with data.download_option("--set download=True"):
         failures = sweeps.sweep(
             table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
             sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
+            backend=args.backend, ray_options=ray_options,
         )
     failed_reports = sweeps.report_quick(out) if args.preset == "quick" and not args.dry_run else []
     return 1 if failures or failed_reports else 0

@@ -158,21 +158,28 @@ def execute(jobs: list[Job], gpus: list[int] | None = None, notebook: Path = TRA
             ok = _run_notebook(job, notebook, gpu)
             seconds = time.perf_counter() - start
             with lock:
-                for label, run_dir in zip(job.labels, job.run_dirs):
-                    line = f"[{next(done)}/{total}] {label}: "
-                    if ok and rundir.is_finished(run_dir):
-                        metrics = rundir.read_json(run_dir / rundir.METRICS)
-                        line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
-                    else:
-                        failures.append((label, run_dir / OUTPUT_NOTEBOOK))
-                        line += f"FAILED: {failure_reason(run_dir)} (see {run_dir / OUTPUT_NOTEBOOK})"
-                    log(line)
+                failures.extend(record_outcome(job, ok, seconds, done, total, log))
 
     workers = [threading.Thread(target=worker, args=(gpu,)) for gpu in (gpus or [None])]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
+    return failures
+
+
+def record_outcome(job: Job, ok: bool, seconds: float, done, total: int, log) -> list[tuple[str, Path]]:
+    """Log one line per run of a finished job (``done`` counts runs); returns its failed runs and their notebooks."""
+    failures = []
+    for label, run_dir in zip(job.labels, job.run_dirs):
+        line = f"[{next(done)}/{total}] {label}: "
+        if ok and rundir.is_finished(run_dir):
+            metrics = rundir.read_json(run_dir / rundir.METRICS)
+            line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
+        else:
+            failures.append((label, run_dir / OUTPUT_NOTEBOOK))
+            line += f"FAILED: {failure_reason(run_dir)} (see {run_dir / OUTPUT_NOTEBOOK})"
+        log(line)
     return failures
 
 
@@ -207,8 +214,20 @@ def _run_notebook(job: Job, notebook: Path, gpu: int | None) -> bool:
 
 
 def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, methods=None, mm_variants=("equations",),
-          mm_scale=None, data_roots=None, overrides=None, fuse: int = 1, gpus=None, dry_run=False, log=print) -> list:
-    """Plan, then run a table's cells; returns the failed runs (label, notebook path)."""
+          mm_scale=None, data_roots=None, overrides=None, fuse: int = 1, gpus=None, dry_run=False, log=print,
+          backend: str = "local", ray_options: dict | None = None) -> list:
+    """Plan, then run a table's cells; returns the failed runs (label, notebook path).
+
+    backend "local": one worker per GPU of ``gpus``; "ray": one Ray task per job, ``ray_options`` being
+    mmlib.ray_backend.execute's address, gpus_per_job and shared_fs."""
+    if backend == "ray":
+        if gpus:
+            raise ValueError("--gpus picks local GPUs; with --backend ray give --gpus-per-job and Ray assigns them")
+        from mmlib import ray_backend  # Ray is an optional extra
+
+        ray_backend.check_gpus_per_job((ray_options or {}).get("gpus_per_job", 1))
+    elif ray_options:
+        raise ValueError("--address, --gpus-per-job and --no-shared-fs (ray_options) need --backend ray")
     if not TRAIN_NOTEBOOK.exists():
         raise FileNotFoundError(f"{TRAIN_NOTEBOOK} not found: sweeps execute the repository's notebooks, so install "
                                 "mmlib from a checkout (pip install -e .)")
@@ -219,7 +238,10 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
         for job in jobs:
             log(("fused: " if len(job.labels) > 1 else "") + " | ".join(job.labels))
         return []
-    failures = execute(jobs, gpus, log=log)
+    if backend == "ray":
+        failures = ray_backend.execute(jobs, out, **(ray_options or {}), log=log)
+    else:
+        failures = execute(jobs, gpus, log=log)
     if failures:
         log(f"{len(failures)} runs failed:")
         for label, notebook in failures:

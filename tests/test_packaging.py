@@ -1,4 +1,4 @@
-"""environment.yml (conda, CUDA), environment-cpu.yml (conda, CPU) and pyproject.toml (pip) must agree.
+"""environment.yml (conda, CUDA), environment-cpu.yml (conda, CPU) and pyproject.toml (pip, with every extra) must agree.
 
 conda itself is not needed: the files are parsed and compared. conda-forge builds PyTorch twice and
 names the builds by metapackage: pytorch-gpu pins the CUDA build (which needs a driver, conda's
@@ -15,6 +15,7 @@ tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard libr
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCH_BUILDS = {"environment.yml": "pytorch-gpu", "environment-cpu.yml": "pytorch-cpu"}
+CONDA_TO_PIP = {"ray-core": "ray"}  # conda-forge names that differ from PyPI's (torch: TORCH_BUILDS)
 
 
 def split(requirement: str) -> tuple[str, str]:
@@ -31,14 +32,15 @@ def conda_requirements(file: str) -> dict[str, str]:
             assert entry["pip"] == ["-e ."], "the pip section installs mmlib itself, nothing else"
         elif entry != "pip":
             name, spec = split(entry)
-            requirements[name] = spec
+            requirements[CONDA_TO_PIP.get(name, name)] = spec
     return requirements
 
 
 @pytest.mark.parametrize("file", TORCH_BUILDS)
 def test_conda_environment_matches_pyproject(file):
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    pip_side = dict(split(r) for r in project["dependencies"] + project["optional-dependencies"]["dev"])
+    extras = [r for requirements in project["optional-dependencies"].values() for r in requirements]
+    pip_side = dict(split(r) for r in project["dependencies"] + extras)
     pip_side["python"] = project["requires-python"]
     conda_side = conda_requirements(file)
     assert "pytorch" not in conda_side, f"{file}: ask for a build ({TORCH_BUILDS[file]}), not the solver's choice"

@@ -1,0 +1,153 @@
+"""The Ray backend of sweeps: every fused job is one Ray task, on this machine or across a cluster.
+
+A task executes notebooks/train.ipynb through papermill on its worker exactly as the local backend
+does (sweeps._run_notebook), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
+filesystem that every node mounts, tasks write straight into the run directories under ``out``.
+Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its run
+directories' files except the checkpoint; the driver writes them under ``out``. A task whose worker
+dies is retried (MAX_RETRIES) and resumes from its checkpoint where that survives; a notebook that
+fails for its own reasons is not retried. Ctrl-C cancels every pending task.
+"""
+
+import hashlib
+import itertools
+import shutil
+import socket
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+from tqdm import tqdm
+
+from mmlib import rundir, sweeps
+
+try:
+    import ray
+except ModuleNotFoundError as err:
+    raise ValueError('--backend ray needs Ray: pip install -e ".[ray]"') from err
+
+MAX_RETRIES = 3  # retries of a task whose worker or node died; a failing notebook is never retried
+MARKER_WAIT = 60  # seconds a worker waits to see the driver's marker under --out (NFS caches a miss ~30 s)
+
+
+class NotSharedError(ValueError):
+    """A worker cannot see the driver's --out: the filesystem is not shared."""
+
+
+def check_gpus_per_job(gpus_per_job: float) -> None:
+    if gpus_per_job < 0 or (gpus_per_job > 1 and gpus_per_job != int(gpus_per_job)):
+        raise ValueError(f"--gpus-per-job must be a fraction of one GPU (0 to 1) or a whole number, got {gpus_per_job:g}")
+
+
+def scratch_root(out: Path) -> Path:
+    """A worker's node-local folder for the runs of sweeps into ``out`` (kept across retries on that node)."""
+    return Path(tempfile.gettempdir()) / "mmlib-ray" / hashlib.sha1(str(out).encode()).hexdigest()[:12]
+
+
+@ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
+def _run_job(job: sweeps.Job, out: Path, marker: Path | None) -> tuple[bool, float, list[dict] | None]:
+    """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
+    if marker is not None and not _appears(marker, seconds=MARKER_WAIT):
+        raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
+                             "every node mounts, or give --no-shared-fs")
+    local = job
+    if marker is None:
+        scratch = scratch_root(out)
+        local = sweeps.Job(job.labels, [scratch / d.relative_to(out) for d in job.run_dirs], job.params)
+    start = time.perf_counter()
+    ok = sweeps._run_notebook(local, sweeps.TRAIN_NOTEBOOK, None)
+    seconds = time.perf_counter() - start
+    if marker is not None:
+        return ok, seconds, None
+    records = [_small_files(d) for d in local.run_dirs]
+    for run_dir in local.run_dirs:
+        if rundir.is_finished(run_dir):  # its files are on their way to the driver
+            shutil.rmtree(run_dir)
+    return ok, seconds, records
+
+
+def _appears(path: Path, seconds: float) -> bool:
+    """Whether ``path`` exists within ``seconds`` (a network filesystem may cache that it did not, a while)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(1)
+    return True
+
+
+def _small_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run directory but its checkpoint and half-written temporaries, by relative path."""
+    return {
+        path.relative_to(run_dir).as_posix(): path.read_bytes()
+        for path in sorted(run_dir.rglob("*"))
+        if path.is_file() and path.name != rundir.CHECKPOINT and not path.name.endswith(".tmp")
+    }
+
+
+def _write_records(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Write a run's files under the driver's run directory, FINISHED last (as a run writes them)."""
+    for name in sorted(files, key=lambda n: n == rundir.FINISHED):
+        rundir.atomic_write(run_dir / name, lambda f, data=files[name]: f.write(data))
+
+
+def execute(jobs: list[sweeps.Job], out: str | Path, address: str | None = None, gpus_per_job: float = 1,
+            shared_fs: bool = True, log=print) -> list[tuple[str, Path]]:
+    """Run the jobs as Ray tasks (connecting to ``address``, or starting a local Ray); returns the failed runs."""
+    check_gpus_per_job(gpus_per_job)
+    out = Path(out).resolve()
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=address or "local")  # "local": a new instance, even where a cluster runs
+        except ConnectionError as err:
+            raise ValueError(f"--address {address}: {err}") from None
+    marker = out / f".ray-sweep-{uuid.uuid4().hex}" if shared_fs else None
+    pending = {}
+    try:
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_job > gpus:
+            raise ValueError(f"--gpus-per-job {gpus_per_job:g}, but the Ray cluster has {gpus:g} GPUs; "
+                             "give --gpus-per-job 0 to run on CPUs")
+        if marker is not None:
+            rundir.write_text(marker, "a sweep's workers check that they see this file\n")
+        task = _run_job.options(num_gpus=gpus_per_job)
+        pending = {task.remote(job, out, marker): job for job in jobs}
+        failures, total, done = [], sum(len(j.run_dirs) for j in jobs), itertools.count(1)
+        with tqdm(total=total, unit="run", desc="runs", disable=None) as bar:
+            while pending:
+                [ref], _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(ref)
+                ok, seconds, records = _outcome(ref, job, log)
+                for run_dir, files in zip(job.run_dirs, records or []):
+                    _write_records(run_dir, files)
+                with tqdm.external_write_mode():
+                    failures += sweeps.record_outcome(job, ok, seconds, done, total, log)
+                bar.update(len(job.run_dirs))
+        return failures
+    except KeyboardInterrupt:
+        log(f"interrupted: cancelled {len(pending)} notebooks; finished runs are kept, and the same command resumes")
+        raise
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if marker is not None:
+            marker.unlink(missing_ok=True)
+        if started:
+            ray.shutdown()
+
+
+def _outcome(ref, job: sweeps.Job, log) -> tuple[bool, float, list[dict] | None]:
+    """A finished task's result; a task that Ray gave up on (its worker died every try) counts as failed."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as err:  # the task's own code raised (never retried)
+        if isinstance(err.cause, NotSharedError):
+            raise ValueError(str(err.cause)) from None
+        reason = repr(err.cause)
+    except ray.exceptions.RayError as err:
+        reason = f"its worker died on each of {MAX_RETRIES + 1} tries ({str(err).splitlines()[0]})"
+    with tqdm.external_write_mode():
+        log(f"{' | '.join(job.labels)}: {reason}")
+    return False, 0.0, None

@@ -1,0 +1,228 @@
+"""sweep --backend ray on a local Ray instance (2 CPUs): the local backend's results, skip / resume /
+isolate, no shared filesystem, a killed worker; and the option checks, which need no Ray."""
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from mmlib import rundir, sweeps, training
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                               reason='Ray is an optional extra: pip install -e ".[ray]" (CI installs it)')
+TINY = {"arch": "resnet8", "epochs": 2}
+ERM_MM = dict(settings=["digits-step-10"], methods=["erm", "mm-drw"], overrides=TINY)
+ON_CPUS = {"gpus_per_job": 0}
+
+
+@pytest.fixture(scope="module")
+def ray_instance(tmp_path_factory):
+    """One local Ray instance for the module; workers and the local backend train on one thread each,
+    so that both sum in the same order and their results can be compared exactly."""
+    import ray
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        env.setenv("MMLIB_CACHE", str(tmp_path_factory.mktemp("cache")))
+        ray.init(num_cpus=2, include_dashboard=False)
+        yield ray
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_runs(ray_instance, tmp_path_factory):
+    """erm and mm-drw seed 0 by the local backend, unfused (as the Ray sweeps below run them)."""
+    out = tmp_path_factory.mktemp("local")
+    assert sweeps.sweep("quick", out, [0], **ERM_MM, log=print) == []
+    return out
+
+
+def metrics_without_timing(run_dir: Path) -> dict:
+    metrics = rundir.read_json(run_dir / rundir.METRICS)
+    for entry in metrics["history"]:
+        del entry["seconds"]
+    del metrics["seconds"]
+    return metrics
+
+
+def assert_same_results(run_dir: Path, reference: Path) -> None:
+    assert metrics_without_timing(run_dir) == metrics_without_timing(reference)
+    assert (run_dir / rundir.PER_CLASS).read_text() == (reference / rundir.PER_CLASS).read_text()
+
+
+def files(run_dir: Path) -> set[str]:
+    return {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
+
+
+@needs_ray
+def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures(ray_instance, local_runs, tmp_path):
+    out = tmp_path / "runs"
+    jobs, _ = sweeps.plan("quick", out, seeds=[0, 1], **ERM_MM)
+    erm0, erm1, mm0, mm1 = sorted((d for j in jobs for d in j.run_dirs), key=str)
+
+    # erm seed 0 was interrupted after one of its two epochs (in this process, on one thread as the workers).
+    real_save, threads = rundir.save_torch, torch.get_num_threads()
+
+    def crash_on_second_save(path, obj):
+        if path.exists():
+            raise KeyboardInterrupt
+        real_save(path, obj)
+
+    rundir.save_torch = crash_on_second_save
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            training.run(next(j.params[0] for j in jobs if j.run_dirs[0] == erm0), erm0)
+    finally:
+        rundir.save_torch = real_save
+        torch.set_num_threads(threads)
+    first_epoch = torch.load(erm0 / rundir.CHECKPOINT, weights_only=False)["history"][0]
+    # erm seed 1's folder holds a run of other parameters: its notebook must fail, alone.
+    rundir.write_json(erm1 / rundir.CONFIG, {"config": {**jobs[0].params[0], "method": "focal"}})
+
+    lines = []
+    failures = sweeps.sweep("quick", out, [0, 1], **ERM_MM, backend="ray", ray_options=ON_CPUS, log=lines.append)
+    assert failures == [("quick digits-step-10 erm seed1", erm1 / "train.ipynb")]
+    assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
+    assert sum("final" in line and "best" in line for line in lines) == 3
+    assert "other parameters" in (erm1 / "papermill.log").read_text()
+    for run_dir in (erm0, mm0):
+        assert_same_results(run_dir, local_runs / run_dir.relative_to(out))
+    assert rundir.load_results(erm0)["history"][0] == first_epoch  # resumed, not started again
+    assert not [p for p in out.iterdir() if p.name.startswith(".ray-sweep-")]  # the shared-fs marker is gone
+
+    finished = {d: (d / rundir.METRICS).read_bytes() for d in (erm0, mm0, mm1)}
+    lines.clear()
+    sweeps.sweep("quick", out, [0, 1], **ERM_MM, backend="ray", ray_options=ON_CPUS, log=lines.append)
+    assert lines[0] == "quick: 1 runs to do in 1 notebooks, 3 finished runs skipped"
+    assert all((d / rundir.METRICS).read_bytes() == before for d, before in finished.items())
+
+
+@needs_ray
+def test_without_a_shared_filesystem_the_driver_writes_every_file_but_checkpoints(ray_instance, local_runs, tmp_path):
+    from mmlib import ray_backend
+
+    out = (tmp_path / "runs").resolve()
+    failures = sweeps.sweep("quick", out, [0], **ERM_MM, backend="ray",
+                            ray_options={**ON_CPUS, "shared_fs": False}, log=print)
+    assert failures == []
+    for method in ("erm", "mm-drw"):
+        relative = Path("quick", "digits-step-10", method, "seed0")
+        run_dir, reference = out / relative, local_runs / relative
+        assert files(run_dir) == files(reference) - {rundir.CHECKPOINT}
+        assert_same_results(run_dir, reference)
+        # Trained in the worker's scratch folder, which it cleared once the files were on their way.
+        scratch = ray_backend.scratch_root(out) / relative
+        notebook = nbformat.read(run_dir / "train.ipynb", as_version=4)
+        injected = next(c.source for c in notebook.cells if "injected-parameters" in c.metadata.get("tags", []))
+        assert f'run_dir = "{scratch}"' in injected
+        assert not scratch.exists()
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every live process."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+        if state != "Z":
+            found[int(entry.name)] = (int(ppid), cmdline)
+    return found
+
+
+@needs_ray
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the worker process through /proc (Linux)")
+def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_instance, tmp_path):
+    out = tmp_path / "runs"
+    run_dir = out / "quick" / "digits-step-10" / "erm" / "seed0"
+    killed = {}
+
+    def kill_the_worker_after_the_first_epoch():
+        while not (run_dir / rundir.CHECKPOINT).exists():
+            time.sleep(0.1)
+        killed["first_epoch"] = torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["history"][0]
+        processes = _processes()
+        papermill = next(pid for pid, (_, cmd) in processes.items() if "papermill" in cmd and str(run_dir) in cmd)
+        killed["kernels"] = [pid for pid, (ppid, _) in processes.items() if ppid == papermill]
+        killed["worker"] = processes[papermill][0]
+        os.kill(killed["worker"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_worker_after_the_first_epoch, daemon=True)
+    killer.start()
+    lines = []
+    failures = sweeps.sweep("quick", out, [0], ["digits-step-10"], ["erm"], overrides={**TINY, "epochs": 4},
+                            backend="ray", ray_options=ON_CPUS, log=lines.append)
+    killer.join(timeout=1)
+    assert "worker" in killed and killed["kernels"]
+    assert failures == []
+    assert len(lines) == 2 and lines[1].startswith("[1/1] quick digits-step-10 erm seed0: final")  # finished once
+    history = rundir.load_results(run_dir)["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4] and history[0] == killed["first_epoch"]
+    assert not set(killed["kernels"]) & set(_processes())  # the killed attempt's kernel went with its worker
+
+
+@needs_ray
+@pytest.mark.skipif(not Path("/proc").exists(), reason="finds the notebook processes through /proc (Linux)")
+def test_ctrl_c_cancels_every_task_and_keeps_finished_runs(ray_instance, tmp_path):
+    out = tmp_path / "runs"
+    lines, finished = [], {}
+
+    def log_then_press_ctrl_c(line):
+        lines.append(line)
+        if " final " in line:  # the first finished run: the others are still running or waiting
+            run_dir = next(d for d in out.glob("quick/*/*/seed*") if rundir.is_finished(d))
+            finished[run_dir] = (run_dir / rundir.METRICS).read_bytes()
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt):
+        sweeps.sweep("quick", out, [0, 1, 2], ["digits-step-10"], ["erm"], overrides=TINY, backend="ray",
+                     ray_options=ON_CPUS, log=log_then_press_ctrl_c)
+    assert lines[-1].startswith("interrupted: cancelled ") and "the same command resumes" in lines[-1]
+    deadline = time.monotonic() + 30
+    while any("papermill" in cmd and str(out) in cmd for _, cmd in _processes().values()):
+        assert time.monotonic() < deadline, "a cancelled notebook is still running"
+        time.sleep(0.5)
+    [(run_dir, metrics)] = finished.items()
+    assert rundir.is_finished(run_dir) and (run_dir / rundir.METRICS).read_bytes() == metrics
+    assert sum(rundir.is_finished(d) for d in out.glob("quick/*/*/seed*")) < 3
+
+
+@needs_ray
+def test_more_gpus_per_job_than_the_cluster_has_is_refused_before_any_work(ray_instance, tmp_path):
+    with pytest.raises(ValueError, match=r"--gpus-per-job 1, but the Ray cluster has 0 GPUs; give --gpus-per-job 0"):
+        sweeps.sweep("quick", tmp_path, [0], **ERM_MM, backend="ray", log=print)
+    assert not (tmp_path / "quick").exists()
+
+
+def test_ray_options_are_checked_before_any_work(tmp_path):
+    def cli(*options):
+        return subprocess.run([sys.executable, "-m", "mmlib", "sweep", "quick", "--out", str(tmp_path), *options],
+                              capture_output=True, text=True)
+
+    done = cli("--gpus-per-job", "1")
+    assert done.returncode == 2 and "--gpus-per-job and --no-shared-fs (ray_options) need --backend ray" in done.stderr
+    with pytest.raises(ValueError, match="--gpus picks local GPUs"):
+        sweeps.sweep("quick", tmp_path, backend="ray", gpus=[0])
+    if importlib.util.find_spec("ray") is None:
+        done = cli("--backend", "ray")
+        assert done.returncode == 2 and done.stderr == 'error: --backend ray needs Ray: pip install -e ".[ray]"\n'
+    else:
+        with pytest.raises(ValueError, match="--gpus-per-job must be a fraction of one GPU"):
+            sweeps.sweep("quick", tmp_path, backend="ray", ray_options={"gpus_per_job": 1.5})
+        done = cli("--settings", "digits-step-10", "--methods", "erm", "--backend", "ray", "--address", "auto")
+        assert done.returncode == 2 and "error: --address auto: Could not find any running Ray instance" in done.stderr
+    assert not any(tmp_path.iterdir())
