@@ -169,7 +169,8 @@ def _export_data(args) -> int:
 
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out}: a dataset file's name must end in .npz")
-    dataset = load_dataset(args.dataset, args.data_root, args.imb_type, args.ratio, args.rand_number, args.download)
+    with data.download_option("--download"):
+        dataset = load_dataset(args.dataset, args.data_root, args.imb_type, args.ratio, args.rand_number, args.download)
     path = datafile.export(dataset, args.out)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {dataset.description}")
     return 0

@@ -75,8 +75,11 @@ def _assignments(source: str) -> dict | None:
 
 
 def _check_type(name: str, value, default) -> None:
-    """A value must have its default's type (an int will do for a float); a default of None takes anything."""
-    if default is None:
+    """A value must have its default's type (an int will do for a float); a default of None takes anything.
+
+    None is accepted too: the notebooks use it for "the default" or "everything trained", and a None a
+    parameter cannot take is refused by the library's own validation (RunConfig, reports)."""
+    if default is None or value is None:
         return
     kind = type(default)
     ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))

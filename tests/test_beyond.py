@@ -73,25 +73,28 @@ def test_runs_of_two_methods_with_one_seed_share_initialisation():
 
 
 def test_runs_of_two_methods_with_one_seed_share_data_order_until_resampling(tmp_path, monkeypatch):
-    """Batches drawn by each run's stream; DRS draws from the switch epoch on with replacement, so it departs."""
+    """Each epoch's draws (order, crop offsets, flips) of each run's stream; DRS draws from the switch epoch
+    on with replacement, so it departs."""
     drawn = {}
 
     class Recording(TrainStream):
-        def epoch(self):
-            for x, y in super().epoch():
-                drawn.setdefault(self.name, []).append((y.clone(), x.sum().item()))
-                yield x, y
+        def draw(self):
+            order, offsets, flips = super().draw()
+            drawn.setdefault(self.name, []).append((order.clone(), offsets.clone(), flips.clone()))
+            return order, offsets, flips
 
     monkeypatch.setattr(training, "TrainStream", Recording)
     for method in ("la", "mm-drw", "erm-drs"):
         Recording.name = method
         training.run(quick(method=method, seed=2, switch_epoch=1), tmp_path / method)
-    steps = len(drawn["la"]) // 2  # two epochs
-    for a, b in zip(drawn["la"], drawn["mm-drw"]):
-        assert torch.equal(a[0], b[0]) and a[1] == b[1]
-    for a, b in zip(drawn["la"][:steps], drawn["erm-drs"][:steps]):
-        assert torch.equal(a[0], b[0]) and a[1] == b[1]
-    assert any(not torch.equal(a[0], b[0]) for a, b in zip(drawn["la"][steps:], drawn["erm-drs"][steps:]))
+    assert len(drawn["la"]) == len(drawn["mm-drw"]) == len(drawn["erm-drs"]) == 2  # two epochs
+
+    def same(a, b):
+        return all(torch.equal(u, v) for u, v in zip(a, b))
+
+    assert all(same(a, b) for a, b in zip(drawn["la"], drawn["mm-drw"]))
+    assert same(drawn["la"][0], drawn["erm-drs"][0])
+    assert not torch.equal(drawn["la"][1][0], drawn["erm-drs"][1][0])
 
 
 # --- the beyond and ablation tables ---------------------------------------------------------
@@ -141,6 +144,8 @@ def test_the_new_tables_render_through_the_reports(table, tmp_path):
 
     md = reports.render(reports.collect(table, tmp_path), table)["md"]
     assert md.startswith(f"## {reports.TITLES[table]}")
-    rows = [c.label for c in paper.cells(table)]
-    assert all(f"| {label} |" in md for label in rows)  # every row shown, missing runs as missing
+    # every row shown, missing runs as missing; MM rows name their variant, the equations' too
+    rows = [f"{c.label} [equations]" if c.method.startswith("mm") and "[" not in c.label else c.label
+            for c in paper.cells(table)]
+    assert all(f"| {label} |" in md for label in rows)
     assert "missing" in md and ("Menon et al." in md if table == "beyond" else "which variant" in md)

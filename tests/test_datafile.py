@@ -106,12 +106,12 @@ def test_command_line_errors_name_the_option(tmp_path, capsys):
     assert main(["export-data", "--dataset", "digits", "--out", str(tmp_path / "x.npy")]) == 2
     assert "--out" in capsys.readouterr().err and not (tmp_path / "x.npy").exists()
     assert main(["export-data", "--dataset", "cifar10", "--data-root", str(tmp_path / "none"),
-                 "--out", str(tmp_path / "c.npz")]) == 2
-    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "c.npz").exists()
+                 "--out", str(tmp_path / "c.npz")]) == 3
+    assert "does not exist" in (err := capsys.readouterr().err) and "pass --download" in err and not (tmp_path / "c.npz").exists()
 
 
 def test_a_run_from_the_file_equals_a_run_from_the_source(exported, tmp_path):
-    params = dict(dataset="digits", imb_type="exp", ratio=10.0, rand_number=3, arch="resnet8", epochs=1,
+    params = dict(method="erm", dataset="digits", imb_type="exp", ratio=10.0, rand_number=3, arch="resnet8", epochs=1,
                   batch_size=128, quiet=True)
     direct = training.run(params, tmp_path / "direct")
     from_file = training.run({**params, "data_root": str(exported)}, tmp_path / "file")
