@@ -74,12 +74,12 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
     configs = [c.resolve() for c in configs]
     run_dirs = [Path(d) for d in run_dirs]
     _check_group(configs, run_dirs)
+    device = select_device(configs[0].device)
+    resolve_compile(configs[0].compile, device)  # a mode this device cannot run fails before anything is written
     pending = [i for i, d in enumerate(run_dirs) if not rundir.is_finished(d)]
     if pending:
         first = configs[0]
         dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
-        device = select_device(first.device)
-        resolve_compile(first.compile, device)  # a mode this device cannot run fails before any work
         by_epoch = {}
         for i in pending:  # runs fuse only when they resume from the same epoch
             by_epoch.setdefault(checkpoint_epoch(run_dirs[i]), []).append(i)
