@@ -74,6 +74,8 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
     configs = [c.resolve() for c in configs]
     run_dirs = [Path(d) for d in run_dirs]
     _check_group(configs, run_dirs)
+    device = select_device(configs[0].device)
+    resolve_compile(configs[0].compile, device)  # a mode this device cannot run fails before anything is written
     with contextlib.ExitStack() as locks:
         for d in run_dirs:
             if not rundir.is_finished(d):
@@ -83,8 +85,6 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
         if pending:
             first = configs[0]
             dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
-            device = select_device(first.device)
-            resolve_compile(first.compile, device)  # a mode this device cannot run fails before any work
             by_epoch = {}
             for i in pending:  # runs fuse only when they resume from the same epoch
                 rundir.remove_stale_temp_files(run_dirs[i])

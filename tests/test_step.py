@@ -9,7 +9,7 @@ import torch
 from mmlib import rundir, sweeps, training
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
-from mmlib.losses import LDAMLoss, MMLoss
+from mmlib.losses import LDAMLoss, build_loss
 from mmlib.models import build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, to_device
 from mmlib.step import TrainStep, resolve_compile, sgd_update
@@ -73,7 +73,8 @@ def test_an_epoch_equals_the_plain_loop_over_each_streams_batches(digits):
         model = _fused(2, digits.num_classes)
         streams = [TrainStream(x, y, 64, seed) for seed in (3, 4)]
         streams[1].set_class_weights(weights)  # re-sampling in one run
-        criteria = [LDAMLoss(counts), MMLoss(counts, delta_neg=0.6, beta=1.5, official=True)]
+        released_mm = RunConfig(method="mm-drw", dataset="digits", mm_variant="released").resolve().loss_params()
+        criteria = [LDAMLoss(counts), build_loss("mm", counts, **released_mm)]
         criteria[0].weight = weights  # re-weighting in the other
         optimizer = torch.optim.SGD(model.parameters(), 2**-7, momentum=0.9, weight_decay=2e-4)
         return model, streams, criteria, optimizer
@@ -146,7 +147,8 @@ def test_compile_modes_and_their_refusals():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 def test_graphs_without_cuda_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="compile='graphs' needs a CUDA device"):
-        training.run(dict(dataset="digits", arch="resnet8", epochs=1, quiet=True, compile="graphs"), tmp_path / "r")
+        training.run(dict(method="erm", dataset="digits", arch="resnet8", epochs=2, quiet=True, compile="graphs"),
+                     tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
