@@ -19,6 +19,7 @@ than the protocol's (``epochs`` other than 200) go under <results>/short/, apart
 tables; the quick preset's runs are never collected.
 """
 
+import contextlib
 import dataclasses
 import gzip
 import json
@@ -30,6 +31,7 @@ import pandas as pd
 
 from mmlib import paper, rundir
 from mmlib.config import RESUMABLE_CHANGES, RunConfig
+from mmlib.errors import CorruptFileError
 
 SHORT = "short"  # <results>/short/<table>/...: records of shortened schedules
 NOT_COLLECTED = {"quick"}  # tables whose runs stay in runs/ (the quick preset)
@@ -222,9 +224,11 @@ def _failure(run: Path) -> str | None:
 
 
 def _progress(run: Path) -> str:
-    from mmlib.training import checkpoint_epoch
-
     config = run / rundir.CONFIG
     epochs = rundir.read_json(config)["config"]["epochs"] if config.exists() else "?"
-    return f"not finished: {checkpoint_epoch(run)} of {epochs} epochs checkpointed"
+    done = "?"  # an unreadable checkpoint is the trainer's to report, on resume
+    with contextlib.suppress(OSError, CorruptFileError):
+        info = rundir.checkpoint_info(run)
+        done = 0 if info is None else info["epoch"]
+    return f"not finished: {done} of {epochs} epochs checkpointed"
 

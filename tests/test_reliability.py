@@ -138,7 +138,7 @@ def test_a_killed_fused_run_resumes_exactly(tmp_path):
 
 
 def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
-    params = tiny(method="ldam-drw-ssp", epochs=1, ssp_epochs=2)
+    params = tiny(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2)
     reference = start(cli_args(params) + ["--run-dir", str(tmp_path / "straight")], tmp_path, cache="cache_straight")
     run = start(cli_args(params) + ["--run-dir", str(tmp_path / "run")], tmp_path, cache="cache_killed")
     ssp = tmp_path / "cache_killed" / "ssp"
@@ -319,7 +319,7 @@ def test_exit_codes_per_kind_of_error():
 
 def test_an_unreadable_json_file_is_named(tmp_path):
     run_dir = tmp_path / "run"
-    training.run(tiny(epochs=1), run_dir)
+    training.run(tiny(method="erm", epochs=1), run_dir)
     (run_dir / rundir.CONFIG).write_text("{'not': json")
     with pytest.raises(errors.CorruptFileError, match=rf"{run_dir / rundir.CONFIG} is not readable JSON \(Expecting"):
         rundir.load_results(run_dir)
@@ -372,11 +372,11 @@ def test_parameters_must_be_a_dict():
 
 def test_a_resumed_run_accepts_only_resumable_changes(tmp_path):
     run_dir = tmp_path / "run"
-    training.run(tiny(epochs=1), run_dir)
+    training.run(tiny(method="erm", epochs=1), run_dir)
     assert json.loads((run_dir / rundir.CHECKPOINT_INFO).read_text())["config"]["epochs"] == 1
-    training.run(tiny(epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
+    training.run(tiny(method="erm", epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
     with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in config.json\)"):
-        training.run(tiny(epochs=2), run_dir)  # finished: its results were written with config.json
+        training.run(tiny(method="erm", epochs=2), run_dir)  # finished: its results were written with config.json
     (run_dir / rundir.FINISHED).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in checkpoint.pt\)"):
-        training.run(tiny(epochs=2), run_dir)
+        training.run(tiny(method="erm", epochs=2), run_dir)
