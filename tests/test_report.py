@@ -51,15 +51,16 @@ def test_every_notebook_executes_and_writes_its_outputs(results_tree):
     root, done = results_tree
     assert done.returncode == 0, done.stdout + done.stderr
     out = root / "figures"
-    for table in ("table1", "table2", "table3"):
+    for table in ("table1", "table2", "table3", "beyond", "ablation"):
         for kind in ("md", "csv", "tex"):
             assert (out / f"{table}.{kind}").read_text().strip()
-    for figure in ("fig1_class_counts", "fig2_toy", "fig3"):
+    for figure in ("fig1_class_counts", "fig2_toy", "fig3", "compare"):
         assert matplotlib.image.imread(out / f"{figure}.png").ndim == 3
         assert (out / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
+    assert "### mm-drw − ldam-drw" in (out / "compare.md").read_text()
     assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
-        "fig1_class_counts.ipynb", "fig2_toy.ipynb", "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb",
-        "table3.ipynb"]
+        "ablation.ipynb", "beyond.ipynb", "compare.ipynb", "fig1_class_counts.ipynb", "fig2_toy.ipynb",
+        "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb", "table3.ipynb"]
     assert "missing: MM-DRW (ours) [released code] on CIFAR-10 step 100" in done.stdout  # fig3 says what it lacks
 
 
