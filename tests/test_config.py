@@ -79,3 +79,9 @@ def test_an_unknown_parameter_names_the_closest_valid_one():
         RunConfig.from_dict({**DIGITS, "epoch": 2})
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) zzz; valid"):
         RunConfig.from_dict({**DIGITS, "zzz": 2})
+
+
+def test_an_explicit_empty_milestone_list_means_a_constant_rate():
+    config = RunConfig(**DIGITS, epochs=10, warmup_epochs=0, lr_milestones=[], switch_epoch=3)
+    assert config.resolve().lr_milestones == []
+    assert {training.learning_rate(config, e) for e in range(10)} == {0.1}
