@@ -19,10 +19,10 @@ def mmlib(*args, cache):
 def test_missing_data_names_the_download_option_of_the_command(tmp_path):
     train = mmlib("train", "--run-dir", tmp_path / "r", "--dataset", "cifar10", "--data-root", tmp_path / "none",
                   cache=tmp_path)
-    assert train.returncode == 2 and train.stderr.startswith(f"error: data root {tmp_path / 'none'} does not exist.")
+    assert train.returncode != 0 and train.stderr.startswith(f"error: data root {tmp_path / 'none'} does not exist.")
     assert "To get the data, pass --download, or point the data root at an existing copy." in train.stderr
     sweep = mmlib("sweep", "table1", "--out", tmp_path, "--dry-run", cache=tmp_path)
-    assert sweep.returncode == 2
+    assert sweep.returncode != 0 and sweep.stderr.startswith("error: no data root given")
     assert "To get the data, pass --set download=True, or point the data root at an existing copy." in sweep.stderr
     assert "unrecognized arguments" not in mmlib("sweep", "table1", "--out", tmp_path, "--dry-run", "--data-root",
                                                  tmp_path / "none", "--set", "download=True", cache=tmp_path).stderr
