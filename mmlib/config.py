@@ -157,7 +157,8 @@ def default_schedule(epochs: int) -> tuple[int, list[int]]:
     the run and the warm-up takes a tenth of it, from 2 to 5 epochs (a one-epoch warm-up would
     already run at the full lr), every phase keeping at least one epoch: warm-up, full lr, one decay,
     two decays need 5 epochs. Shorter runs drop the warm-up (3 and 4 epochs), then the second decay
-    (2 epochs: full lr, then one decay), then both (1 epoch at the full lr).
+    (2 epochs: full lr, then one decay), then both (1 epoch at the full lr; with no milestone the
+    DRW / DRS switch defaults to epoch 0, so a one-epoch run of such a method re-balances it).
     """
     if epochs <= 2:
         return 0, list(range(1, epochs))
@@ -241,10 +242,6 @@ def validate(config: RunConfig) -> None:
     if milestones and warmup > milestones[0]:
         raise ValueError(f"warmup_epochs {warmup} runs past the first lr milestone {milestones[0]}: "
                          f"shorten the warm-up or move lr_milestones later")
-    method = get_method(config.method)
-    if config.switch_epoch is None and not milestones and "deferred" in (method.reweight, method.resample):
-        raise ValueError(f"epochs={config.epochs} leaves {config.method} no epoch before its deferred re-balancing: "
-                         f"use epochs >= 2, or give switch_epoch=0 to re-balance from the first epoch")
     if config.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ValueError("tensorboard=True needs the tensorboard package: pip install tensorboard")
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", config.device):

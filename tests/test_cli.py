@@ -22,7 +22,7 @@ def test_missing_data_names_the_download_option_of_the_command(tmp_path):
     assert train.returncode == 3 and train.stderr.startswith(f"error: data root {tmp_path / 'none'} does not exist.")
     assert "To get the data, pass --download, or point the data root at an existing copy." in train.stderr
     sweep = mmlib("sweep", "table1", "--out", tmp_path, "--dry-run", cache=tmp_path)
-    assert sweep.returncode == 3  # mmlib.errors: missing data
+    assert sweep.returncode == 3 and sweep.stderr.startswith("error: no data root given")  # 3: missing data
     assert "To get the data, pass --set download=True, or point the data root at an existing copy." in sweep.stderr
     assert "unrecognized arguments" not in mmlib("sweep", "table1", "--out", tmp_path, "--dry-run", "--data-root",
                                                  tmp_path / "none", "--set", "download=True", cache=tmp_path).stderr

@@ -59,11 +59,10 @@ def test_every_phase_has_an_epoch_where_the_run_is_long_enough():
             assert rates[0] < 0.1, epochs  # warming up
 
 
-def test_a_deferred_method_needs_an_epoch_before_its_switch():
-    with pytest.raises(ValueError, match=r"epochs=1 leaves mm-drw no epoch before its deferred re-balancing: "
-                                         r"use epochs >= 2, or give switch_epoch=0"):
-        RunConfig(**{**DIGITS, "method": "mm-drw"}, epochs=1)
-    assert RunConfig(**{**DIGITS, "method": "mm-drw"}, epochs=1, switch_epoch=0).resolve().switch_epoch == 0
+def test_a_one_epoch_run_of_a_deferred_method_re_balances_its_only_epoch():
+    config = RunConfig(**{**DIGITS, "method": "mm-drw"}, epochs=1)
+    assert (config.resolve().lr_milestones, config.resolve().switch_epoch) == ([], 0)
+    assert training.learning_rate(config, 0) == pytest.approx(0.1)
     assert RunConfig(**{**DIGITS, "method": "mm-drw"}, epochs=2).resolve().switch_epoch == 1
 
 
@@ -79,3 +78,9 @@ def test_an_unknown_parameter_names_the_closest_valid_one():
         RunConfig.from_dict({**DIGITS, "epoch": 2})
     with pytest.raises(ValueError, match=r"unknown parameter\(s\) zzz; valid"):
         RunConfig.from_dict({**DIGITS, "zzz": 2})
+
+
+def test_an_explicit_empty_milestone_list_means_a_constant_rate():
+    config = RunConfig(**DIGITS, epochs=10, warmup_epochs=0, lr_milestones=[], switch_epoch=3)
+    assert config.resolve().lr_milestones == []
+    assert {training.learning_rate(config, e) for e in range(10)} == {0.1}
