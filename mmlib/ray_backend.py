@@ -29,6 +29,7 @@ except ModuleNotFoundError as err:
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died; a failing notebook is never retried
 MARKER_WAIT = 60  # seconds a worker waits to see the driver's marker under --out (NFS caches a miss ~30 s)
+LOCK_WAIT = 60  # seconds a task waits for its runs' locks: a retried task's killed attempt is reaped a moment late
 
 
 class NotSharedError(ValueError):
@@ -48,13 +49,15 @@ def scratch_root(out: Path) -> Path:
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def _run_job(job: sweeps.Job, out: Path, marker: Path | None) -> tuple[bool, float, list[dict] | None]:
     """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
-    if marker is not None and not _appears(marker, seconds=MARKER_WAIT):
+    if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
                              "every node mounts, or give --no-shared-fs")
     local = job
     if marker is None:
         scratch = scratch_root(out)
         local = sweeps.Job(job.labels, [scratch / d.relative_to(out) for d in job.run_dirs], job.params)
+    # Still held after LOCK_WAIT, a run is another sweep's: _run_notebook leaves it alone and says so.
+    _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), LOCK_WAIT)
     start = time.perf_counter()
     ok = sweeps._run_notebook(local, sweeps.TRAIN_NOTEBOOK, None)
     seconds = time.perf_counter() - start
@@ -67,10 +70,10 @@ def _run_job(job: sweeps.Job, out: Path, marker: Path | None) -> tuple[bool, flo
     return ok, seconds, records
 
 
-def _appears(path: Path, seconds: float) -> bool:
-    """Whether ``path`` exists within ``seconds`` (a network filesystem may cache that it did not, a while)."""
+def _wait_for(condition, seconds: float) -> bool:
+    """Whether ``condition()`` holds within ``seconds``, asked once a second."""
     deadline = time.monotonic() + seconds
-    while not path.exists():
+    while not condition():
         if time.monotonic() > deadline:
             return False
         time.sleep(1)

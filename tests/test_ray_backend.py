@@ -18,7 +18,7 @@ from mmlib import rundir, sweeps, training
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason='Ray is an optional extra: pip install -e ".[ray]" (CI installs it)')
-TINY = {"arch": "resnet8", "epochs": 2}
+TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}  # a checkpoint each epoch: runs resume mid-way
 ERM_MM = dict(settings=["digits-step-10"], methods=["erm", "mm-drw"], overrides=TINY)
 ON_CPUS = {"gpus_per_job": 0}
 
@@ -53,10 +53,11 @@ def local_runs(ray_instance, tmp_path_factory):
 
 
 def metrics_without_timing(run_dir: Path) -> dict:
+    """metrics.json less what the clock decides: seconds and the finishing time."""
     metrics = rundir.read_json(run_dir / rundir.METRICS)
     for entry in metrics["history"]:
         del entry["seconds"]
-    del metrics["seconds"]
+    del metrics["seconds"], metrics["finished_at"]
     return metrics
 
 
@@ -76,31 +77,32 @@ def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures
     erm0, erm1, mm0, mm1 = sorted((d for j in jobs for d in j.run_dirs), key=str)
 
     # erm seed 0 was interrupted after one of its two epochs (in this process, on one thread as the workers).
-    real_save, threads = rundir.save_torch, torch.get_num_threads()
+    real_save, threads = rundir.save_checkpoint, torch.get_num_threads()
 
-    def crash_on_second_save(path, obj):
-        if path.exists():
+    def crash_on_second_save(folder, state):
+        if (folder / rundir.CHECKPOINT).exists():
             raise KeyboardInterrupt
-        real_save(path, obj)
+        real_save(folder, state)
 
-    rundir.save_torch = crash_on_second_save
+    rundir.save_checkpoint = crash_on_second_save
     torch.set_num_threads(1)
     try:
         with pytest.raises(KeyboardInterrupt):
             training.run(next(j.params[0] for j in jobs if j.run_dirs[0] == erm0), erm0)
     finally:
-        rundir.save_torch = real_save
+        rundir.save_checkpoint = real_save
         torch.set_num_threads(threads)
     first_epoch = torch.load(erm0 / rundir.CHECKPOINT, weights_only=False)["history"][0]
-    # erm seed 1's folder holds a run of other parameters: its notebook must fail, alone.
-    rundir.write_json(erm1 / rundir.CONFIG, {"config": {**jobs[0].params[0], "method": "focal"}})
+    # erm seed 1's folder holds a corrupt checkpoint: its notebook must fail, alone.
+    erm1.mkdir(parents=True)
+    (erm1 / rundir.CHECKPOINT).write_bytes(os.urandom(4096))
 
     lines = []
     failures = sweeps.sweep("quick", out, [0, 1], **ERM_MM, backend="ray", ray_options=ON_CPUS, log=lines.append)
     assert failures == [("quick digits-step-10 erm seed1", erm1 / "train.ipynb")]
     assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
     assert sum("final" in line and "best" in line for line in lines) == 3
-    assert "other parameters" in (erm1 / "papermill.log").read_text()
+    assert "CorruptFileError" in (erm1 / "papermill.log").read_text()
     for run_dir in (erm0, mm0):
         assert_same_results(run_dir, local_runs / run_dir.relative_to(out))
     assert rundir.load_results(erm0)["history"][0] == first_epoch  # resumed, not started again
@@ -163,7 +165,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_in
             time.sleep(0.1)
         killed["first_epoch"] = torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["history"][0]
         processes = _processes()
-        papermill = next(pid for pid, (_, cmd) in processes.items() if "papermill" in cmd and str(run_dir) in cmd)
+        papermill = next(pid for pid, (_, cmd) in processes.items() if "mmlib.notebook" in cmd and str(run_dir) in cmd)
         killed["kernels"] = [pid for pid, (ppid, _) in processes.items() if ppid == papermill]
         killed["worker"] = processes[papermill][0]
         os.kill(killed["worker"], signal.SIGKILL)

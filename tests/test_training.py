@@ -342,7 +342,7 @@ def test_cli_bad_parameter_is_one_clear_line(tmp_path):
 # --- speed options: same results as the plain path ------------------------------------------
 
 # A small lr, decayed for the second epoch (the rounding differences these tests allow grow with the lr).
-SMALL_LR = dict(method="ldam-drw", epochs=2, switch_epoch=1, lr=0.01, warmup_epochs=0, lr_milestones=[1])
+SMALL_LR = dict(method="ldam-drw", epochs=2, switch_epoch=1, lr=0.01, warmup_epochs=0, lr_milestones=[1, 1])
 
 
 def final_state(run_dir):
