@@ -12,7 +12,6 @@ losses and errors accumulate on the device and are read once an epoch.
 
 import contextlib
 import dataclasses
-import datetime
 import hashlib
 import json
 import math
@@ -33,6 +32,7 @@ from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights, l
 from mmlib.methods import active, get_method
 from mmlib.models import build_model, merge_state_dicts, split_state_dict
 from mmlib.pipeline import TrainStream, eval_batches, to_device
+from mmlib.records import Records, TensorBoard
 from mmlib.step import TrainStep, resolve_compile
 
 # Parameters that may differ between runs trained as one fused model.
@@ -40,8 +40,6 @@ FUSABLE = {
     "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
     "focal_gamma", "cb_beta", "quiet", "tensorboard",
 }
-BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
-PLAIN_NOTE = "the same epoch's errors of the plain logits z (ERM as trained); the enclosing record's are of z - tau log(prior)"
 
 
 def learning_rate(config: RunConfig, epoch: int) -> float:
@@ -202,23 +200,6 @@ def _merge_optimizer_states(states: list[dict]) -> dict:
     return {"state": merged, "param_groups": states[0]["param_groups"]}
 
 
-def _error_record(epoch: int, confusion: torch.Tensor, groups: dict[str, list[int]]) -> dict:
-    """Top-1 error (%), per-class and many/medium/few-shot errors from one confusion matrix."""
-    totals, correct = confusion.sum(1), confusion.diagonal()
-    per_class = (100.0 * (1 - correct / totals.clamp(min=1))).tolist()
-    group_error = {}
-    for name, classes in groups.items():
-        n = totals[classes].sum().item()
-        group_error[name] = 100.0 * (1 - correct[classes].sum().item() / n) if n else None
-    return {
-        "epoch": epoch,
-        "error": 100.0 * (1 - correct.sum().item() / totals.sum().item()),
-        "per_class_error": per_class,
-        "group_error": group_error,
-        "confusion": confusion.tolist(),
-    }
-
-
 @torch.inference_mode()
 def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last,
                 logit_offset=None) -> torch.Tensor:
@@ -289,34 +270,27 @@ class _Group:
         first = self.first
         with _determinism(first.deterministic, self.device):
             self._build()
-            state = self._resume()
+            self._resume()
             self.step = TrainStep(self.model, self.streams, self.criteria, self.optimizer, first.bf16,
                                   self.channels_last, first.compile)
-            writers = [self._writer(c, d) for c, d in zip(self.configs, self.run_dirs)]
-            progress = _Progress(self.configs, state["epoch"], len(self.step.sizes()),
+            tensorboard = TensorBoard(self.configs, self.run_dirs)
+            progress = _Progress(self.configs, self.records.epoch, len(self.step.sizes()),
                                  len(self.dataset.train_labels) * len(self.configs))
-            for epoch in range(state["epoch"], first.epochs):
+            for epoch in range(self.records.epoch, first.epochs):
                 start = time.perf_counter()
                 lr = self._schedule(epoch)
                 losses, train_errors, bad_steps = self.step.epoch(progress.step)
                 self._stop_if_non_finite(epoch, losses, bad_steps)
                 evaluate = (epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs
                 confusions, plain = self._evaluate() if evaluate else (None, None)
-                entries = self._record(state, epoch, lr, losses, train_errors, confusions, plain,
-                                       time.perf_counter() - start)
-                for writer, entry in zip(writers, entries):
-                    if writer is not None:
-                        for name, value in entry.items():
-                            if isinstance(value, float):
-                                writer.add_scalar(name, value, epoch + 1)
+                entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, confusions, plain)
+                tensorboard.add(entries)
                 if (epoch + 1) % first.checkpoint_every == 0 or epoch + 1 == first.epochs:
-                    self._checkpoint(state)
+                    self._checkpoint()
                 progress.epoch_done(lr, losses, entries)
             progress.close()
-            for writer in writers:
-                if writer is not None:
-                    writer.close()
-            self._finish(state)
+            tensorboard.close()
+            self.records.write(self.run_dirs, self.dataset)
 
     def _build(self) -> None:
         """Data on the device; the fused model from each run's own initialisation; optimizer, streams, losses."""
@@ -370,41 +344,9 @@ class _Group:
             return confusions(None), None
         return confusions(self.logit_offsets), confusions(None)
 
-    def _record(self, state, epoch, lr, losses, train_errors, confusions, plain, seconds) -> list[dict]:
-        """Append each run's history entry and update its final and best records; returns the entries.
-
-        A post-hoc run's records are those of its adjusted logits, each holding the same epoch's plain
-        record under "plain" (and its entries a plain_test_error)."""
-        entries = []
-        for k in range(len(self.configs)):
-            entry = {"epoch": epoch + 1, "lr": lr, "train_loss": losses[k], "train_error": train_errors[k],
-                     "seconds": seconds}
-            if confusions is not None:
-                record = _error_record(epoch + 1, confusions[k], self.dataset.groups)
-                entry.update(test_error=record["error"], group_error=record["group_error"])
-                if self.methods[k].posthoc:
-                    record["plain"] = _error_record(epoch + 1, plain[k], self.dataset.groups)
-                    record["plain"]["note"] = PLAIN_NOTE
-                    entry["plain_test_error"] = record["plain"]["error"]
-                state["final"][k] = record
-                if state["best"][k] is None or record["error"] < state["best"][k]["error"]:
-                    state["best"][k] = record
-            state["history"][k].append(entry)
-            entries.append(entry)
-        state["epoch"] = epoch + 1
-        return entries
-
-    def _writer(self, config: RunConfig, run_dir: Path):
-        if not config.tensorboard:
-            return None
-        from torch.utils.tensorboard import SummaryWriter
-
-        return SummaryWriter(str(run_dir / "tensorboard"))
-
     def _resume(self) -> dict:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""
-        runs = len(self.configs)
-        state = {"epoch": 0, "history": [[] for _ in range(runs)], "final": [None] * runs, "best": [None] * runs}
+        self.records = Records(len(self.configs), self.dataset.groups, [m.posthoc for m in self.methods])
         saved = [rundir.load_checkpoint(d) for d in self.run_dirs]
         self.checkpointed_epoch = None
         if any(s is not None for s in saved):
@@ -421,13 +363,8 @@ class _Group:
             torch.set_rng_state(saved[0]["torch_rng"])
             if saved[0]["cuda_rng"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(saved[0]["cuda_rng"])
-            state = {
-                "epoch": saved[0]["epoch"],
-                "history": [s["history"] for s in saved],
-                "final": [s["final"] for s in saved],
-                "best": [s["best"] for s in saved],
-            }
-            self.checkpointed_epoch = state["epoch"]
+            self.records.load(saved)
+            self.checkpointed_epoch = self.records.epoch
         environment = _environment(self.device)
         for config, run_dir in zip(self.configs, self.run_dirs):
             rundir.write_json(run_dir / rundir.CONFIG, {**environment, "config": config.to_dict()})
@@ -437,26 +374,22 @@ class _Group:
                 "groups": self.dataset.groups,
                 "description": self.dataset.description,
             })
-        return state
 
-    def _checkpoint(self, state) -> None:
+    def _checkpoint(self) -> None:
         runs = len(self.configs)
         models = split_state_dict(self.model.state_dict(), runs)
         optimizers = _split_optimizer_state(self.optimizer.state_dict(), runs)
         for k, run_dir in enumerate(self.run_dirs):
             rundir.save_checkpoint(run_dir, {
-                "epoch": state["epoch"],
                 "config": self.configs[k].to_dict(),
                 "model": models[k],
                 "optimizer": optimizers[k],
                 "stream": self.streams[k].state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "history": state["history"][k],
-                "final": state["final"][k],
-                "best": state["best"][k],
+                **self.records.of_run(k),
             })
-        self.checkpointed_epoch = state["epoch"]
+        self.checkpointed_epoch = self.records.epoch
 
     def _stop_if_non_finite(self, epoch: int, losses: list[float], bad_steps: list[int]) -> None:
         for k, (loss, step) in enumerate(zip(losses, bad_steps)):
@@ -469,25 +402,6 @@ class _Group:
                     f"{kept}. Try a lower lr (or check the data), in another run_dir"
                 )
 
-    def _finish(self, state: dict) -> None:
-        for k, run_dir in enumerate(self.run_dirs):
-            final, best = state["final"][k], state["best"][k]
-            history = state["history"][k]
-            rundir.write_json(run_dir / rundir.METRICS, {
-                "final": final,
-                "best": {**best, "note": BEST_NOTE},
-                "history": history,
-                "seconds": sum(h["seconds"] for h in history),
-                "fused_runs": len(self.run_dirs),
-                "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            })
-            lines = ["class,name,train_count,group,final_error,best_error"]
-            group_of = {c: g for g, classes in self.dataset.groups.items() for c in classes}
-            for c, name in enumerate(self.dataset.classes):
-                lines.append(f"{c},{name},{self.counts[c]},{group_of[c]},"
-                             f"{final['per_class_error'][c]:.4f},{best['per_class_error'][c]:.4f}")
-            rundir.write_text(run_dir / rundir.PER_CLASS, "\n".join(lines) + "\n")
-            rundir.write_text(run_dir / rundir.FINISHED, f"finished after {final['epoch']} epochs\n")
 
 
 def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.device) -> dict:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmlib import data, paper, rundir, training
+from mmlib import data, paper, records, rundir, training
 from mmlib.config import RunConfig
 
 
@@ -37,8 +37,8 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     groups = {"many": [c for c, n in enumerate(counts) if n > data.MANY_SHOT_ABOVE],
               "medium": [c for c, n in enumerate(counts) if data.FEW_SHOT_BELOW <= n <= data.MANY_SHOT_ABOVE],
               "few": [c for c, n in enumerate(counts) if n < data.FEW_SHOT_BELOW]}
-    final = training._error_record(config.epochs, confusion(final_correct, test_per_class), groups)
-    best = training._error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
+    final = records.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
+    best = records.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
                                   groups)
     history = [{"epoch": e + 1, "lr": training.learning_rate(config, e), "train_loss": 2.0 / (e + 1),
                 "train_error": 50.0 / (e + 1), "seconds": 1.5, "test_error": final["error"] + 10.0 / (e + 1),
@@ -51,7 +51,7 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     if not finished:
         return
     rundir.write_json(run_dir / rundir.METRICS, {
-        "final": final, "best": {**best, "note": training.BEST_NOTE}, "history": history,
+        "final": final, "best": {**best, "note": records.BEST_NOTE}, "history": history,
         "seconds": 1.5 * config.epochs, "fused_runs": fused_runs,
         "finished_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).isoformat()})
     group_of = {c: g for g, members in groups.items() for c in members}
