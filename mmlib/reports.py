@@ -484,7 +484,7 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
 
     def execute(item: tuple[str, dict]) -> Path | None:
         notebook, params = item
-        name = params.get("table", params.get("name", Path(notebook).stem))
+        name = params.get("name", params.get("table", Path(notebook).stem))  # fig3 of a table has a name of its own
         executed = executed_dir / f"{name}.ipynb"
         parameters = {"out_dir": str(out_dir), **params}
         if "results_root" in _parameter_names(NOTEBOOKS / notebook):

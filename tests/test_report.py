@@ -113,4 +113,6 @@ def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
     assert "| MM-DRW (ours) [equations] | " in md and "(n=1)" in md
     assert matplotlib.image.imread(figures / "fig3_quick.png").ndim == 3
     assert "missing: every method on digits step 10" in done.stdout
+    assert "table1.ipynb {'table': 'quick'}: quick.md, quick.csv, quick.tex" in done.stdout
+    assert sorted(p.name for p in (figures / "notebooks").iterdir()) == ["fig3_quick.ipynb", "quick.ipynb"]
     assert not (rundir.FIGURES / "quick.md").exists()
