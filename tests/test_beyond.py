@@ -10,17 +10,7 @@ from mmlib.config import MM_VARIANTS, RunConfig
 from mmlib.data import load_dataset
 from mmlib.models import build_model
 from mmlib.pipeline import TrainStream, eval_batches, to_device
-
-
-def quick(**overrides) -> dict:
-    params = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", epochs=2, batch_size=128,
-                  quiet=True, eval_batch_size=512)
-    return {**params, **overrides}
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
+from tiny import quick
 
 
 # --- post-hoc logit adjustment --------------------------------------------------------------

@@ -14,11 +14,6 @@ from mmlib.data import load_dataset
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels", "indices")
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """digits, long-tailed 10, rand_number 3, written by the command line."""

@@ -38,11 +38,6 @@ def cli_args(params: dict) -> list[str]:
     return args
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
-
-
 def start(code_or_args, tmp_path, cache="cache") -> subprocess.Popen:
     """A real process: `python -m mmlib train ARGS`, or `python -c CODE`."""
     env = {**os.environ, "MMLIB_CACHE": str(tmp_path / cache), "OMP_NUM_THREADS": "1"}

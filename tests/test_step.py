@@ -8,7 +8,6 @@ import torch
 
 from mmlib import rundir, sweeps, training
 from mmlib.config import RunConfig
-from mmlib.data import load_dataset
 from mmlib.losses import LDAMLoss, build_loss
 from mmlib.models import build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, to_device
@@ -16,16 +15,6 @@ from mmlib.step import TrainStep, resolve_compile, sgd_update
 
 def cuda(test):
     return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", imb_type="exp", ratio=10.0)
 
 
 def test_sgd_update_equals_torch_sgd_on_the_same_gradients():

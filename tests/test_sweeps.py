@@ -14,11 +14,6 @@ from mmlib import rundir, sweeps, training
 TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
-
-
 def quick_plan(out, **kwargs):
     params = dict(settings=["digits-step-10"], methods=["erm", "mm-drw"], overrides=TINY)
     return sweeps.plan("quick", out, **{**params, **kwargs})

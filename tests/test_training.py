@@ -14,22 +14,7 @@ from mmlib.data import load_dataset
 from mmlib.losses import class_balanced_weights
 from mmlib.methods import METHODS
 from mmlib.step import TrainStep
-
-
-def quick(**overrides) -> dict:
-    params = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", epochs=2, batch_size=128,
-                  quiet=True, eval_batch_size=512)
-    return {**params, **overrides}
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_dataset("digits", imb_type="exp", ratio=10.0)
+from tiny import quick
 
 
 def spy_epochs(monkeypatch) -> list[dict]:
