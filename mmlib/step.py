@@ -81,7 +81,7 @@ class TrainStep:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16,
                                        cache_enabled=self.mode != "graphs")
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.params = list(group["params"])
+        self.group, self.params = group, list(group["params"])
         self.momentum, self.weight_decay = group["momentum"], group["weight_decay"]
         self.momentum_buffers = [optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                                  for p in self.params] if self.momentum else []
@@ -100,6 +100,8 @@ class TrainStep:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
 
     def set_lr(self, lr: float) -> None:
+        """The learning rate of the next steps, on the device and in the optimizer's group (what checkpoints record)."""
+        self.group["lr"] = lr
         self.neg_lr.fill_(-lr)
 
     def sizes(self) -> list[int]:

@@ -223,6 +223,11 @@ def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, 
     return counts.view(runs, num_classes, num_classes).cpu()
 
 
+def _due(epoch: int, every: int, epochs: int) -> bool:
+    """Whether 0-based ``epoch`` ends with an evaluation or checkpoint done every ``every`` epochs and after the last."""
+    return (epoch + 1) % every == 0 or epoch + 1 == epochs
+
+
 def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
     """Rotation prediction (Gidaris et al. 2018): each image turned by k * 90 degrees, k its new label."""
     k = torch.randint(0, 4, (len(images),), generator=generator, device=images.device)
@@ -281,11 +286,10 @@ class _Group:
                 lr = self._schedule(epoch)
                 losses, train_errors, bad_steps = self.step.epoch(progress.step)
                 self._stop_if_non_finite(epoch, losses, bad_steps)
-                evaluate = (epoch + 1) % first.eval_every == 0 or epoch + 1 == first.epochs
-                confusions, plain = self._evaluate() if evaluate else (None, None)
+                confusions, plain = self._evaluate() if _due(epoch, first.eval_every, first.epochs) else (None, None)
                 entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, confusions, plain)
                 tensorboard.add(entries)
-                if (epoch + 1) % first.checkpoint_every == 0 or epoch + 1 == first.epochs:
+                if _due(epoch, first.checkpoint_every, first.epochs):
                     self._checkpoint()
                 progress.epoch_done(lr, losses, entries)
             progress.close()
@@ -324,8 +328,6 @@ class _Group:
     def _schedule(self, epoch: int) -> float:
         """This epoch's learning rate, and each run's class weights and sampling; returns the lr."""
         lr = learning_rate(self.first, epoch)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr  # what checkpoints record
         self.step.set_lr(lr)
         for method, config, row, stream, weights in zip(
             self.methods, self.configs, self.loss_weights, self.streams, self.cb_weights
@@ -454,15 +456,12 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
     bar = tqdm(range(start, pretrain.epochs), initial=start, total=pretrain.epochs, desc="ssp pre-training",
                disable=quiet)
     for epoch in bar:
-        lr = learning_rate(pretrain, epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        step.set_lr(lr)
+        step.set_lr(learning_rate(pretrain, epoch))
         losses, errors, bad = step.epoch()
         if bad[0] >= 0:
             raise NonFiniteLossError(f"non-finite loss in SSP pre-training ({folder}) at epoch {epoch + 1}, step "
                                      f"{bad[0] + 1}; try a lower lr (or check the data)")
-        if (epoch + 1) % pretrain.checkpoint_every == 0 or epoch + 1 == pretrain.epochs:
+        if _due(epoch, pretrain.checkpoint_every, pretrain.epochs):
             rundir.save_checkpoint(folder, {
                 "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "stream": stream.state_dict(),
