@@ -13,7 +13,10 @@ mmlib.notebook IN OUT PARAMS.yaml`` does the same from a shell (the sweeps run i
 
 import ast
 import contextlib
+import os
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from mmlib.config import did_you_mean
@@ -104,6 +107,21 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict | None = 
 
     return papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, progress_bar=False,
                                       config=kernel_config(), **kwargs)
+
+
+def run(notebook: str | Path, output: str | Path, parameters: dict, env: dict | None = None,
+        cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m mmlib.notebook`` in a fresh process (its own GPUs, its own failures), the parameters
+    passed in a YAML file in the system's temp folder: a killed run leaves nothing beside its outputs."""
+    import yaml
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="mmlib-params-", delete=False) as f:
+        yaml.safe_dump(parameters, f)
+    try:
+        return subprocess.run([sys.executable, "-m", "mmlib.notebook", str(notebook), str(output), f.name],
+                              env=env, cwd=cwd, capture_output=True, text=True)
+    finally:
+        os.unlink(f.name)
 
 
 def main(argv: list[str] | None = None) -> int:

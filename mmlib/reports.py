@@ -15,20 +15,16 @@ import concurrent.futures
 import dataclasses
 import json
 import math
-import os
 import re
-import subprocess
-import sys
-import tempfile
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
+import mmlib.notebook
 from mmlib import paper, results, rundir
 from mmlib.config import MM_VARIANTS
-from mmlib.results import EPOCHS, GROUPS
 from mmlib.methods import get_method
+from mmlib.results import EPOCHS, GROUPS
 
 COLUMNS = [
     "table", "setting", "setting_label", "method", "row", "variant", "run_name", "beta", "delta_neg", "seeds",
@@ -489,13 +485,7 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
         parameters = {"out_dir": str(out_dir), **params}
         if "results_root" in _parameter_names(NOTEBOOKS / notebook):
             parameters["results_root"] = str(results_root)
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=executed_dir, delete=False) as f:
-            yaml.safe_dump(parameters, f)
-        try:  # mmlib.notebook: papermill on an encrypted kernel, a failure as one "error:" line
-            done = subprocess.run([sys.executable, "-m", "mmlib.notebook", str(NOTEBOOKS / notebook), str(executed),
-                                   f.name], capture_output=True, text=True, cwd=rundir.REPOSITORY)
-        finally:
-            os.unlink(f.name)
+        done = mmlib.notebook.run(NOTEBOOKS / notebook, executed, parameters, cwd=rundir.REPOSITORY)
         if done.returncode:
             error = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no message"]
             log(f"FAILED {notebook} {params or ''}: {error[0]} (see {executed})")

@@ -12,17 +12,14 @@ import itertools
 import os
 import queue
 import shutil
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
-import yaml
 
+import mmlib.notebook
 from mmlib import paper, rundir
 from mmlib.config import RunConfig, did_you_mean
 from mmlib.errors import CorruptFileError
@@ -196,15 +193,7 @@ def _run_notebook(job: Job, notebook: Path, gpu: int | None) -> bool:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", dir=first, delete=False) as f:
-        yaml.safe_dump(job.notebook_parameters(), f)
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "mmlib.notebook", str(notebook), str(first / OUTPUT_NOTEBOOK), f.name],
-            env=env, capture_output=True, text=True,
-        )
-    finally:
-        os.unlink(f.name)
+    done = mmlib.notebook.run(notebook, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env=env)
     rundir.write_text(first / "papermill.log", done.stdout + done.stderr)
     for other in job.run_dirs[1:]:
         other.mkdir(parents=True, exist_ok=True)
