@@ -9,6 +9,7 @@ import nbformat
 import pytest
 import torch
 
+import mmlib.notebook
 from mmlib import rundir, sweeps, training
 
 TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}
@@ -123,7 +124,7 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
         time.sleep(0.2)  # long enough for both workers to take jobs
         return subprocess.CompletedProcess(command, 0, "", "")
 
-    monkeypatch.setattr(sweeps.subprocess, "run", fake_run)
+    monkeypatch.setattr(mmlib.notebook.subprocess, "run", fake_run)  # the notebook runner sweeps call
     jobs, _ = quick_plan(tmp_path, seeds=[0, 1, 2])
     failures = sweeps.execute(jobs, gpus=[0, 1], log=lambda line: None)
     assert set(seen) == {"0", "1"} and len(seen) == len(jobs)
