@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
                                          "(default: start a local Ray instance)")
     sweep.add_argument("--gpus-per-job", type=float,
                        help="GPUs each notebook needs under Ray, fractions allowed: 0.5 puts two on a GPU, 0 runs on "
-                            "CPUs (default: 1)")
+                            "CPUs (default: 1 where the cluster has GPUs, else 0)")
     sweep.add_argument("--no-shared-fs", action="store_true",
                        help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends its "
                             "run directories (all but checkpoints) back to be written under --out")
@@ -205,18 +205,30 @@ def _sweep(args) -> int:
         fuse = sweeps.auto_fuse(gpus)
         print(f"--fuse auto: up to {fuse} runs a fused model")
     out = rundir.RUNS if args.out is None else args.out
-    ray_options = {key: value for key, value in [("address", args.address), ("gpus_per_job", args.gpus_per_job)]
-                   if value is not None}
-    if args.no_shared_fs:
-        ray_options["shared_fs"] = False
+    executor = _executor(args, out, gpus)
     with data.download_option("--set download=True"):
         failures = sweeps.sweep(
             table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
-            sweeps.parse_data_roots(args.data_root), overrides, fuse, gpus, args.dry_run,
-            backend=args.backend, ray_options=ray_options,
+            sweeps.parse_data_roots(args.data_root), overrides, fuse, executor, args.dry_run,
         )
     failed_reports = sweeps.report_quick(out) if args.preset == "quick" and not args.dry_run else []
     return 1 if failures or failed_reports else 0
+
+
+def _executor(args, out, gpus: list[int] | None):
+    """The sweep's executor: worker threads on this machine, or Ray tasks (its options refused without it)."""
+    from mmlib import jobs
+
+    ray_options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "shared_fs": not args.no_shared_fs}
+    if args.backend == "local":
+        if args.address is not None or args.gpus_per_job is not None or args.no_shared_fs:
+            raise ValueError("--address, --gpus-per-job and --no-shared-fs need --backend ray")
+        return jobs.LocalExecutor(gpus)
+    if gpus:
+        raise ValueError("--gpus picks local GPUs; with --backend ray give --gpus-per-job and Ray assigns them")
+    from mmlib import ray_backend  # Ray is an optional extra
+
+    return ray_backend.RayExecutor(out, **ray_options)
 
 
 def _collect(args) -> int:

@@ -1,7 +1,7 @@
-"""The Ray backend of sweeps: every fused job is one Ray task, on this machine or across a cluster.
+"""The Ray executor of sweeps: every job is one Ray task, on this machine or across a cluster.
 
-A task executes notebooks/train.ipynb through papermill on its worker exactly as the local backend
-does (sweeps._run_notebook), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
+A task executes notebooks/train.ipynb through papermill on its worker exactly as the local executor
+does (mmlib.jobs.run_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
 filesystem that every node mounts, tasks write straight into the run directories under ``out``.
 Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its run
 directories' files except the checkpoint; the driver writes them under ``out``. A task whose worker
@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mmlib import rundir, sweeps
+from mmlib import jobs, rundir
 
 try:
     import ray
@@ -47,7 +47,7 @@ def scratch_root(out: Path) -> Path:
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
-def _run_job(job: sweeps.Job, out: Path, marker: Path | None) -> tuple[bool, float, list[dict] | None]:
+def _run_job(job: jobs.Job, out: Path, marker: Path | None) -> tuple[bool, float, list[dict] | None]:
     """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
     if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
@@ -55,11 +55,11 @@ def _run_job(job: sweeps.Job, out: Path, marker: Path | None) -> tuple[bool, flo
     local = job
     if marker is None:
         scratch = scratch_root(out)
-        local = sweeps.Job(job.labels, [scratch / d.relative_to(out) for d in job.run_dirs], job.params)
-    # Still held after LOCK_WAIT, a run is another sweep's: _run_notebook leaves it alone and says so.
+        local = job.moved([scratch / d.relative_to(out) for d in job.run_dirs])
+    # Still held after LOCK_WAIT, a run is another sweep's: run_job leaves it alone and says so.
     _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), LOCK_WAIT)
     start = time.perf_counter()
-    ok = sweeps._run_notebook(local, sweeps.TRAIN_NOTEBOOK, None)
+    ok = jobs.run_job(local)
     seconds = time.perf_counter() - start
     if marker is not None:
         return ok, seconds, None
@@ -95,53 +95,67 @@ def _write_records(run_dir: Path, files: dict[str, bytes]) -> None:
         rundir.atomic_write(run_dir / name, lambda f, data=files[name]: f.write(data))
 
 
-def execute(jobs: list[sweeps.Job], out: str | Path, address: str | None = None, gpus_per_job: float = 1,
-            shared_fs: bool = True, log=print) -> list[tuple[str, Path]]:
-    """Run the jobs as Ray tasks (connecting to ``address``, or starting a local Ray); returns the failed runs."""
-    check_gpus_per_job(gpus_per_job)
-    out = Path(out).resolve()
-    started = not ray.is_initialized()
-    if started:
-        try:
-            ray.init(address=address or "local")  # "local": a new instance, even where a cluster runs
-        except ConnectionError as err:
-            raise ValueError(f"--address {address}: {err}") from None
-    marker = out / f".ray-sweep-{uuid.uuid4().hex}" if shared_fs else None
-    pending = {}
-    try:
-        gpus = ray.cluster_resources().get("GPU", 0)
-        if gpus_per_job > gpus:
-            raise ValueError(f"--gpus-per-job {gpus_per_job:g}, but the Ray cluster has {gpus:g} GPUs; "
-                             "give --gpus-per-job 0 to run on CPUs")
-        if marker is not None:
-            rundir.write_text(marker, "a sweep's workers check that they see this file\n")
-        task = _run_job.options(num_gpus=gpus_per_job)
-        pending = {task.remote(job, out, marker): job for job in jobs}
-        failures, total, done = [], sum(len(j.run_dirs) for j in jobs), itertools.count(1)
-        with tqdm(total=total, unit="run", desc="runs", disable=None) as bar:
-            while pending:
-                [ref], _ = ray.wait(list(pending), num_returns=1)
-                job = pending.pop(ref)
-                ok, seconds, records = _outcome(ref, job, log)
-                for run_dir, files in zip(job.run_dirs, records or []):
-                    _write_records(run_dir, files)
-                with tqdm.external_write_mode():
-                    failures += sweeps.record_outcome(job, ok, seconds, done, total, log)
-                bar.update(len(job.run_dirs))
-        return failures
-    except KeyboardInterrupt:
-        log(f"interrupted: cancelled {len(pending)} notebooks; finished runs are kept, and the same command resumes")
-        raise
-    finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
-        if marker is not None:
-            marker.unlink(missing_ok=True)
+class RayExecutor:
+    """Jobs as Ray tasks, on the cluster at ``address`` (None: a new local Ray instance), each asking for
+    ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and one CPU; run directories under
+    ``out``, written by the tasks (``shared_fs``) or sent back to the driver."""
+
+    def __init__(self, out: str | Path, address: str | None = None, gpus_per_job: float | None = None,
+                 shared_fs: bool = True):
+        if gpus_per_job is not None:
+            check_gpus_per_job(gpus_per_job)
+        self.out, self.address, self.gpus_per_job, self.shared_fs = Path(out).resolve(), address, gpus_per_job, shared_fs
+
+    def run(self, planned: list[jobs.Job], log=print) -> list[tuple[str, Path]]:
+        """Run the jobs; returns the failed runs and their notebooks."""
+        started = not ray.is_initialized()
         if started:
-            ray.shutdown()
+            try:
+                ray.init(address=self.address or "local")  # "local": a new instance, even where a cluster runs
+            except ConnectionError as err:
+                raise ValueError(f"--address {self.address}: {err}") from None
+        marker = self.out / f".ray-sweep-{uuid.uuid4().hex}" if self.shared_fs else None
+        pending = {}
+        try:
+            task = _run_job.options(num_gpus=self._gpus_per_job())
+            if marker is not None:
+                rundir.write_text(marker, "a sweep's workers check that they see this file\n")
+            pending = {task.remote(job, self.out, marker): job for job in planned}
+            failures, total, done = [], sum(len(j.run_dirs) for j in planned), itertools.count(1)
+            with tqdm(total=total, unit="run", desc="runs", disable=None) as bar:
+                while pending:
+                    [ref], _ = ray.wait(list(pending), num_returns=1)
+                    job = pending.pop(ref)
+                    ok, seconds, records = _outcome(ref, job, log)
+                    for run_dir, files in zip(job.run_dirs, records or []):
+                        _write_records(run_dir, files)
+                    with tqdm.external_write_mode():
+                        failures += jobs.record_outcome(job, ok, seconds, done, total, log)
+                    bar.update(len(job.run_dirs))
+            return failures
+        except KeyboardInterrupt:
+            log(f"interrupted: cancelled {len(pending)} notebooks; finished runs are kept, and the same command resumes")
+            raise
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if marker is not None:
+                marker.unlink(missing_ok=True)
+            if started:
+                ray.shutdown()
+
+    def _gpus_per_job(self) -> float:
+        """The GPUs a task asks for: as given (refused beyond the cluster's), else 1 with GPUs, 0 without."""
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if self.gpus_per_job is None:
+            return 1 if gpus else 0
+        if self.gpus_per_job > gpus:
+            raise ValueError(f"--gpus-per-job {self.gpus_per_job:g}, but the Ray cluster has {gpus:g} GPUs; "
+                             "give --gpus-per-job 0 to run on CPUs, or leave it out to choose from the cluster")
+        return self.gpus_per_job
 
 
-def _outcome(ref, job: sweeps.Job, log) -> tuple[bool, float, list[dict] | None]:
+def _outcome(ref, job: jobs.Job, log) -> tuple[bool, float, list[dict] | None]:
     """A finished task's result; a task that Ray gave up on (its worker died every try) counts as failed."""
     try:
         return ray.get(ref)

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib import paper, rundir
+import mmlib.notebook
+from mmlib import jobs, paper, rundir
 from mmlib.config import RESUMABLE_CHANGES, RunConfig
 from mmlib.errors import CorruptFileError
 
@@ -213,14 +214,8 @@ def _conflict(files: dict[str, bytes], target: Path) -> str | None:
 
 def _failure(run: Path) -> str | None:
     """The error an executed train.ipynb ended with (the sweep's failed runs), or None."""
-    notebook = run / "train.ipynb"
-    if not notebook.exists():
-        return None
-    for cell in json.loads(notebook.read_text()).get("cells", []):
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                return f"{output.get('ename')}: {output.get('evalue')} (see {notebook})"
-    return None
+    error = mmlib.notebook.error_of(run / jobs.OUTPUT_NOTEBOOK)
+    return None if error is None else f"{error} (see {run / jobs.OUTPUT_NOTEBOOK})"
 
 
 def _progress(run: Path) -> str:

@@ -20,7 +20,13 @@ needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason='Ray is an optional extra: pip install -e ".[ray]" (CI installs it)')
 TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}  # a checkpoint each epoch: runs resume mid-way
 ERM_MM = dict(settings=["digits-step-10"], methods=["erm", "mm-drw"], overrides=TINY)
-ON_CPUS = {"gpus_per_job": 0}
+
+
+def on_ray(out, **options):
+    """The Ray executor for a sweep into ``out`` (imported only where Ray is installed)."""
+    from mmlib.ray_backend import RayExecutor
+
+    return RayExecutor(out, **options)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,7 @@ def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures
     (erm1 / rundir.CHECKPOINT).write_bytes(os.urandom(4096))
 
     lines = []
-    failures = sweeps.sweep("quick", out, [0, 1], **ERM_MM, backend="ray", ray_options=ON_CPUS, log=lines.append)
+    failures = sweeps.sweep("quick", out, [0, 1], **ERM_MM, executor=on_ray(out), log=lines.append)
     assert failures == [("quick digits-step-10 erm seed1", erm1 / "train.ipynb")]
     assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
     assert sum("final" in line and "best" in line for line in lines) == 3
@@ -110,7 +116,7 @@ def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures
 
     finished = {d: (d / rundir.METRICS).read_bytes() for d in (erm0, mm0, mm1)}
     lines.clear()
-    sweeps.sweep("quick", out, [0, 1], **ERM_MM, backend="ray", ray_options=ON_CPUS, log=lines.append)
+    sweeps.sweep("quick", out, [0, 1], **ERM_MM, executor=on_ray(out), log=lines.append)
     assert lines[0] == "quick: 1 runs to do in 1 notebooks, 3 finished runs skipped"
     assert all((d / rundir.METRICS).read_bytes() == before for d, before in finished.items())
 
@@ -120,8 +126,7 @@ def test_without_a_shared_filesystem_the_driver_writes_every_file_but_checkpoint
     from mmlib import ray_backend
 
     out = (tmp_path / "runs").resolve()
-    failures = sweeps.sweep("quick", out, [0], **ERM_MM, backend="ray",
-                            ray_options={**ON_CPUS, "shared_fs": False}, log=print)
+    failures = sweeps.sweep("quick", out, [0], **ERM_MM, executor=on_ray(out, shared_fs=False), log=print)
     assert failures == []
     for method in ("erm", "mm-drw"):
         relative = Path("quick", "digits-step-10", method, "seed0")
@@ -174,7 +179,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_in
     killer.start()
     lines = []
     failures = sweeps.sweep("quick", out, [0], ["digits-step-10"], ["erm"], overrides={**TINY, "epochs": 4},
-                            backend="ray", ray_options=ON_CPUS, log=lines.append)
+                            executor=on_ray(out), log=lines.append)
     killer.join(timeout=1)
     assert "worker" in killed and killed["kernels"]
     assert failures == []
@@ -198,8 +203,8 @@ def test_ctrl_c_cancels_every_task_and_keeps_finished_runs(ray_instance, tmp_pat
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(KeyboardInterrupt):
-        sweeps.sweep("quick", out, [0, 1, 2], ["digits-step-10"], ["erm"], overrides=TINY, backend="ray",
-                     ray_options=ON_CPUS, log=log_then_press_ctrl_c)
+        sweeps.sweep("quick", out, [0, 1, 2], ["digits-step-10"], ["erm"], overrides=TINY, executor=on_ray(out),
+                     log=log_then_press_ctrl_c)
     assert lines[-1].startswith("interrupted: cancelled ") and "the same command resumes" in lines[-1]
     deadline = time.monotonic() + 30
     while any("papermill" in cmd and str(out) in cmd for _, cmd in _processes().values()):
@@ -211,9 +216,10 @@ def test_ctrl_c_cancels_every_task_and_keeps_finished_runs(ray_instance, tmp_pat
 
 
 @needs_ray
-def test_more_gpus_per_job_than_the_cluster_has_is_refused_before_any_work(ray_instance, tmp_path):
+def test_gpus_per_job_is_chosen_from_the_cluster_and_more_than_it_has_is_refused_before_any_work(ray_instance, tmp_path):
+    assert on_ray(tmp_path)._gpus_per_job() == 0  # this cluster has no GPU: the tasks run on CPUs
     with pytest.raises(ValueError, match=r"--gpus-per-job 1, but the Ray cluster has 0 GPUs; give --gpus-per-job 0"):
-        sweeps.sweep("quick", tmp_path, [0], **ERM_MM, backend="ray", log=print)
+        sweeps.sweep("quick", tmp_path, [0], **ERM_MM, executor=on_ray(tmp_path, gpus_per_job=1), log=print)
     assert not (tmp_path / "quick").exists()
 
 
@@ -223,13 +229,13 @@ def test_ray_options_are_checked_before_any_work(tmp_path):
                               capture_output=True, text=True)
 
     done = cli("--gpus-per-job", "1")
-    assert done.returncode == 2 and "--gpus-per-job and --no-shared-fs (ray_options) need --backend ray" in done.stderr
-    with pytest.raises(ValueError, match="--gpus picks local GPUs"):
-        sweeps.sweep("quick", tmp_path, backend="ray", gpus=[0])
+    assert done.returncode == 2 and "--address, --gpus-per-job and --no-shared-fs need --backend ray" in done.stderr
+    done = cli("--backend", "ray", "--gpus", "0")
+    assert done.returncode == 2 and "--gpus picks local GPUs" in done.stderr
     if importlib.util.find_spec("ray") is None:
         done = cli("--backend", "ray")
         assert done.returncode == 2 and done.stderr == 'error: --backend ray needs Ray: pip install -e ".[ray]"\n'
     else:
-        with pytest.raises(ValueError, match="--gpus-per-job must be a fraction of one GPU"):
-            sweeps.sweep("quick", tmp_path, backend="ray", ray_options={"gpus_per_job": 1.5})
+        done = cli("--backend", "ray", "--gpus-per-job", "1.5")
+        assert done.returncode == 2 and "--gpus-per-job must be a fraction of one GPU" in done.stderr
     assert not any(tmp_path.iterdir())

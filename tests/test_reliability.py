@@ -245,7 +245,7 @@ def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
     assert holder.stdout.readline() == "held\n"
     lines = []
     try:
-        failures = sweeps.execute(jobs, log=lines.append)
+        failures = LocalExecutor().run(jobs, log=lines.append)
     finally:
         kill(holder)
     assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]

@@ -11,6 +11,7 @@ import torch
 
 import mmlib.notebook
 from mmlib import rundir, sweeps, training
+from mmlib.jobs import LocalExecutor
 
 TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}
 
@@ -126,11 +127,11 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
 
     monkeypatch.setattr(mmlib.notebook.subprocess, "run", fake_run)  # the notebook runner sweeps call
     jobs, _ = quick_plan(tmp_path, seeds=[0, 1, 2])
-    failures = sweeps.execute(jobs, gpus=[0, 1], log=lambda line: None)
+    failures = LocalExecutor([0, 1]).run(jobs, log=lambda line: None)
     assert set(seen) == {"0", "1"} and len(seen) == len(jobs)
     assert len(failures) == len(jobs)  # the fake ran nothing, so no run finished
     seen.clear()
-    sweeps.execute(jobs, gpus=None, log=lambda line: None)
+    LocalExecutor().run(jobs, log=lambda line: None)
     assert seen == [None] * len(jobs)
 
 
