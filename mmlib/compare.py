@@ -8,7 +8,7 @@ gives mean(d), its sample std s, and the 95% interval mean(d) ± t_{0.975, n-1} 
 (Student's t, two-sided). Negative means A has the lower error. With fewer than 2 paired seeds
 there is no interval, and the table and the plot say so.
 
-A method is written as in reports.per_class: "mm-drw", or "mm-drw@released" (any MM variant after
+A method is written as in cells.per_class: "mm-drw", or "mm-drw@released" (any MM variant after
 the @). Its runs are looked up in the tables given, in order (default: table1, then beyond, then
 ablation); the first cell of the method on the setting that has finished runs is used.
 """
@@ -21,8 +21,9 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats
 
-from mmlib import figures, paper, reports, results, rundir
+from mmlib import cells, figures, paper, results, rundir, tables
 from mmlib.config import MM_VARIANTS
+from mmlib.results import EPOCHS
 
 DEFAULT_PAIRS = (
     ("mm-drw", "ldam-drw"),
@@ -50,17 +51,17 @@ def paired_differences(results_root, pairs=None, settings=None, tables=None, epo
     """
     pairs = DEFAULT_PAIRS if pairs is None else pairs
     tables = DEFAULT_TABLES if tables is None else tables
-    if epoch not in reports.EPOCHS:
-        raise ValueError(f"epoch must be one of {', '.join(reports.EPOCHS)}, got {epoch!r}")
+    if epoch not in EPOCHS:
+        raise ValueError(f"epoch must be one of {', '.join(EPOCHS)}, got {epoch!r}")
     if not pairs:
         raise ValueError("give at least one pair of methods to compare")
-    root = reports.existing_folder(results_root)
-    cells = [c for table in tables for c in paper.cells(table, mm_variants=MM_VARIANTS)]
+    root = cells.existing_folder(results_root)
+    searched = [c for table in tables for c in paper.cells(table, mm_variants=MM_VARIANTS)]
     rows = []
     for pair in pairs:
         if len(pair) != 2:
             raise ValueError(f"a pair is two methods (A, B), got {pair!r}")
-        a, b = (_matching(cells, spec) for spec in pair)
+        a, b = (_matching(searched, spec) for spec in pair)
         names = list(dict.fromkeys(c.setting.name for c in a + b if c.setting.name in (settings or [c.setting.name])))
         for setting in names:
             rows.append(_paired_row(pair, setting, a, b, root, epoch))
@@ -71,20 +72,20 @@ def paired_differences(results_root, pairs=None, settings=None, tables=None, epo
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _matching(cells: list[paper.Cell], spec: str) -> list[paper.Cell]:
-    method, variant = reports.parse_method(spec)
-    found = [c for c in cells if c.method == method and c.variant == variant]
+def _matching(searched: list[paper.Cell], spec: str) -> list[paper.Cell]:
+    method, variant = cells.parse_method(spec)
+    found = [c for c in searched if c.method == method and c.variant == variant]
     if not found:
         raise ValueError(f"{spec}: no such cell in the tables searched (a method, optionally @{'/@'.join(MM_VARIANTS[1:])})")
     return found
 
 
-def _runs_by_seed(cells: list[paper.Cell], setting: str, root: Path, epoch: str) -> tuple[dict[int, float], str]:
+def _runs_by_seed(candidates: list[paper.Cell], setting: str, root: Path, epoch: str) -> tuple[dict[int, float], str]:
     """{seed: error} of the first cell on the setting with finished runs, and that cell's folder ("" if none)."""
-    for cell in cells:
+    for cell in candidates:
         if cell.setting.name != setting:
             continue
-        runs = reports.finished_runs(cell, root)
+        runs = cells.finished_runs(cell, root)
         if runs:
             seeds = [int(results.SEED_FOLDER.fullmatch(Path(r["run_dir"]).name).group(1)) for r in runs]
             return {seed: r[epoch]["error"] for seed, r in zip(seeds, runs)}, str(cell.path(root).relative_to(root))
@@ -103,7 +104,7 @@ def t_interval(differences: list[float], confidence: float = CONFIDENCE) -> tupl
 
 
 def _paired_row(pair, setting: str, a_cells, b_cells, root: Path, epoch: str) -> dict:
-    (a_errors, a_run), (b_errors, b_run) = (_runs_by_seed(cells, setting, root, epoch) for cells in (a_cells, b_cells))
+    (a_errors, a_run), (b_errors, b_run) = (_runs_by_seed(found, setting, root, epoch) for found in (a_cells, b_cells))
     seeds = sorted(set(a_errors) & set(b_errors))
     differences = [a_errors[s] - b_errors[s] for s in seeds]
     mean, std, quantile, half = t_interval(differences)
@@ -131,15 +132,15 @@ def _difference_text(row) -> str:
 def render(df: pd.DataFrame) -> dict[str, str]:
     """The "md" and "csv" texts: one block per pair, a row per setting."""
     epoch = df["epoch"].iloc[0] if len(df) else "final"
-    md = [f"## Paired differences of top-1 error (%), {reports.EPOCH_TITLES[epoch]}", "",
+    md = [f"## Paired differences of top-1 error (%), {tables.EPOCH_TITLES[epoch]}", "",
           f"A − B over the seeds both have (n): mean and {CONFIDENCE:.0%} t-interval (Student's t, n − 1 degrees of "
           "freedom). Negative: A has the lower error. An interval that excludes 0 is a difference these seeds "
           "resolve; with n < 2 there is no interval.", ""]
     for pair, rows in df.groupby("pair", sort=False):
         header = ["Setting", "n", "A", "B", "A − B [95% CI]", "seeds"]
-        body = [[r.setting_label, str(r.n), reports._number(r.a_mean), reports._number(r.b_mean), _difference_text(r),
+        body = [[r.setting_label, str(r.n), tables.number(r.a_mean), tables.number(r.b_mean), _difference_text(r),
                  r.seeds or "—"] for r in rows.itertuples()]
-        md += [f"### {pair}", "", reports._markdown(header, body), ""]
+        md += [f"### {pair}", "", tables.markdown(header, body), ""]
     return {"md": "\n".join(md), "csv": df.to_csv(index=False)}
 
 

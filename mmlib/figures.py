@@ -43,7 +43,7 @@ def _legend_below(fig, handles, labels, title: str) -> None:
 def plot_per_class(per_class) -> plt.Figure:
     """Fig. 3 as the paper draws it, with a many / medium / few summary beside it.
 
-    per_class is ``reports.per_class``'s result. One row of panels per setting: per-class top-1
+    per_class is ``cells.per_class``'s result. One row of panels per setting: per-class top-1
     error (classes ordered by training images, largest first, methods side by side, bars the mean
     over seeds, error bars ±1 std over them), and the many / medium / few-shot errors likewise.
     Methods asked for without a finished run are named in the legend as missing.

@@ -227,3 +227,19 @@ def _progress(run: Path) -> str:
         done = 0 if info is None else info["epoch"]
     return f"not finished: {done} of {epochs} epochs checkpointed"
 
+
+def summarize_runs(runs: list[dict]) -> pd.DataFrame:
+    """One row per run: method, seed, final and best error, final many / medium / few-shot errors."""
+    rows = []
+    for r in runs:
+        config = r["config"]["config"]
+        rows.append({
+            "run_dir": r["run_dir"], "method": config["method"], "seed": config["seed"],
+            "mm_variant": config["mm_variant"] if config["method"].startswith("mm") else "",
+            "final_error": r["final"]["error"], "final_epoch": r["final"]["epoch"],
+            "best_error": r["best"]["error"], "best_epoch": r["best"]["epoch"],
+            **{f"{g}_error": r["final"]["group_error"][g] for g in GROUPS},
+        })
+    return pd.DataFrame(rows)
+
+

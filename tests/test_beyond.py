@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from mmlib import paper, rundir, training
+from mmlib import cells, paper, rundir, tables, training
 from mmlib.__main__ import main
 from mmlib.config import MM_VARIANTS, RunConfig
 from mmlib.data import load_dataset
@@ -130,10 +130,8 @@ def test_cli_lists_the_new_tables(table, lines, capsys):
 
 @pytest.mark.parametrize("table", ["beyond", "ablation"])
 def test_the_new_tables_render_through_the_reports(table, tmp_path):
-    from mmlib import reports
-
-    md = reports.render(reports.collect(table, tmp_path), table)["md"]
-    assert md.startswith(f"## {reports.TITLES[table]}")
+    md = tables.render(cells.gather(table, tmp_path), table)["md"]
+    assert md.startswith(f"## {tables.TITLES[table]}")
     # every row shown, missing runs as missing; MM rows name their variant, the equations' too
     rows = [f"{c.label} [equations]" if c.method.startswith("mm") and "[" not in c.label else c.label
             for c in paper.cells(table)]

@@ -21,6 +21,7 @@ from mmlib import __main__ as cli
 from mmlib import errors, losses, rundir, sweeps, training
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
+from mmlib.jobs import LocalExecutor
 
 TINY = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", batch_size=128, quiet=True,
             eval_batch_size=512, checkpoint_every=1)

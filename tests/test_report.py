@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from fixture_runs import cell_of, write_run
-from mmlib import paper, reports, results, rundir
+from mmlib import paper, results, rundir, tables
 
 SETTING = "cifar10-step-100"
 ERRORS = {  # (method, variant): top-1 error (%) of each seed; 10 classes of 1000 test images
@@ -68,7 +68,7 @@ def test_table_cells_show_mean_std_n_the_paper_and_the_difference(results_tree):
     root, _ = results_tree
     md = (root / "figures" / "table1.md").read_text()
     column = list(paper.SETTINGS).index(SETTING)
-    final = cells_of(md, reports.EPOCH_TITLES["final"])
+    final = cells_of(md, tables.EPOCH_TITLES["final"])
     for (method, variant), errors in ERRORS.items():
         label = cell_of("table1", SETTING, method, variant).label + (" [equations]" if method.startswith("mm") else "")
         theirs = paper.TABLE1_ERRORS[method][column]

@@ -9,7 +9,7 @@ from matplotlib.container import BarContainer
 import pandas as pd
 import pytest
 
-from mmlib import data, figures, paper, reports, rundir, training
+from mmlib import cells, data, figures, paper, rundir, tables, training
 from mmlib.config import MM_VARIANTS
 
 matplotlib.use("Agg")
@@ -71,9 +71,9 @@ def test_collect_means_and_stds_over_finished_seeds(tmp_path):
     released = find_cell("quick", "digits-exp-10", "mm-drw", "released")
     write_run(released.path(tmp_path) / "seed0", 30.0, 25.0)
 
-    df = reports.collect("quick", tmp_path)
+    df = cells.gather("quick", tmp_path)
 
-    assert list(df.columns) == reports.COLUMNS
+    assert list(df.columns) == cells.COLUMNS
     assert len(df) == len(paper.cells("quick", mm_variants=MM_VARIANTS))
     row = row_of(df, erm)
     assert row["seeds"] == 3
@@ -101,7 +101,7 @@ def test_collect_compares_with_the_paper(tmp_path):
     for seed, final in enumerate(finals):
         write_run(cell.path(tmp_path) / f"seed{seed}", final, final - 1)
 
-    row = row_of(reports.collect("table1", tmp_path, settings=["cifar10-exp-100"], methods=["erm"]), cell)
+    row = row_of(cells.gather("table1", tmp_path, settings=["cifar10-exp-100"], methods=["erm"]), cell)
 
     assert row["paper"] == paper.TABLE1_ERRORS["erm"][0]
     assert row["diff"] == pytest.approx(np.mean(finals) - paper.TABLE1_ERRORS["erm"][0])
@@ -109,13 +109,13 @@ def test_collect_compares_with_the_paper(tmp_path):
 
 def test_collect_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "nowhere")):
-        reports.collect("table1", tmp_path / "nowhere")
+        cells.gather("table1", tmp_path / "nowhere")
     with pytest.raises(ValueError, match="unknown table"):
-        reports.collect("table9", tmp_path)
+        cells.gather("table9", tmp_path)
     with pytest.raises(ValueError, match="no settings cifar10-exp-7"):
-        reports.collect("table1", tmp_path, settings=["cifar10-exp-7"])
+        cells.gather("table1", tmp_path, settings=["cifar10-exp-7"])
     with pytest.raises(ValueError, match="no methods nope"):
-        reports.collect("table2", tmp_path, methods=["nope"])
+        cells.gather("table2", tmp_path, methods=["nope"])
 
 
 # ---------------------------------------------------------------- render
@@ -134,14 +134,14 @@ def test_render_table1_as_the_paper_lays_it_out(tmp_path):
     released = find_cell("table1", "cifar10-step-10", "mm-drw", "released")
     write_run(released.path(tmp_path) / "seed0", 12.0, 11.0)
 
-    df = reports.collect("table1", tmp_path)
-    texts = reports.render(df, "table1")
+    df = cells.gather("table1", tmp_path)
+    texts = tables.render(df, "table1")
     md = texts["md"]
 
     labels = [paper.SETTINGS[s].label for s in paper.SETTINGS]
     assert f"| Method | {' | '.join(labels)} |" in md
-    final_rows = markdown_rows(md, reports.EPOCH_TITLES["final"])
-    best_rows = markdown_rows(md, reports.EPOCH_TITLES["best"])
+    final_rows = markdown_rows(md, tables.EPOCH_TITLES["final"])
+    best_rows = markdown_rows(md, tables.EPOCH_TITLES["best"])
     mm_drw = label_of(find_cell("table1", "cifar10-exp-100", "mm-drw"))
     assert mm_drw == "MM-DRW (ours) [equations]" and released.label == "MM-DRW (ours) [released code]"
     expected_order = [label_of(find_cell("table1", "cifar10-exp-100", m)) for m in paper.TABLE1_ERRORS]
@@ -173,9 +173,9 @@ def test_render_table1_as_the_paper_lays_it_out(tmp_path):
 def test_render_grouped_tables_and_write_table(tmp_path):
     [cell] = [c for c in paper.cells("table2", ["cifar10-step-10"]) if c.params["beta"] == 1.1]
     write_run(cell.path(tmp_path) / "seed0", 11.0, 10.5, group_error={"many": 4.0, "medium": 18.0, "few": None})
-    df = reports.collect("table2", tmp_path)
+    df = cells.gather("table2", tmp_path)
 
-    texts = reports.render(df, "table2")
+    texts = tables.render(df, "table2")
 
     for setting in paper.BETA_GRIDS["table2"]:
         assert f"### {paper.SETTINGS[setting].label}" in texts["md"]
@@ -186,15 +186,15 @@ def test_render_grouped_tables_and_write_table(tmp_path):
                                     "4.00", "18.00", "—"]
     assert texts["tex"].count(r"\begin{tabular}") == len(paper.BETA_GRIDS["table2"])
 
-    paths = reports.write_table(df, "table2", tmp_path / "out")
+    paths = tables.write_table(df, "table2", tmp_path / "out")
     assert sorted(p.name for p in paths) == ["table2.csv", "table2.md", "table2.tex"]
     for path in paths:
         assert path.read_text() == texts[path.suffix[1:]]
 
     with pytest.raises(ValueError, match="rows are of table2"):
-        reports.render(df, "table3")
+        tables.render(df, "table3")
     with pytest.raises(ValueError, match="unknown table"):
-        reports.render(df, "table4")
+        tables.render(df, "table4")
 
 
 # ---------------------------------------------------------------- per-class errors and figures
@@ -211,7 +211,7 @@ def test_per_class_means_over_seeds_and_groups(tmp_path):
     write_run(released.path(tmp_path) / "seed0", 15.0, 14.0, per_class=[15.0] * 10, counts=counts,
               group_error={"many": 5.0, "medium": None, "few": 25.0})
 
-    found = reports.per_class("quick", tmp_path, "digits-step-10", ["erm", "mm-drw@released", "mm-drw"])
+    found = cells.per_class("quick", tmp_path, "digits-step-10", ["erm", "mm-drw@released", "mm-drw"])
 
     df = found.classes
     erm_rows = df[df["method"] == "erm"]
@@ -228,7 +228,7 @@ def test_per_class_means_over_seeds_and_groups(tmp_path):
     assert groups["error_std"].iloc[0] == pytest.approx(np.std(manys, ddof=1))
     equations = find_cell("quick", "digits-step-10", "mm-drw")
     assert found.missing == [f"{label_of(equations)} on digits step 10 (searched {equations.path(tmp_path)}/seed*)"]
-    best = reports.per_class("quick", tmp_path, "digits-step-10", ["erm"], epoch="best")
+    best = cells.per_class("quick", tmp_path, "digits-step-10", ["erm"], epoch="best")
     assert best.classes["error_mean"].tolist() == [19.0] * 10
 
 
@@ -238,7 +238,7 @@ def test_per_class_orders_classes_by_training_images_and_finds_every_trained_met
         cell = find_cell("quick", "digits-exp-10", method)
         write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, per_class=[float(c) for c in range(10)], counts=counts)
 
-    found = reports.per_class("quick", tmp_path)
+    found = cells.per_class("quick", tmp_path)
 
     for method in ("erm", "ldam-drw"):
         rows = found.classes[found.classes["method"] == method]
@@ -249,18 +249,18 @@ def test_per_class_orders_classes_by_training_images_and_finds_every_trained_met
 
 
 def test_per_class_errors(tmp_path):
-    empty = reports.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw"])
+    empty = cells.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw"])
     assert empty.classes.empty and len(empty.missing) == 1
     with pytest.raises(ValueError, match="erm@released: quick has no such cell"):
-        reports.per_class("quick", tmp_path, "digits-exp-10", ["erm@released"])
+        cells.per_class("quick", tmp_path, "digits-exp-10", ["erm@released"])
     with pytest.raises(ValueError, match="mm-drw@paper: quick has no such cell"):
-        reports.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw@paper"])
+        cells.per_class("quick", tmp_path, "digits-exp-10", ["mm-drw@paper"])
     with pytest.raises(ValueError, match="no settings cifar10-exp-100"):
-        reports.per_class("quick", tmp_path, "cifar10-exp-100", ["erm"])
+        cells.per_class("quick", tmp_path, "cifar10-exp-100", ["erm"])
     with pytest.raises(ValueError, match="epoch must be"):
-        reports.per_class("quick", tmp_path, "digits-exp-10", ["erm"], epoch="last")
+        cells.per_class("quick", tmp_path, "digits-exp-10", ["erm"], epoch="last")
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        reports.per_class("quick", tmp_path / "nowhere", "digits-exp-10", ["erm"])
+        cells.per_class("quick", tmp_path / "nowhere", "digits-exp-10", ["erm"])
 
 
 # ---------------------------------------------------------------- figures read on their own
@@ -285,7 +285,7 @@ def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path)
                 write_run(cell.path(tmp_path) / f"seed{seed}", error, error, per_class=[error + seed] * 10,
                           counts=counts, group_error={"many": error, "medium": None, "few": error + 1})
 
-    fig = figures.plot_per_class(reports.per_class("quick", tmp_path))
+    fig = figures.plot_per_class(cells.per_class("quick", tmp_path))
 
     class_axes, group_axes = fig.axes[0::2], fig.axes[1::2]
     assert len(class_axes) == 2  # a row of panels per setting
@@ -317,12 +317,12 @@ def test_fig3_names_what_is_missing_and_refuses_an_empty_figure(tmp_path):
     cell = find_cell("quick", "digits-step-10", "erm")
     write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, counts=counts)
 
-    fig = figures.plot_per_class(reports.per_class("quick", tmp_path, "digits-step-10", ["erm", "ldam-drw"]))
+    fig = figures.plot_per_class(cells.per_class("quick", tmp_path, "digits-step-10", ["erm", "ldam-drw"]))
 
     texts = [t.get_text() for t in fig.legends[0].get_texts()]
     assert texts == ["ERM (n = 1 seed)", "missing (no finished run): LDAM-DRW on digits step 10"]
     with pytest.raises(ValueError, match="nothing to draw: every method on digits long-tailed 10"):
-        figures.plot_per_class(reports.per_class("quick", tmp_path, "digits-exp-10"))
+        figures.plot_per_class(cells.per_class("quick", tmp_path, "digits-exp-10"))
 
 
 def test_plot_class_counts():
@@ -355,8 +355,8 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
         config = cell.run_params(arch="resnet8", epochs=2, quiet=True)
         results[method] = training.run(config, cell.path(runs) / "seed0")
 
-    df = reports.collect("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])
-    per_class = reports.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"]).classes
+    df = cells.gather("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])
+    per_class = cells.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"]).classes
 
     for method, result in results.items():
         row = row_of(df, find_cell("quick", "digits-step-10", method))
@@ -366,7 +366,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
         assert row["many_mean"] == pytest.approx(result["final"]["group_error"]["many"])
         errors = per_class[per_class["method"] == method]["error_mean"].tolist()
         assert errors == pytest.approx(result["final"]["per_class_error"])
-    md = reports.render(df, "quick")["md"]
+    md = tables.render(df, "quick")["md"]
     for method, result in results.items():
         label = label_of(find_cell("quick", "digits-step-10", method))
         assert f"| {label} | {result['final']['error']:.2f} (n=1) | {result['best']['error']:.2f} (n=1) |" in md

@@ -1,0 +1,204 @@
+"""Finished runs gathered into the cells of the paper's tables: one row per cell, and per-class errors.
+
+``gather`` turns a results root (results/<table>/<setting>/<run name>/seed<k>, mmlib.results's
+records, or a runs/ folder of the same layout) into one row per cell of a paper table: mean and
+std over seeds of the final-epoch error, and beside it of the best-epoch error (chosen on the test
+set, as the released code reports it, hence optimistic), with the paper's number and the
+difference. ``per_class`` gives Fig. 3's numbers (mmlib.figures draws them). mmlib.tables lays
+the rows out, mmlib.reproduction sums them up.
+
+Only finished runs (with a FINISHED file) count; a cell without any is kept and shown as missing.
+"""
+
+import dataclasses
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from mmlib import paper, results, rundir
+from mmlib.config import MM_VARIANTS
+from mmlib.results import EPOCHS, GROUPS
+
+COLUMNS = [
+    "table", "setting", "setting_label", "method", "row", "variant", "run_name", "beta", "delta_neg", "seeds",
+    "final_mean", "final_std", "best_mean", "best_std", "many_mean", "medium_mean", "few_mean", "paper", "diff",
+    "note",
+]
+NOTE_SEPARATOR = " | "  # between a cell's notes in the "note" column
+
+
+def finished_runs(cell: paper.Cell, results_root) -> list[dict]:
+    """``results.load`` (without history and confusion) of every finished seed<k> folder of the cell
+    (a record or a run), in seed order."""
+    folder = cell.path(results_root)
+    if not folder.is_dir():
+        return []
+    seeds = sorted(
+        (int(match.group(1)), path)
+        for path in folder.iterdir()
+        if (match := results.SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
+    )
+    return [results.load(path, details=False) for _, path in seeds]
+
+
+def gather(table: str, results_root=None, settings=None, methods=None, mm_variants=MM_VARIANTS) -> pd.DataFrame:
+    """One row per cell of ``paper.cells(table, ...)`` (columns: COLUMNS), from the finished runs under
+    results_root (default: the repository's results/; a runs/ folder reads the same).
+
+    Every MM variant is collected by default so that runs of either show up; cells without a finished
+    run are kept with seeds=0 and NaN numbers, so that a missing cell shows as missing.
+    """
+    root = existing_folder(results_root)
+    cells = paper.cells(table, settings, methods, mm_variants)
+    return pd.DataFrame([_summary(cell, finished_runs(cell, root)) for cell in cells], columns=COLUMNS)
+
+
+def existing_folder(path) -> Path:
+    path = rundir.RESULTS if path is None else Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"results root {path} does not exist (or is not a folder): give a results/ "
+                                "or runs/ folder")
+    return path
+
+
+def _mean_std(values) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) of values, None counting as missing; NaN where too few values."""
+    series = pd.Series(values, dtype=float)
+    return series.mean(), series.std(ddof=1)
+
+
+def row_label(cell: paper.Cell) -> str:
+    """The cell's row as the paper writes it; an MM row names its variant."""
+    equations = cell.method.startswith("mm") and cell.variant == "equations"
+    return cell.label + (" [equations]" if equations else "")
+
+
+def _summary(cell: paper.Cell, runs: list[dict]) -> dict:
+    """The COLUMNS of one cell: its identity, then mean/std over its runs, the paper's error and the difference."""
+    final_mean, final_std = _mean_std([r["final"]["error"] for r in runs])
+    best_mean, best_std = _mean_std([r["best"]["error"] for r in runs])
+    groups = {f"{g}_mean": _mean_std([r["final"]["group_error"][g] for r in runs])[0] for g in GROUPS}
+    paper_error = math.nan if cell.paper_error is None else cell.paper_error
+    return {
+        "table": cell.table,
+        "setting": cell.setting.name,
+        "setting_label": cell.setting.label,
+        "method": cell.method,
+        "row": row_label(cell),
+        "variant": cell.variant,
+        "run_name": cell.run_name,
+        "beta": cell.params.get("beta", math.nan),
+        "delta_neg": cell.params.get("delta_neg", math.nan),
+        "seeds": len(runs),
+        "final_mean": final_mean,
+        "final_std": final_std,
+        "best_mean": best_mean,
+        "best_std": best_std,
+        **groups,
+        "paper": paper_error,
+        "diff": final_mean - paper_error,
+        "note": NOTE_SEPARATOR.join(cell.notes),
+    }
+
+
+
+# ---------------------------------------------------------------- per-class errors (Fig. 3)
+
+@dataclasses.dataclass
+class PerClass:
+    """Per-class and per-group errors over seeds of some series (cells) on some settings, and what is missing.
+
+    classes: a row per (series, class), classes ordered by training images (largest first); columns
+    method, row (the series' label), setting, setting_label, epoch, seeds, class (0-based), name,
+    train_count, group, error_mean, error_std.
+    groups: a row per (series, many / medium / few group with classes); columns method, row, setting,
+    setting_label, epoch, seeds, group, classes (how many), error_mean, error_std.
+    missing: "<series> on <setting>" for each asked-for series without a finished run.
+    """
+
+    classes: pd.DataFrame
+    groups: pd.DataFrame
+    missing: list[str]
+
+
+def parse_method(spec: str) -> tuple[str, str]:
+    """"mm-drw@released" -> ("mm-drw", "released"); a bare method name means the equations variant."""
+    method, sep, variant = spec.partition("@")
+    return method, variant if sep else "equations"
+
+
+def per_class(table: str, results_root=None, settings=None, methods=None, epoch: str = "final") -> PerClass:
+    """Per-class and many / medium / few errors (%) over seeds, per cell, of a table's finished runs.
+
+    results_root None means the repository's results/ (a runs/ folder reads the same). settings
+    None: every setting of the table. methods: names, each optionally "@released" for the
+    released-code MM variant (e.g. ["cb-rw", "mm-drw", "mm-drw@released"]), each reported missing
+    where it has no finished run; None: every cell that has one (tables 2 and 3 have a cell per
+    (beta, delta-)).
+    """
+    if epoch not in EPOCHS:
+        raise ValueError(f"epoch must be one of {', '.join(EPOCHS)}, got {epoch!r}")
+    root = existing_folder(results_root)
+    if isinstance(settings, str):
+        settings = [settings]
+    specs = [parse_method(spec) for spec in methods or ()]
+    wanted = {method for method, _ in specs} or None
+    cells = paper.cells(table, settings, wanted, MM_VARIANTS)
+    for method, variant in specs:
+        if not any(c.method == method and c.variant == variant for c in cells):
+            raise ValueError(f"{method}@{variant}: {table} has no such cell (only MM methods have a released variant)")
+    classes, groups, missing = [], [], []
+    for cell in cells:
+        spec = cell.method + ("@released" if cell.variant == "released" else "")
+        if specs and (cell.method, cell.variant) not in specs:
+            continue
+        runs = finished_runs(cell, root)
+        if runs:
+            classes.append(_per_class_frame(spec, cell, runs, epoch))
+            groups.append(_group_frame(spec, cell, runs, epoch))
+        elif specs:
+            missing.append(f"{row_label(cell)} on {cell.setting.label} (searched {cell.path(root)}/seed*)")
+    trained = {frame["setting"].iloc[0] for frame in classes}
+    if not specs:
+        missing = [f"every method on {s.label} (searched {root / table / s.name})"
+                   for s in dict.fromkeys(c.setting for c in cells) if s.name not in trained]
+    return PerClass(_concat(classes), _concat(groups), missing)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _identity(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> dict:
+    return {"method": spec, "row": row_label(cell), "setting": cell.setting.name,
+            "setting_label": cell.setting.label, "epoch": epoch, "seeds": len(runs)}
+
+
+def _per_class_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> pd.DataFrame:
+    errors = pd.DataFrame([r[epoch]["per_class_error"] for r in runs])  # seeds x classes
+    counts = runs[0]["class_counts"]
+    group_of = {c: group for group, classes in counts["groups"].items() for c in classes}
+    frame = pd.DataFrame({
+        **_identity(spec, cell, runs, epoch),
+        "class": range(errors.shape[1]),
+        "name": counts["classes"],
+        "train_count": counts["cls_num_list"],
+        "group": [group_of[c] for c in range(errors.shape[1])],
+        "error_mean": errors.mean().to_numpy(),
+        "error_std": errors.std(ddof=1).to_numpy(),
+    })
+    return frame.sort_values("train_count", ascending=False, kind="stable", ignore_index=True)
+
+
+def _group_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> pd.DataFrame:
+    members = runs[0]["class_counts"]["groups"]
+    rows = []
+    for group in GROUPS:
+        if members.get(group):
+            mean, std = _mean_std([r[epoch]["group_error"][group] for r in runs])
+            rows.append({**_identity(spec, cell, runs, epoch), "group": group, "classes": len(members[group]),
+                         "error_mean": mean, "error_std": std})
+    return pd.DataFrame(rows)
+
+
