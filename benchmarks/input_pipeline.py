@@ -13,7 +13,8 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from mmlib.data import DATASETS, IMBALANCE_TYPES, load_dataset
+from mmlib.data import DATASETS, load_dataset
+from mmlib.imbalance import IMBALANCE_TYPES
 from mmlib.pipeline import TrainStream, to_device
 from reference import ReferenceDataset
 

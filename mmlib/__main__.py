@@ -21,7 +21,7 @@ import sys
 import warnings
 
 from mmlib import config as run_config
-from mmlib import data, errors, paper, rundir
+from mmlib import cache, data, errors, paper, rundir
 from mmlib.methods import METHODS
 
 def _method_table() -> str:
@@ -111,13 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends its "
                             "run directories (all but checkpoints) back to be written under --out")
 
-    cache = commands.add_parser(
+    caching = commands.add_parser(
         "cache", help="list mmlib's caches (decoded image folders, SSP backbones), or delete them with --clear",
-        description=f"mmlib caches under {data.cache_dir()} ($MMLIB_CACHE, default ~/.cache/mmlib): each CIFAR "
+        description=f"mmlib caches under {cache.cache_dir()} ($MMLIB_CACHE, default ~/.cache/mmlib): each CIFAR "
                     "image folder decoded once (one file per dataset content, about 185 MB for CIFAR-10, shared by "
                     "moved or copied folders), and ldam-drw-ssp's pre-trained backbones. Deleting them is safe: "
                     "they are rebuilt when needed.", parents=[common])
-    cache.add_argument("--clear", action="store_true", help="delete every cache entry listed")
+    caching.add_argument("--clear", action="store_true", help="delete every cache entry listed")
 
     collect = commands.add_parser("collect", help="copy finished runs' records (no checkpoints) from runs/ into results/", parents=[common])
     collect.add_argument("--from", dest="source", help="runs root (default: the checkout's runs/)")
@@ -249,11 +249,11 @@ def _report(args) -> int:
 
 
 def _cache(args) -> int:
-    entries = data.clear_cache() if args.clear else data.cache_entries()
+    entries = cache.clear() if args.clear else cache.entries()
     for path, size, what in entries:
         print(f"{size / 1e6:9.1f} MB  {path}  ({what})")
     total = sum(size for _, size, _ in entries) / 1e6
-    print(f"{'deleted' if args.clear else 'in'} {data.cache_dir()}: {len(entries)} entries, {total:.1f} MB"
+    print(f"{'deleted' if args.clear else 'in'} {cache.cache_dir()}: {len(entries)} entries, {total:.1f} MB"
           + ("" if args.clear or not entries else "; python -m mmlib cache --clear deletes them"))
     return 0
 

@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass, field
 
 from mmlib import data
+from mmlib.imbalance import IMBALANCE_TYPES
 from mmlib.methods import METHODS, get_method
 from mmlib.models import ARCHS
 from mmlib.step import COMPILE_MODES
@@ -37,7 +38,7 @@ class RunConfig:
     # what to train
     method: str = _param("mm-drw", "method of Table 1", tuple(METHODS))
     dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", data.DATASETS)
-    imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", data.IMBALANCE_TYPES)
+    imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", IMBALANCE_TYPES)
     ratio: float = _param(100.0, "imbalance ratio n_max / n_min, at least 1 (1 for balanced)")
     data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders), or a dataset file (.npz) written by export-data")
     download: bool = _param(False, "download CIFAR into data_root with torchvision")

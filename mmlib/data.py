@@ -1,18 +1,15 @@
-"""Imbalanced datasets of the LDAM-DRW CIFAR protocol (Cao et al. 2019), built from wherever the images are.
+"""Where the images come from: the datasets' sources, read into the imbalanced setting a run trains on.
 
-A dataset is the full balanced test set plus a long-tailed ("exp") or step-imbalanced subset of the
-training set, selected exactly as LDAM-DRW's IMBALANCECIFAR10/100 do it. CIFAR images are read from
-the official python pickles, from an image-folder tree, or downloaded by torchvision on request;
-"digits" (scikit-learn's handwritten digits) is a small real dataset that needs no files at all. A
-data root ending in .npz is one setting exported to a single file (mmlib.datafile).
+CIFAR images are read from the official python pickles, from an image-folder tree (decoded once into
+mmlib.cache), or downloaded by torchvision on request; "digits" (scikit-learn's handwritten digits)
+is a small real dataset that needs no files at all. A data root ending in .npz is one setting
+exported to a single file (mmlib.datafile). ``load_dataset`` then keeps LDAM-DRW's imbalanced
+training subset (mmlib.imbalance) and the full test set.
 """
 
 import contextlib
-import hashlib
-import math
 import os
 import pickle
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,16 +17,15 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mmlib import datafile
-from mmlib.rundir import atomic_write, read_json, write_json
+from mmlib import cache, datafile
+from mmlib.imbalance import ImbalancedDataset, class_counts, select_indices
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)  # the protocol's constants, also used for CIFAR-100 and digits
 DATASETS = ("cifar10", "cifar100", "digits")
-IMBALANCE_TYPES = ("exp", "step", "balanced")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_SIZE = 32
-MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20  # many-shot: > 100 training images; few-shot: < 20
+_CACHED_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")  # of a decoded image folder
 DIGITS_TRAIN_PER_CLASS = 120  # load_digits has 174..183 images a class, so every class keeps >= 54 test images
 
 
@@ -64,45 +60,6 @@ CIFAR_SPECS = {
 
 
 @dataclass
-class ImbalancedDataset:
-    """An imbalanced training subset and the full balanced test set, as uint8 NHWC arrays."""
-
-    name: str
-    imb_type: str
-    ratio: float
-    rand_number: int
-    classes: list[str]
-    train_images: np.ndarray  # uint8 (N, 32, 32, 3), in selection order
-    train_labels: np.ndarray  # int64 (N,)
-    test_images: np.ndarray  # uint8 (M, 32, 32, 3)
-    test_labels: np.ndarray  # int64 (M,)
-    indices: np.ndarray  # int64 (N,), positions of the selected images in the full training set
-    cls_num_list: list[int]
-    source: str
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def groups(self) -> dict[str, list[int]]:
-        """Class indices by training-set size: many (>100), medium (20..100) and few (<20) shots."""
-        return {
-            "many": [c for c, n in enumerate(self.cls_num_list) if n > MANY_SHOT_ABOVE],
-            "medium": [c for c, n in enumerate(self.cls_num_list) if FEW_SHOT_BELOW <= n <= MANY_SHOT_ABOVE],
-            "few": [c for c, n in enumerate(self.cls_num_list) if n < FEW_SHOT_BELOW],
-        }
-
-    @property
-    def description(self) -> str:
-        return (
-            f"{self.name} {self.imb_type} ratio {self.ratio:g}: {len(self.train_labels)} train / "
-            f"{len(self.test_labels)} test images, {max(self.cls_num_list)}..{min(self.cls_num_list)} "
-            f"train images per class, from {self.source}"
-        )
-
-
-@dataclass
 class _BalancedSplit:
     """A full training set (in its original order) and test set, before any imbalance is applied."""
 
@@ -113,44 +70,6 @@ class _BalancedSplit:
     test_labels: np.ndarray
     source: str
 
-
-def class_counts(n_max: int, num_classes: int, imb_type: str, ratio: float) -> list[int]:
-    """Training images per class, exactly as LDAM-DRW's get_img_num_per_cls computes them."""
-    if imb_type not in IMBALANCE_TYPES:
-        raise ValueError(f"imb_type must be one of {IMBALANCE_TYPES}, got {imb_type!r}")
-    if not math.isfinite(ratio) or ratio < 1:
-        raise ValueError(f"ratio must be a finite number >= 1 (n_max / n_min), got {ratio!r}")
-    imb_factor = 1.0 / ratio
-    if imb_type == "exp":
-        counts = [int(n_max * imb_factor ** (i / (num_classes - 1.0))) for i in range(num_classes)]
-    elif imb_type == "step":
-        half = num_classes // 2
-        counts = [int(n_max)] * half + [int(n_max * imb_factor)] * (num_classes - half)
-    else:
-        if ratio != 1:
-            raise ValueError(f"ratio has no meaning for imb_type='balanced', use ratio=1 (got ratio={ratio!r})")
-        counts = [n_max] * num_classes
-    if min(counts) < 1:
-        raise ValueError(f"ratio={ratio!r} leaves a class with no training images; it must be at most n_max={n_max}")
-    return counts
-
-
-def select_indices(labels: np.ndarray, counts: Sequence[int], rand_number: int = 0) -> np.ndarray:
-    """Positions of LDAM-DRW's imbalanced subset: per class in ascending order, a seeded shuffle's first n_i.
-
-    One RandomState seeded once produces the same stream as LDAM's np.random.seed + np.random.shuffle,
-    without touching numpy's global state.
-    """
-    labels = np.asarray(labels)
-    rng = np.random.RandomState(rand_number)
-    selected = []
-    for cls, n in enumerate(counts):
-        idx = np.where(labels == cls)[0]
-        if len(idx) < n:
-            raise ValueError(f"counts asks for {n} images of class {cls}, but labels has only {len(idx)}")
-        rng.shuffle(idx)
-        selected.append(idx[:n])
-    return np.concatenate(selected).astype(np.int64)
 
 
 def check_dataset_args(name, root, imb_type, ratio, download) -> None:
@@ -192,11 +111,6 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, imb_type: str
         test_images=split.test_images, test_labels=split.test_labels,
         indices=indices, cls_num_list=counts, source=split.source,
     )
-
-
-def cache_dir() -> Path:
-    """The folder for mmlib's caches (decoded image folders here, others elsewhere): $MMLIB_CACHE or ~/.cache/mmlib."""
-    return Path(os.environ.get("MMLIB_CACHE", Path.home() / ".cache" / "mmlib"))
 
 
 def dataset_size(name: str) -> tuple[int, int]:
@@ -367,11 +281,12 @@ def _read_image_folder(name: str, root: Path) -> _BalancedSplit:
     if list(train_files) != list(test_files):
         differ = sorted(set(train_files) ^ set(test_files))
         raise ValueError(f"{root}/test: class folders differ from {root}/train: {differ} are in only one of them")
-    cache_path = _image_cache(root, train_files, test_files)
+    cache_path = cache.image_folder_file(root, train_files, test_files)
     if cache_path.is_file():
-        return _read_cache(cache_path, source=f"image folder {root}")
+        classes, arrays = cache.read_arrays(cache_path, _CACHED_ARRAYS)
+        return _BalancedSplit(classes, *arrays, source=f"image folder {root}")
     split = _decode_image_folder(train_files, test_files, source=f"image folder {root}")
-    _write_cache(cache_path, split)
+    cache.write_arrays(cache_path, split.classes, {key: getattr(split, key) for key in _CACHED_ARRAYS})
     return split
 
 
@@ -390,85 +305,6 @@ def _list_image_folder(name: str, split_dir: Path, per_class: int) -> dict[str, 
             raise ValueError(f"{class_dir}: found {len(images)} images, expected {per_class} for {name}")
         files[class_dir.name] = images
     return files
-
-
-IMAGE_CACHE_INDEX = "imagefolder-index.json"  # absolute root -> its files' signature and content hash
-
-
-def _image_cache(root: Path, train_files: dict[str, list[Path]], test_files: dict[str, list[Path]]) -> Path:
-    """The cache file of an image folder: named by a hash of its images' content, so a moved copy finds it.
-
-    The index remembers each folder's files (paths, sizes, mtimes) so an unchanged folder is not
-    hashed again. When a folder's content changes, its former cache file is deleted unless another
-    existing folder holds that content: one file per dataset content.
-    """
-    index_path = cache_dir() / IMAGE_CACHE_INDEX
-    try:
-        index = read_json(index_path)
-    except (OSError, ValueError):  # absent or damaged: it only saves hashing, so start it afresh
-        index = {}
-    files = _files_signature(root, train_files, test_files)
-    before = index.get(str(root.resolve()))
-    content = before["content"] if before and before["files"] == files else _content_hash(root, train_files, test_files)
-    if before != {"files": files, "content": content}:
-        index = {r: e for r, e in index.items() if Path(r).is_dir()}
-        index[str(root.resolve())] = {"files": files, "content": content}
-        if before and all(e["content"] != before["content"] for e in index.values()):
-            (cache_dir() / f"imagefolder-{before['content']}.npz").unlink(missing_ok=True)
-        write_json(index_path, index)
-    return cache_dir() / f"imagefolder-{content}.npz"
-
-
-def _files_signature(root: Path, *splits: dict[str, list[Path]]) -> str:
-    """Hash of every image's (relative path, size, mtime_ns): cheap, and changes with any changed file."""
-    digest = hashlib.sha256(b"mmlib image folder files v1\n")
-    for split in splits:
-        for images in split.values():
-            for path in images:
-                stat = path.stat()
-                digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:32]
-
-
-def _content_hash(root: Path, *splits: dict[str, list[Path]]) -> str:
-    """Hash of every image's relative path and bytes: the same for any copy of the folder, wherever it lies."""
-    digest = hashlib.sha256(b"mmlib image folder content v1\n")
-    for split in splits:
-        for images in split.values():
-            for path in images:
-                digest.update(f"{path.relative_to(root).as_posix()}\n".encode())
-                digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:32]
-
-
-def cache_entries() -> list[tuple[Path, int, str]]:
-    """mmlib's cache files and folders as (path, bytes, what): decoded image folders, the index, SSP backbones."""
-    folder = cache_dir()
-    try:
-        roots = read_json(folder / IMAGE_CACHE_INDEX)
-    except (OSError, ValueError):
-        roots = {}
-    entries = []
-    for path in sorted(folder.glob("imagefolder-*.npz")):
-        users = [r for r, e in roots.items() if path.name == f"imagefolder-{e['content']}.npz"]
-        entries.append((path, path.stat().st_size, "decoded image folder of " + (", ".join(users) or "a folder not seen lately")))
-    if (folder / IMAGE_CACHE_INDEX).is_file():
-        entries.append((folder / IMAGE_CACHE_INDEX, (folder / IMAGE_CACHE_INDEX).stat().st_size, "index of the image folders"))
-    for path in sorted(p for p in (folder / "ssp").glob("*") if p.is_dir()):
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        entries.append((path, size, "ldam-drw-ssp pre-trained backbone"))
-    return entries
-
-
-def clear_cache() -> list[tuple[Path, int, str]]:
-    """Delete every entry of cache_entries() (nothing else under cache_dir()); returns what was deleted."""
-    entries = cache_entries()
-    for path, _, _ in entries:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-    return entries
 
 
 def _decode_image_folder(train_files: dict[str, list[Path]], test_files: dict[str, list[Path]],
@@ -496,19 +332,3 @@ def _decode_image(path: Path) -> np.ndarray:
     return np.asarray(image)
 
 
-_CACHED_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")
-
-
-def _read_cache(path: Path, source: str) -> _BalancedSplit:
-    try:
-        with np.load(path) as cached:
-            classes = [str(c) for c in cached["classes"]]
-            arrays = [cached[key] for key in _CACHED_ARRAYS]
-    except Exception as err:  # written atomically, so this is outside damage; say how to recover
-        raise ValueError(f"{path}: unreadable image cache ({err!r}); delete it to decode the images again") from err
-    return _BalancedSplit(classes, *arrays, source=source)
-
-
-def _write_cache(path: Path, split: _BalancedSplit) -> None:
-    arrays = {key: getattr(split, key) for key in _CACHED_ARRAYS}
-    atomic_write(path, lambda f: np.savez(f, classes=np.array(split.classes), **arrays))

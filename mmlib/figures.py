@@ -14,7 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import ticker
 
-from mmlib import data, paper, rundir
+from mmlib import data, imbalance, paper, rundir
 
 MAX_CLASS_TICKS = 25  # beyond this many classes, label every k-th only
 
@@ -72,8 +72,8 @@ def plot_per_class(per_class) -> plt.Figure:
                             [f"{g}\n({n} class{'es' if n > 1 else ''})" for g, n in
                              grouped.drop_duplicates("group")[["group", "classes"]].itertuples(index=False)], fontsize=8)
         group_ax.set(title=f"{setting}: by group", ylabel="top-1 error (%)",
-                     xlabel=f"training images per class: many > {data.MANY_SHOT_ABOVE},\n"
-                            f"medium {data.FEW_SHOT_BELOW}-{data.MANY_SHOT_ABOVE}, few < {data.FEW_SHOT_BELOW}")
+                     xlabel=f"training images per class: many > {imbalance.MANY_SHOT_ABOVE},\n"
+                            f"medium {imbalance.FEW_SHOT_BELOW}-{imbalance.MANY_SHOT_ABOVE}, few < {imbalance.FEW_SHOT_BELOW}")
         for ax in (class_ax, group_ax):
             ax.set_ylim(0, min(100.0, 1.08 * np.nanmax(shown["error_mean"] + shown["error_std"].fillna(0))) or 1)
     seeds = classes.drop_duplicates("row").set_index("row")["seeds"]
@@ -126,7 +126,7 @@ def setting_class_counts(setting: str) -> list[int]:
     if setting not in KNOWN_SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; valid: {', '.join(KNOWN_SETTINGS)}")
     chosen = KNOWN_SETTINGS[setting]
-    return data.class_counts(*data.dataset_size(chosen.dataset), chosen.imb_type, chosen.ratio)
+    return imbalance.class_counts(*data.dataset_size(chosen.dataset), chosen.imb_type, chosen.ratio)
 
 
 def plot_class_counts(settings, ax=None, log: bool = True):
@@ -145,8 +145,8 @@ def plot_class_counts(settings, ax=None, log: bool = True):
     for name, color in zip(names, sns.color_palette(n_colors=len(names))):
         ax.plot(np.arange(1, len(counts[name]) + 1), counts[name], marker="o", markersize=3, color=color,
                 drawstyle="steps-mid", label=KNOWN_SETTINGS[name].label)
-    for bound, text, side in ((data.MANY_SHOT_ABOVE, f"many-shot: > {data.MANY_SHOT_ABOVE}", "bottom"),
-                              (data.FEW_SHOT_BELOW, f"few-shot: < {data.FEW_SHOT_BELOW}", "top")):
+    for bound, text, side in ((imbalance.MANY_SHOT_ABOVE, f"many-shot: > {imbalance.MANY_SHOT_ABOVE}", "bottom"),
+                              (imbalance.FEW_SHOT_BELOW, f"few-shot: < {imbalance.FEW_SHOT_BELOW}", "top")):
         ax.axhline(bound, color="grey", linestyle="--", linewidth=1)
         ax.text(0.99, bound, text, transform=ax.get_yaxis_transform(), ha="right", va=side, fontsize=8, color="grey")
     if log:

@@ -123,13 +123,13 @@ def report_quick(runs_root: str | Path, log=print) -> list[Path]:
     return reports.run_notebooks(reports.QUICK_NOTEBOOKS, runs_root, Path(runs_root) / "quick" / "figures", log)
 
 
-FUSE_CURVE = "fuse_curve.json"  # in mmlib.data.cache_dir(), written by benchmarks/throughput.py --save-curve
+FUSE_CURVE = "fuse_curve.json"  # in mmlib.cache.cache_dir(), written by benchmarks/throughput.py --save-curve
 FUSE_MEMORY_SHARE = 0.8  # of a GPU's free memory, what --fuse auto lets a job's measured peak take
 
 
 def save_fuse_curve(device_name: str, settings: dict, points: list[dict]) -> Path:
     """The benchmark's K curve on this GPU: points of {"runs", "images_per_second", "peak_mib"}."""
-    from mmlib.data import cache_dir
+    from mmlib.cache import cache_dir
 
     path = cache_dir() / FUSE_CURVE
     rundir.write_json(path, {"device_name": device_name, "settings": settings, "points": points})
@@ -141,7 +141,7 @@ def auto_fuse(gpus: list[int] | None = None) -> int:
     memory fits in FUSE_MEMORY_SHARE of the free memory of every GPU the sweep uses."""
     import torch
 
-    from mmlib.data import cache_dir
+    from mmlib.cache import cache_dir
 
     if not torch.cuda.is_available():
         return 1

@@ -26,7 +26,9 @@ from tqdm.auto import tqdm
 import mmlib
 from mmlib import rundir
 from mmlib.config import RESUMABLE_CHANGES, RunConfig
-from mmlib.data import ImbalancedDataset, cache_dir, load_dataset
+from mmlib.cache import cache_dir
+from mmlib.data import load_dataset
+from mmlib.imbalance import ImbalancedDataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError
 from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights, log_prior
 from mmlib.methods import active, get_method

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmlib import data, paper, records, rundir, training
+from mmlib import data, imbalance, paper, records, rundir, training
 from mmlib.config import RunConfig
 
 
@@ -32,11 +32,11 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     run_dir = Path(run_dir)
     # CIFAR configs need a data root to validate; no images are read
     config = RunConfig.from_dict({"data_root": str(run_dir), "download": True, **params}).resolve()
-    counts = data.class_counts(*data.dataset_size(config.dataset), config.imb_type, config.ratio)
+    counts = imbalance.class_counts(*data.dataset_size(config.dataset), config.imb_type, config.ratio)
     classes = [f"class{c}" for c in range(len(counts))]
-    groups = {"many": [c for c, n in enumerate(counts) if n > data.MANY_SHOT_ABOVE],
-              "medium": [c for c, n in enumerate(counts) if data.FEW_SHOT_BELOW <= n <= data.MANY_SHOT_ABOVE],
-              "few": [c for c, n in enumerate(counts) if n < data.FEW_SHOT_BELOW]}
+    groups = {"many": [c for c, n in enumerate(counts) if n > imbalance.MANY_SHOT_ABOVE],
+              "medium": [c for c, n in enumerate(counts) if imbalance.FEW_SHOT_BELOW <= n <= imbalance.MANY_SHOT_ABOVE],
+              "few": [c for c, n in enumerate(counts) if n < imbalance.FEW_SHOT_BELOW]}
     final = records.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
     best = records.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
                                   groups)

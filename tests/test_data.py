@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmlib import data
+from mmlib import cache as caches
+from mmlib import data, imbalance
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 2  # the tiny fixtures' stand-ins for 5000/1000 and 500/100
@@ -95,16 +96,16 @@ def assert_same_split(dataset, train_images, train_labels, test_images, test_lab
     (100, 500, "step", 100, 25250), (100, 500, "step", 10, 27500),
 ])
 def test_class_counts_match_the_papers_totals(num_classes, n_max, imb_type, ratio, total):
-    counts = data.class_counts(n_max, num_classes, imb_type, ratio)
+    counts = imbalance.class_counts(n_max, num_classes, imb_type, ratio)
     assert len(counts) == num_classes and sum(counts) == total
     assert counts[0] == n_max and counts[-1] == int(n_max / ratio)
 
 
 def test_class_counts_for_an_arbitrary_ratio():
     ratio = 37.5
-    assert data.class_counts(5000, 10, "exp", ratio) == [int(5000 * ratio ** (-i / 9)) for i in range(10)]
-    assert data.class_counts(500, 100, "step", ratio) == [500] * 50 + [int(500 / ratio)] * 50
-    assert data.class_counts(120, 10, "balanced", 1) == [120] * 10
+    assert imbalance.class_counts(5000, 10, "exp", ratio) == [int(5000 * ratio ** (-i / 9)) for i in range(10)]
+    assert imbalance.class_counts(500, 100, "step", ratio) == [500] * 50 + [int(500 / ratio)] * 50
+    assert imbalance.class_counts(120, 10, "balanced", 1) == [120] * 10
 
 
 @pytest.mark.parametrize("imb_type, ratio, match", [
@@ -113,7 +114,7 @@ def test_class_counts_for_an_arbitrary_ratio():
 ])
 def test_class_counts_rejects_bad_arguments(imb_type, ratio, match):
     with pytest.raises(ValueError, match=match):
-        data.class_counts(5000, 10, imb_type, ratio)
+        imbalance.class_counts(5000, 10, imb_type, ratio)
 
 
 def test_select_indices_follows_ldams_rule_without_touching_numpys_global_state():
@@ -129,21 +130,21 @@ def test_select_indices_follows_ldams_rule_without_touching_numpys_global_state(
     np.random.seed(123)
     global_draw = np.random.rand()
     np.random.seed(123)
-    selected = data.select_indices(labels, counts, rand_number=7)
+    selected = imbalance.select_indices(labels, counts, rand_number=7)
     assert np.random.rand() == global_draw
     np.testing.assert_array_equal(selected, expected)
     assert selected.dtype == np.int64
-    assert not np.array_equal(selected, data.select_indices(labels, counts, rand_number=8))
+    assert not np.array_equal(selected, imbalance.select_indices(labels, counts, rand_number=8))
 
 
 def test_select_indices_rejects_a_class_with_too_few_images():
     with pytest.raises(ValueError, match="class 1"):
-        data.select_indices(np.array([0, 0, 1]), [1, 2])
+        imbalance.select_indices(np.array([0, 0, 1]), [1, 2])
 
 
 def test_groups_split_at_100_and_20_training_images():
     empty = np.zeros((0, 32, 32, 3), np.uint8)
-    dataset = data.ImbalancedDataset(
+    dataset = imbalance.ImbalancedDataset(
         name="cifar10", imb_type="exp", ratio=101.0, rand_number=0, classes=list("abcde"),
         train_images=empty, train_labels=np.zeros(0, np.int64), test_images=empty,
         test_labels=np.zeros(0, np.int64), indices=np.zeros(0, np.int64),
@@ -268,12 +269,12 @@ def test_a_moved_copy_reuses_the_cache_one_file_per_content(tmp_path, monkeypatc
     load_balanced("cifar10", copy)
     assert len(list(cache.glob("*.npz"))) == 2  # the first content stays: `moved` still holds it
 
-    listed = data.cache_entries()
-    assert [e[0].name for e in listed].count(data.IMAGE_CACHE_INDEX) == 1
+    listed = caches.entries()
+    assert [e[0].name for e in listed].count(caches.IMAGE_CACHE_INDEX) == 1
     described = {e[2] for e in listed if e[0].suffix == ".npz"}
     assert described == {f"decoded image folder of {moved.resolve()}", f"decoded image folder of {copy.resolve()}"}
     (cache / "not-mmlib.txt").write_text("someone else's")
-    assert data.clear_cache() == listed
+    assert caches.clear() == listed
     assert sorted(p.name for p in cache.iterdir()) == ["not-mmlib.txt"]
 
 

@@ -9,7 +9,7 @@ from matplotlib.container import BarContainer
 import pandas as pd
 import pytest
 
-from mmlib import cells, data, figures, paper, rundir, tables, training
+from mmlib import cells, data, figures, imbalance, paper, rundir, tables, training
 from mmlib.config import MM_VARIANTS
 
 matplotlib.use("Agg")
@@ -38,7 +38,7 @@ def label_of(cell: paper.Cell) -> str:
 def write_run(run_dir, final_error: float, best_error: float, per_class=None, group_error=None, counts=None,
               finished: bool = True) -> None:
     """A run directory as the trainer leaves it, holding the numbers given."""
-    counts = counts or data.class_counts(120, 10, "exp", 10.0)
+    counts = counts or imbalance.class_counts(120, 10, "exp", 10.0)
     per_class = per_class or [final_error] * len(counts)
     group_error = group_error or {"many": final_error, "medium": final_error, "few": None}
     groups = {"many": [c for c, n in enumerate(counts) if n > 100],
@@ -200,7 +200,7 @@ def test_render_grouped_tables_and_write_table(tmp_path):
 # ---------------------------------------------------------------- per-class errors and figures
 
 def test_per_class_means_over_seeds_and_groups(tmp_path):
-    counts = data.class_counts(120, 10, "step", 10.0)
+    counts = imbalance.class_counts(120, 10, "step", 10.0)
     erm = find_cell("quick", "digits-step-10", "erm")
     per_seed = [[float(c) for c in range(10)], [float(3 * c) for c in range(10)]]
     manys = [4.0, 6.0]
@@ -276,7 +276,7 @@ def legend_outside_axes(fig) -> bool:
 
 
 def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path):
-    counts = data.class_counts(120, 10, "step", 10.0)
+    counts = imbalance.class_counts(120, 10, "step", 10.0)
     errors = {"erm": 30.0, "ldam-drw": 20.0, "mm-drw": 10.0}
     for setting in ("digits-exp-10", "digits-step-10"):
         for method, error in errors.items():
@@ -313,7 +313,7 @@ def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path)
 
 
 def test_fig3_names_what_is_missing_and_refuses_an_empty_figure(tmp_path):
-    counts = data.class_counts(120, 10, "step", 10.0)
+    counts = imbalance.class_counts(120, 10, "step", 10.0)
     cell = find_cell("quick", "digits-step-10", "erm")
     write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, counts=counts)
 
@@ -334,7 +334,7 @@ def test_plot_class_counts():
     for name in settings:
         setting = paper.SETTINGS[name]
         spec = data.CIFAR_SPECS[setting.dataset]
-        counts = data.class_counts(spec.train_per_class, spec.num_classes, setting.imb_type, setting.ratio)
+        counts = imbalance.class_counts(spec.train_per_class, spec.num_classes, setting.imb_type, setting.ratio)
         expected.append(sorted(counts, reverse=True))
     assert [line.get_ydata().tolist() for line in curves] == expected
     bounds = {line.get_ydata()[0] for line in ax.lines if len(line.get_ydata()) == 2}
