@@ -18,7 +18,7 @@ import torch
 
 from mmlib import rundir
 from mmlib.models import ARCHS, build_model, split_state_dict
-from mmlib.training import _split_optimizer_state
+from mmlib.models import split_optimizer_state
 
 
 def main() -> None:
@@ -41,7 +41,7 @@ def main() -> None:
         for epoch in range(args.repeats + 1):  # the first is a warm-up
             start = time.perf_counter()
             models = split_state_dict(model.state_dict(), args.fuse)
-            optimizers = _split_optimizer_state(optimizer.state_dict(), args.fuse)
+            optimizers = split_optimizer_state(optimizer.state_dict(), args.fuse)
             for k, run_dir in enumerate(dirs):
                 rundir.save_checkpoint(run_dir, {"epoch": epoch, "model": models[k], "optimizer": optimizers[k]})
             times.append(time.perf_counter() - start)

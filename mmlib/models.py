@@ -146,3 +146,17 @@ def merge_state_dicts(states: list[dict]) -> dict:
         name: torch.cat([s[name] for s in states]) if states[0][name].dim() > 0 else states[0][name].clone()
         for name in states[0]
     }
+
+
+def split_optimizer_state(state: dict, runs: int) -> list[dict]:
+    """A fused model's optimizer state_dict as K single-run ones (per-parameter state split as the parameters)."""
+    per_param = [
+        {i: split_state_dict(s, runs)[k] for i, s in state["state"].items()} for k in range(runs)
+    ]
+    return [{"state": p, "param_groups": state["param_groups"]} for p in per_param]
+
+
+def merge_optimizer_states(states: list[dict]) -> dict:
+    """K single-run optimizer state_dicts as the fused model's (the inverse of split_optimizer_state)."""
+    merged = {i: merge_state_dicts([s["state"][i] for s in states]) for i in states[0]["state"]}
+    return {"state": merged, "param_groups": states[0]["param_groups"]}

@@ -11,8 +11,6 @@ losses and errors accumulate on the device and are read once an epoch.
 """
 
 import contextlib
-import dataclasses
-import hashlib
 import json
 import math
 import platform
@@ -26,15 +24,16 @@ from tqdm.auto import tqdm
 import mmlib
 from mmlib import rundir
 from mmlib.config import RESUMABLE_CHANGES, RunConfig
-from mmlib.cache import cache_dir
 from mmlib.data import load_dataset
-from mmlib.imbalance import ImbalancedDataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError
-from mmlib.losses import CrossEntropyLoss, build_loss, class_balanced_weights, log_prior
+from mmlib.imbalance import ImbalancedDataset
+from mmlib.losses import build_loss, class_balanced_weights, log_prior
 from mmlib.methods import active, get_method
-from mmlib.models import build_model, merge_state_dicts, split_state_dict
+from mmlib.models import build_model, merge_optimizer_states, merge_state_dicts, split_optimizer_state, split_state_dict
 from mmlib.pipeline import TrainStream, eval_batches, to_device
 from mmlib.records import Records, TensorBoard
+from mmlib.schedule import due, learning_rate
+from mmlib.ssp import ssp_backbone
 from mmlib.step import TrainStep, resolve_compile
 
 # Parameters that may differ between runs trained as one fused model.
@@ -42,14 +41,6 @@ FUSABLE = {
     "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
     "focal_gamma", "cb_beta", "quiet", "tensorboard",
 }
-
-
-def learning_rate(config: RunConfig, epoch: int) -> float:
-    """The learning rate of 0-based ``epoch``: linear warm-up, then x lr_decay at each milestone."""
-    config = config.resolve()
-    if epoch < config.warmup_epochs:
-        return config.lr * (epoch + 1) / config.warmup_epochs
-    return config.lr * config.lr_decay ** sum(epoch >= m for m in config.lr_milestones)
 
 
 def select_device(name: str) -> torch.device:
@@ -190,18 +181,6 @@ def _init_model(config: RunConfig, num_classes: int, backbone: dict | None) -> t
     return model
 
 
-def _split_optimizer_state(state: dict, runs: int) -> list[dict]:
-    per_param = [
-        {i: split_state_dict(s, runs)[k] for i, s in state["state"].items()} for k in range(runs)
-    ]
-    return [{"state": p, "param_groups": state["param_groups"]} for p in per_param]
-
-
-def _merge_optimizer_states(states: list[dict]) -> dict:
-    merged = {i: merge_state_dicts([s["state"][i] for s in states]) for i in states[0]["state"]}
-    return {"state": merged, "param_groups": states[0]["param_groups"]}
-
-
 @torch.inference_mode()
 def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last,
                 logit_offset=None) -> torch.Tensor:
@@ -223,18 +202,6 @@ def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, 
     index = offsets + labels[:, None] * num_classes + predictions
     counts = torch.bincount(index.flatten(), minlength=runs * num_classes * num_classes)
     return counts.view(runs, num_classes, num_classes).cpu()
-
-
-def _due(epoch: int, every: int, epochs: int) -> bool:
-    """Whether 0-based ``epoch`` ends with an evaluation or checkpoint done every ``every`` epochs and after the last."""
-    return (epoch + 1) % every == 0 or epoch + 1 == epochs
-
-
-def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-    """Rotation prediction (Gidaris et al. 2018): each image turned by k * 90 degrees, k its new label."""
-    k = torch.randint(0, 4, (len(images),), generator=generator, device=images.device)
-    turned = torch.stack([torch.rot90(images, r, dims=(2, 3)) for r in range(4)])
-    return turned[k, torch.arange(len(images), device=images.device)], k
 
 
 class _Progress:
@@ -288,10 +255,10 @@ class _Group:
                 lr = self._schedule(epoch)
                 losses, train_errors, bad_steps = self.step.epoch(progress.step)
                 self._stop_if_non_finite(epoch, losses, bad_steps)
-                confusions, plain = self._evaluate() if _due(epoch, first.eval_every, first.epochs) else (None, None)
+                confusions, plain = self._evaluate() if due(epoch, first.eval_every, first.epochs) else (None, None)
                 entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, confusions, plain)
                 tensorboard.add(entries)
-                if _due(epoch, first.checkpoint_every, first.epochs):
+                if due(epoch, first.checkpoint_every, first.epochs):
                     self._checkpoint()
                 progress.epoch_done(lr, losses, entries)
             progress.close()
@@ -361,7 +328,7 @@ class _Group:
             for s, config, run_dir in zip(saved, self.configs, self.run_dirs):
                 _refuse_other_parameters(s["config"], config, run_dir / rundir.CHECKPOINT)
             self.model.load_state_dict(merge_state_dicts([s["model"] for s in saved]))
-            self.optimizer.load_state_dict(_merge_optimizer_states([s["optimizer"] for s in saved]))
+            self.optimizer.load_state_dict(merge_optimizer_states([s["optimizer"] for s in saved]))
             for stream, s in zip(self.streams, saved):
                 stream.load_state_dict(s["stream"])
             torch.set_rng_state(saved[0]["torch_rng"])
@@ -382,7 +349,7 @@ class _Group:
     def _checkpoint(self) -> None:
         runs = len(self.configs)
         models = split_state_dict(self.model.state_dict(), runs)
-        optimizers = _split_optimizer_state(self.optimizer.state_dict(), runs)
+        optimizers = split_optimizer_state(self.optimizer.state_dict(), runs)
         for k, run_dir in enumerate(self.run_dirs):
             rundir.save_checkpoint(run_dir, {
                 "config": self.configs[k].to_dict(),
@@ -405,70 +372,3 @@ class _Group:
                     f"step {step + 1} of {math.ceil(len(self.dataset.train_labels) / self.first.batch_size)}; "
                     f"{kept}. Try a lower lr (or check the data), in another run_dir"
                 )
-
-
-
-def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.device) -> dict:
-    """The rotation-prediction pre-trained network of ldam-drw-ssp (Yang & Xu 2020), cached.
-
-    Pre-trains the same architecture on the same imbalanced training set (after the usual crop and
-    flip), each image turned by a random multiple of 90 degrees and a 4-way linear head predicting
-    which, with the protocol's schedule shape over ssp_epochs. The result is cached under
-    cache_dir()/ssp keyed by everything that determines it, so runs of several seeds share one.
-    """
-    pretrain = dataclasses.replace(
-        config, method="erm", epochs=config.ssp_epochs, seed=config.ssp_seed, data_seed=config.ssp_seed,
-        warmup_epochs=None, lr_milestones=None, switch_epoch=None, ssp_epochs=None, s=None,
-    ).resolve()
-    determines = {
-        "dataset": [dataset.name, dataset.imb_type, dataset.ratio, dataset.rand_number, dataset.source],
-        **{k: getattr(pretrain, k) for k in ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-                                             "warmup_epochs", "lr_milestones", "lr_decay", "seed", "bf16")},
-    }
-    key = hashlib.sha256(json.dumps(determines, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_dir() / "ssp" / key
-    if (folder / "backbone.pt").exists():  # without taking the lock, so that a read-only cache serves
-        return torch.load(folder / "backbone.pt", map_location="cpu")
-    with rundir.locked(folder, wait=True):  # runs started in parallel wait for one pre-training, then share it
-        return _ssp_pretrain(pretrain, determines, folder, dataset, device, config.quiet)
-
-
-def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: ImbalancedDataset, device,
-                  quiet: bool) -> dict:
-    """ssp_backbone's pre-training in its cache folder (held locked), resumed from its checkpoint."""
-    if (folder / "backbone.pt").exists():  # pre-trained by the process this one waited for
-        return torch.load(folder / "backbone.pt", map_location="cpu")
-    rundir.remove_stale_temp_files(folder)
-    rundir.write_json(folder / "determines.json", determines)
-    torch.manual_seed(pretrain.seed)
-    memory_format = torch.channels_last if pretrain.channels_last else torch.preserve_format
-    model = build_model(pretrain.arch, 4).to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), pretrain.lr, momentum=pretrain.momentum, weight_decay=pretrain.weight_decay)
-    train_x, train_y = to_device(dataset.train_images, dataset.train_labels, device)
-    stream = TrainStream(train_x, train_y, pretrain.batch_size, pretrain.data_seed)
-    start = 0
-    saved = rundir.load_checkpoint(folder)
-    if saved is not None:
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        stream.load_state_dict(saved["stream"])
-        start = saved["epoch"]
-    step = TrainStep(model, [stream], [CrossEntropyLoss()], optimizer, pretrain.bf16, pretrain.channels_last,
-                     transform=rotate)
-    bar = tqdm(range(start, pretrain.epochs), initial=start, total=pretrain.epochs, desc="ssp pre-training",
-               disable=quiet)
-    for epoch in bar:
-        step.set_lr(learning_rate(pretrain, epoch))
-        losses, errors, bad = step.epoch()
-        if bad[0] >= 0:
-            raise NonFiniteLossError(f"non-finite loss in SSP pre-training ({folder}) at epoch {epoch + 1}, step "
-                                     f"{bad[0] + 1}; try a lower lr (or check the data)")
-        if _due(epoch, pretrain.checkpoint_every, pretrain.epochs):
-            rundir.save_checkpoint(folder, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "stream": stream.state_dict(),
-            })
-        bar.set_postfix(loss=f"{losses[0]:.3f}", rotation_err=f"{errors[0]:.1f}")
-    backbone = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    rundir.save_torch(folder / "backbone.pt", backbone)
-    return backbone

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmlib import data, imbalance, paper, records, rundir, training
+from mmlib import data, imbalance, paper, records, rundir, schedule
 from mmlib.config import RunConfig
 
 
@@ -40,7 +40,7 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     final = records.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
     best = records.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
                                   groups)
-    history = [{"epoch": e + 1, "lr": training.learning_rate(config, e), "train_loss": 2.0 / (e + 1),
+    history = [{"epoch": e + 1, "lr": schedule.learning_rate(config, e), "train_loss": 2.0 / (e + 1),
                 "train_error": 50.0 / (e + 1), "seconds": 1.5, "test_error": final["error"] + 10.0 / (e + 1),
                 "group_error": final["group_error"]} for e in range(config.epochs)]
     rundir.write_json(run_dir / rundir.CONFIG, {

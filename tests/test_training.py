@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 import torch
 
-from mmlib import rundir, training
+from mmlib import rundir, schedule, ssp, training
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.losses import class_balanced_weights
@@ -55,18 +55,18 @@ def test_learning_rate_at_the_protocols_key_epochs():
     config = RunConfig(**quick(epochs=200))
     expected = {0: 0.02, 3: 0.08, 4: 0.1, 5: 0.1, 159: 0.1, 160: 1e-3, 179: 1e-3, 180: 1e-5, 199: 1e-5}
     for epoch, lr in expected.items():
-        assert training.learning_rate(config, epoch) == pytest.approx(lr, rel=1e-9), epoch
+        assert schedule.learning_rate(config, epoch) == pytest.approx(lr, rel=1e-9), epoch
 
 
 def test_short_runs_keep_the_schedules_shape():
     resolved = RunConfig(**quick(epochs=20)).resolve()
     assert (resolved.warmup_epochs, resolved.lr_milestones, resolved.switch_epoch) == (2, [16, 18], 16)
-    assert training.learning_rate(resolved, 0) == pytest.approx(0.05)
-    assert training.learning_rate(resolved, 17) == pytest.approx(1e-3)
+    assert schedule.learning_rate(resolved, 0) == pytest.approx(0.05)
+    assert schedule.learning_rate(resolved, 17) == pytest.approx(1e-3)
     resolved = RunConfig(**quick(epochs=1000)).resolve()
     assert (resolved.warmup_epochs, resolved.lr_milestones) == (5, [800, 900])
     custom = RunConfig(**quick(epochs=10, warmup_epochs=0, lr_milestones=[3, 6], switch_epoch=5)).resolve()
-    assert [training.learning_rate(custom, e) for e in (0, 2, 3, 6)] == pytest.approx([0.1, 0.1, 1e-3, 1e-5])
+    assert [schedule.learning_rate(custom, e) for e in (0, 2, 3, 6)] == pytest.approx([0.1, 0.1, 1e-3, 1e-5])
     assert custom.switch_epoch == 5
 
 
@@ -151,8 +151,8 @@ def test_cb_rs_resamples_from_the_first_epoch(tmp_path, monkeypatch, digits):
 def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
     config = RunConfig(**quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2)).resolve()
-    backbone = training.ssp_backbone(config, digits, torch.device("cpu"))
-    assert [c["transform"] for c in calls] == [training.rotate, training.rotate]
+    backbone = ssp.ssp_backbone(config, digits, torch.device("cpu"))
+    assert [c["transform"] for c in calls] == [ssp.rotate, ssp.rotate]
     assert not any(k.startswith("fc.") for k in backbone)
     model = training._init_model(config, digits.num_classes, backbone)
     for name, tensor in model.state_dict().items():
@@ -160,7 +160,7 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
             assert tensor.shape == (digits.num_classes, 64)  # a fresh cosine head
         else:
             assert torch.equal(tensor, backbone[name]), name
-    again = training.ssp_backbone(RunConfig(**quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2, seed=5)).resolve(),
+    again = ssp.ssp_backbone(RunConfig(**quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2, seed=5)).resolve(),
                                   digits, torch.device("cpu"))
     assert len(calls) == 2  # the second seed reused the cached backbone
     assert all(torch.equal(again[k], backbone[k]) for k in backbone)
@@ -170,7 +170,7 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
 
 def test_rotation_turns_each_image_by_its_label():
     images = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4)
-    turned, k = training.rotate(images, torch.zeros(2), torch.Generator().manual_seed(3))
+    turned, k = ssp.rotate(images, torch.zeros(2), torch.Generator().manual_seed(3))
     for i in range(2):
         assert torch.equal(turned[i], torch.rot90(images[i], int(k[i]), dims=(1, 2)))
 
