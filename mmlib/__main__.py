@@ -99,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
                        help="any run parameter for every run, e.g. bf16=True channels_last=True compile=off "
                             "download=True; not those the sweep or the table's cells set (seed, method, ...)")
     sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    sweep.add_argument("--rerun-changed", action="store_true",
+                       help="runs in the planned folders that were trained with other parameters (a sweep refuses "
+                            "them) are moved aside to <run>.replaced-<UTC time> and trained anew")
+    sweep.add_argument("--retry-failed", action="store_true",
+                       help="retry runs that failed before (a diverging run of a fused group is marked FAILED and "
+                            "left alone), each from its last good checkpoint")
+    sweep.add_argument("--runner", choices=["notebook", "python"], default="notebook",
+                       help="how each job trains, in a fresh process: notebook executes notebooks/train.ipynb with "
+                            "papermill (the executed notebook lands beside the run's results); python runs the same "
+                            "training without a notebook kernel (python -m mmlib.jobs; its output in train.log), "
+                            "for machines without Jupyter")
     sweep.add_argument("--backend", choices=["local", "ray"], default="local",
                        help="local: worker threads on this machine; ray: one Ray task per notebook, on a Ray cluster "
                             "or a local Ray instance (pip install -e \".[ray]\")")
@@ -210,6 +221,7 @@ def _sweep(args) -> int:
         failures = sweeps.sweep(
             table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
             sweeps.parse_data_roots(args.data_root), overrides, fuse, executor, args.dry_run,
+            rerun_changed=args.rerun_changed, retry_failed=args.retry_failed,
         )
     failed_reports = sweeps.report_quick(out) if args.preset == "quick" and not args.dry_run else []
     return 1 if failures or failed_reports else 0
@@ -219,16 +231,15 @@ def _executor(args, out, gpus: list[int] | None):
     """The sweep's executor: worker threads on this machine, or Ray tasks (its options refused without it)."""
     from mmlib import jobs
 
-    ray_options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "shared_fs": not args.no_shared_fs}
     if args.backend == "local":
         if args.address is not None or args.gpus_per_job is not None or args.no_shared_fs:
             raise ValueError("--address, --gpus-per-job and --no-shared-fs need --backend ray")
-        return jobs.LocalExecutor(gpus)
+        return jobs.LocalExecutor(gpus, args.runner)
     if gpus:
         raise ValueError("--gpus picks local GPUs; with --backend ray give --gpus-per-job and Ray assigns them")
     from mmlib import ray_backend  # Ray is an optional extra
 
-    return ray_backend.RayExecutor(out, **ray_options)
+    return ray_backend.RayExecutor(out, args.address, args.gpus_per_job, not args.no_shared_fs, args.runner)
 
 
 def _collect(args) -> int:

@@ -1,6 +1,10 @@
 """Jobs and the executors that run them: the interface between a sweep's plan and the machines.
 
-A ``Job`` is one execution of notebooks/train.ipynb: one run, or several trained as one fused model.
+A ``Job`` trains one run, or several as one fused model, in a fresh process: by default it executes
+notebooks/train.ipynb with papermill (the executed notebook is the run's provenance); with the
+"python" runner it runs ``python -m mmlib.jobs PARAMS.yaml``, the same training without a notebook
+kernel, for machines where Jupyter is not installed (its output goes to train.log).
+
 An executor runs a list of jobs and returns the runs that failed, logging one line per run as its
 job ends. ``LocalExecutor`` (here) runs them on worker threads of this machine, one per GPU;
 mmlib.ray_backend.RayExecutor runs each as a Ray task. Both execute a job with ``run_job`` and
@@ -12,17 +16,19 @@ import itertools
 import os
 import queue
 import shutil
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import mmlib.notebook
-from mmlib import rundir
+from mmlib import errors, rundir
+from mmlib.config import RunConfig
 
 TRAIN_NOTEBOOK = rundir.REPOSITORY / "notebooks" / "train.ipynb"
 OUTPUT_NOTEBOOK = "train.ipynb"  # the executed notebook, in every run directory of the job
-LOG = "papermill.log"
+RUNNERS = {"notebook": "papermill.log", "python": "train.log"}  # how a job runs -> its log, in the first run directory
 
 
 @dataclass
@@ -43,13 +49,15 @@ class Job:
         return Job(self.labels, run_dirs, self.params)
 
 
-def run_job(job: Job, gpu: int | None = None) -> bool:
-    """Execute the job's notebook in a fresh process (its own GPUs, its own failures); True if it succeeded.
+def run_job(job: Job, gpu: int | None = None, runner: str = "notebook") -> bool:
+    """Train the job in a fresh process (its own GPUs, its own failures); True if it succeeded.
 
-    The executed notebook and papermill's log land in the first run directory, the notebook copied to
-    the others. A run another process is training (e.g. a second sweep over the same folder) is left
-    alone: its notebook and log are that process's.
+    runner "notebook": execute train.ipynb, the executed notebook landing in every run directory;
+    "python": ``python -m mmlib.jobs`` (no notebook kernel needed). The log lands in the first run
+    directory. A run another process is training (e.g. a second sweep over the same folder) is left
+    alone: its files are that process's.
     """
+    check_runner(runner)
     if any(rundir.lock_owner(d) is not None for d in job.run_dirs):
         return False
     first = job.run_dirs[0]
@@ -57,8 +65,11 @@ def run_job(job: Job, gpu: int | None = None) -> bool:
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env=env)
-    rundir.write_text(first / LOG, done.stdout + done.stderr)
+    if runner == "notebook":
+        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env=env)
+    else:
+        done = mmlib.notebook.run_module("mmlib.jobs", [], job.notebook_parameters(), env)
+    rundir.write_text(first / RUNNERS[runner], done.stdout + done.stderr)
     for other in job.run_dirs[1:]:
         other.mkdir(parents=True, exist_ok=True)
         if (first / OUTPUT_NOTEBOOK).exists():
@@ -66,30 +77,57 @@ def run_job(job: Job, gpu: int | None = None) -> bool:
     return done.returncode == 0
 
 
+def check_runner(runner: str) -> None:
+    """Refuse an unknown runner, and the notebook runner where the repository's notebook is not (a wheel install)."""
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner {runner!r}; valid: {', '.join(RUNNERS)}")
+    if runner == "notebook" and not TRAIN_NOTEBOOK.exists():
+        raise FileNotFoundError(f"{TRAIN_NOTEBOOK} not found: the notebook runner executes the repository's notebooks, "
+                                "so install mmlib from a checkout (pip install -e .), or use the python runner")
+
+
+def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
+    """A job's parameters (``Job.notebook_parameters``, as train.ipynb receives them) as its runs' configs and
+    run directories: the first run's parameters, each fused run's overriding them."""
+    first = {k: v for k, v in parameters.items() if k not in ("run_dir", "fused_runs")}
+    runs = [{"run_dir": parameters["run_dir"]}] + list(parameters.get("fused_runs", []))
+    configs = [RunConfig.from_dict({**first, **{k: v for k, v in run.items() if k != "run_dir"}}) for run in runs]
+    return configs, [Path(run["run_dir"]) for run in runs]
+
+
 def failure_reason(run_dir: Path) -> str:
-    """One line on why a run failed: another process holds it, else the failing cell's error, else the
-    log's last line."""
+    """One line on why a run failed: another process holds it, else its FAILED marker's reason, else the
+    failing cell's error, else the log's last line."""
     owner = rundir.lock_owner(run_dir)
     if owner is not None:
         return f"{run_dir} is in use by process {owner}"
+    failure = rundir.failure(run_dir)
+    if failure is not None:
+        return failure["reason"]
     error = mmlib.notebook.error_of(Path(run_dir) / OUTPUT_NOTEBOOK)
     if error is not None:
         return error
-    with contextlib.suppress(OSError):
-        lines = [line for line in (Path(run_dir) / LOG).read_text().splitlines() if line.strip()]
-        if lines:
-            return lines[-1].strip()
-    return "no error recorded (the notebook did not run)"
+    for log in RUNNERS.values():
+        with contextlib.suppress(OSError):
+            lines = [line for line in (Path(run_dir) / log).read_text().splitlines() if line.strip()]
+            if lines:
+                return lines[-1].strip()
+    return "no error recorded (the job did not run)"
 
 
 def record_outcome(job: Job, ok: bool, seconds: float, done, total: int, log) -> list[tuple[str, Path]]:
-    """Log one line per run of a finished job (``done`` counts runs); returns its failed runs and their notebooks."""
+    """Log one line per run of a finished job (``done`` counts runs); returns its unfinished runs and their notebooks.
+
+    A run is judged by its own files: in a fused job one run can fail (diverge) while the others finish.
+    """
     failures = []
     for label, run_dir in zip(job.labels, job.run_dirs):
         line = f"[{next(done)}/{total}] {label}: "
-        if ok and rundir.is_finished(run_dir):
+        if rundir.is_finished(run_dir):
             metrics = rundir.read_json(run_dir / rundir.METRICS)
             line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
+            if not ok and not any(rundir.failure(d) for d in job.run_dirs):  # not because a fused run diverged
+                line += f"; its notebook then failed: {failure_reason(job.run_dirs[0])}"
         else:
             failures.append((label, run_dir / OUTPUT_NOTEBOOK))
             line += f"FAILED: {failure_reason(run_dir)} (see {run_dir / OUTPUT_NOTEBOOK})"
@@ -98,10 +136,12 @@ def record_outcome(job: Job, ok: bool, seconds: float, done, total: int, log) ->
 
 
 class LocalExecutor:
-    """Jobs on this machine: one worker thread per GPU of ``gpus`` (each job seeing only its GPU), or one."""
+    """Jobs on this machine: one worker thread per GPU of ``gpus`` (each job seeing only its GPU), or one;
+    each job run by ``runner`` (run_job)."""
 
-    def __init__(self, gpus: list[int] | None = None):
-        self.gpus = gpus or [None]
+    def __init__(self, gpus: list[int] | None = None, runner: str = "notebook"):
+        check_runner(runner)
+        self.gpus, self.runner = gpus or [None], runner
 
     def run(self, jobs: list[Job], log=print) -> list[tuple[str, Path]]:
         """Run the jobs; returns the failed runs and their notebooks."""
@@ -118,7 +158,7 @@ class LocalExecutor:
                 except queue.Empty:
                     return
                 start = time.perf_counter()
-                ok = run_job(job, gpu)
+                ok = run_job(job, gpu, self.runner)
                 seconds = time.perf_counter() - start
                 with lock:
                     failures.extend(record_outcome(job, ok, seconds, done, total, log))
@@ -129,3 +169,32 @@ class LocalExecutor:
         for w in workers:
             w.join()
         return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m mmlib.jobs PARAMS.yaml: train a job (its parameters as train.ipynb takes them) in this process;
+    one line per finished run, or "error: ..." and the command line's exit code (mmlib.errors)."""
+    import yaml
+
+    from mmlib import training
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m mmlib.jobs PARAMETERS.yaml", file=sys.stderr)
+        return 2
+    try:
+        configs, run_dirs = configs_of(yaml.safe_load(Path(args[0]).read_text()))
+        results = training.run_many(configs, run_dirs)
+    except Exception as err:
+        code = errors.exit_code(err)
+        if code is None:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return code
+    for result in results:
+        print(f"{result['run_dir']}: final {result['final']['error']:.2f}%, best {result['best']['error']:.2f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -123,15 +123,21 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict | None = 
 
 def run(notebook: str | Path, output: str | Path, parameters: dict, env: dict | None = None,
         cwd: str | Path | None = None) -> subprocess.CompletedProcess:
-    """``python -m mmlib.notebook`` in a fresh process (its own GPUs, its own failures), the parameters
-    passed in a YAML file in the system's temp folder: a killed run leaves nothing beside its outputs."""
+    """``python -m mmlib.notebook`` in a fresh process (its own GPUs, its own failures)."""
+    return run_module("mmlib.notebook", [str(notebook), str(output)], parameters, env, cwd)
+
+
+def run_module(module: str, args: list[str], parameters: dict, env: dict | None = None,
+               cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m MODULE ARGS PARAMS.yaml`` in a fresh process, its output captured; the parameters are passed in
+    a YAML file in the system's temp folder, so that a killed run leaves nothing beside its outputs."""
     import yaml
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="mmlib-params-", delete=False) as f:
         yaml.safe_dump(parameters, f)
     try:
-        return subprocess.run([sys.executable, "-m", "mmlib.notebook", str(notebook), str(output), f.name],
-                              env=env, cwd=cwd, capture_output=True, text=True)
+        return subprocess.run([sys.executable, "-m", module, *args, f.name], env=env, cwd=cwd, capture_output=True,
+                              text=True)
     finally:
         os.unlink(f.name)
 

@@ -47,7 +47,7 @@ def scratch_root(out: Path) -> Path:
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
-def _run_job(job: jobs.Job, out: Path, marker: Path | None) -> tuple[bool, float, list[dict] | None]:
+def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str) -> tuple[bool, float, list[dict] | None]:
     """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
     if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
@@ -59,7 +59,7 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None) -> tuple[bool, float
     # Still held after LOCK_WAIT, a run is another sweep's: run_job leaves it alone and says so.
     _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), LOCK_WAIT)
     start = time.perf_counter()
-    ok = jobs.run_job(local)
+    ok = jobs.run_job(local, runner=runner)
     seconds = time.perf_counter() - start
     if marker is not None:
         return ok, seconds, None
@@ -98,13 +98,16 @@ def _write_records(run_dir: Path, files: dict[str, bytes]) -> None:
 class RayExecutor:
     """Jobs as Ray tasks, on the cluster at ``address`` (None: a new local Ray instance), each asking for
     ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and one CPU; run directories under
-    ``out``, written by the tasks (``shared_fs``) or sent back to the driver."""
+    ``out``, written by the tasks (``shared_fs``) or sent back to the driver; each job run by ``runner``
+    (mmlib.jobs.run_job)."""
 
     def __init__(self, out: str | Path, address: str | None = None, gpus_per_job: float | None = None,
-                 shared_fs: bool = True):
+                 shared_fs: bool = True, runner: str = "notebook"):
         if gpus_per_job is not None:
             check_gpus_per_job(gpus_per_job)
+        jobs.check_runner(runner)
         self.out, self.address, self.gpus_per_job, self.shared_fs = Path(out).resolve(), address, gpus_per_job, shared_fs
+        self.runner = runner
 
     def run(self, planned: list[jobs.Job], log=print) -> list[tuple[str, Path]]:
         """Run the jobs; returns the failed runs and their notebooks."""
@@ -120,7 +123,7 @@ class RayExecutor:
             task = _run_job.options(num_gpus=self._gpus_per_job())
             if marker is not None:
                 rundir.write_text(marker, "a sweep's workers check that they see this file\n")
-            pending = {task.remote(job, self.out, marker): job for job in planned}
+            pending = {task.remote(job, self.out, marker, self.runner): job for job in planned}
             failures, total, done = [], sum(len(j.run_dirs) for j in planned), itertools.count(1)
             with tqdm(total=total, unit="run", desc="runs", disable=None) as bar:
                 while pending:

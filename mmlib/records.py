@@ -78,10 +78,12 @@ class Records:
             entries.append(entry)
         return entries
 
-    def write(self, run_dirs: list[Path], dataset) -> None:
-        """Each finished run's metrics.json and per_class.csv, then its FINISHED marker."""
+    def write(self, run_dirs: list[Path], dataset, skip: set[int] = frozenset()) -> None:
+        """Each finished run's metrics.json and per_class.csv, then its FINISHED marker (none for the runs in skip)."""
         group_of = {c: g for g, classes in dataset.groups.items() for c in classes}
         for k, run_dir in enumerate(run_dirs):
+            if k in skip:
+                continue
             final, best, history = self.final[k], self.best[k], self.history[k]
             rundir.write_json(run_dir / rundir.METRICS, {
                 "final": final,

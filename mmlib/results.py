@@ -30,8 +30,8 @@ from pathlib import Path
 import pandas as pd
 
 import mmlib.notebook
-from mmlib import jobs, paper, rundir
-from mmlib.config import RESUMABLE_CHANGES, RunConfig
+from mmlib import identity, jobs, paper, rundir
+from mmlib.config import RunConfig
 from mmlib.errors import CorruptFileError
 
 SHORT = "short"  # <results>/short/<table>/...: records of shortened schedules
@@ -42,8 +42,6 @@ EPOCHS = ("final", "best")
 GROUPS = ("many", "medium", "few")
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_error",
                    *(f"{g}_error" for g in GROUPS), "seconds"]
-# Parameters that change how, not what, a run computes, or where its data sat: not part of a record's identity.
-INCIDENTAL = RESUMABLE_CHANGES | {"data_root", "download"}
 SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its cell's
 PROTOCOL_EPOCHS = RunConfig.__dataclass_fields__["epochs"].default
 
@@ -205,10 +203,9 @@ def _conflict(files: dict[str, bytes], target: Path) -> str | None:
         return "other files (no config.json)"
     ours = json.loads(files[rundir.CONFIG])["config"]
     theirs = json.loads(existing[rundir.CONFIG])["config"]
-    differing = sorted(k for k in (set(ours) | set(theirs)) - INCIDENTAL if ours.get(k) != theirs.get(k))
+    differing = identity.differences(theirs, ours)
     if differing:
-        return "a record of another configuration (" + ", ".join(
-            f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing) + ")"
+        return f"a record of another configuration ({identity.describe(differing)}: there -> here)"
     return "a record of the same configuration with other results (another run of it)"
 
 

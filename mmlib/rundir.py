@@ -10,9 +10,11 @@
     metrics.json       final and best epoch results, per-epoch history
     per_class.csv      per-class training count, group, final and best error
     FINISHED           written last: the run is complete
+    FAILED             the run stopped for good: why, at which epoch and step (a diverging run of a fused group)
 """
 
 import contextlib
+import datetime
 import fcntl
 import io
 import json
@@ -39,7 +41,7 @@ CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "per_class.csv",
     "FINISHED",
 )
-PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK = "checkpoint.prev.pt", "checkpoint.json", ".lock"
+PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK, FAILED = "checkpoint.prev.pt", "checkpoint.json", ".lock", "FAILED"
 
 
 class _FdWriter(io.RawIOBase):
@@ -231,3 +233,23 @@ def load_results(run_dir: Path) -> dict:
         "class_counts": read_json(run_dir / COUNTS),
         **read_json(run_dir / METRICS),
     }
+
+
+def mark_failed(run_dir: Path, failure: dict) -> None:
+    """Mark a run failed for good: ``failure`` holds at least "reason"; it stays until retried or moved."""
+    write_json(Path(run_dir) / FAILED, failure)
+
+
+def failure(run_dir: Path) -> dict | None:
+    """Why a run failed (its FAILED marker), None if it has not."""
+    path = Path(run_dir) / FAILED
+    return read_json(path) if path.exists() else None
+
+
+def set_aside(path: Path, why: str) -> Path:
+    """Rename a file or folder to <name>.<why>-<UTC time> beside it (nothing is deleted); returns the new path."""
+    path = Path(path)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    target = path.with_name(f"{path.name}.{why}-{stamp}")
+    os.rename(path, target)
+    return target

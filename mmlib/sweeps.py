@@ -10,9 +10,10 @@ mmlib.ray_backend.RayExecutor: Ray tasks) runs the jobs.
 
 import contextlib
 import itertools
+from dataclasses import dataclass
 from pathlib import Path
 
-from mmlib import jobs, paper, rundir
+from mmlib import identity, jobs, paper, rundir
 from mmlib.config import RunConfig, did_you_mean
 from mmlib.errors import CorruptFileError
 from mmlib.training import fusion_key
@@ -40,43 +41,79 @@ def parse_data_roots(values: list[str] | None) -> dict[str | None, str]:
     return roots
 
 
+@dataclass
+class Plan:
+    """What a sweep will do: its jobs, in the order they run, and the runs it leaves as they are or must ask about."""
+
+    jobs: list[jobs.Job]
+    finished: list[Path]  # finished runs of the planned configuration: skipped
+    failed: list[tuple[str, Path, str]]  # (label, run, why) failed runs (FAILED marker): in jobs only if retried
+    changed: list[tuple[str, Path, str]]  # (label, run, differences) runs of another configuration in a planned folder
+
+
 def plan(table: str, out: str | Path, seeds=(0,), settings=None, methods=None, mm_variants=("equations",),
-         mm_scale=None, data_roots: dict | None = None, overrides: dict | None = None, fuse: int = 1):
-    """The jobs to run and the run directories already finished; every config is validated here."""
+         mm_scale=None, data_roots: dict | None = None, overrides: dict | None = None, fuse: int = 1,
+         retry_failed: bool = False) -> Plan:
+    """Every (cell, seed) of the table as jobs, seed-major: seed 0 of every cell before seed 1, fused groups
+    filled within the lowest seed first, so that an interrupted sweep leaves whole tables of fewer seeds.
+
+    Every config is validated here. A run folder already holding a run (finished, or interrupted with a
+    checkpoint) is compared with the planned configuration (mmlib.identity): a run of other parameters
+    goes to ``changed`` (and into a job, to train anew once the sweep has moved it aside), one of the same
+    is skipped when finished and resumed otherwise. A failed run is left alone unless ``retry_failed`` (then
+it resumes from its last good checkpoint).
+    """
     if fuse < 1:
         raise ValueError(f"fuse must be >= 1, got {fuse}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct integers, got {list(seeds)}")
     data_roots = {k: str(Path(v).resolve()) for k, v in (data_roots or {}).items()}
     out = Path(out).resolve()
-    check_overrides(overrides or {}, paper.cells(table, settings, methods, mm_variants, mm_scale))
-    pending, finished = [], []
-    for cell, seed in itertools.product(paper.cells(table, settings, methods, mm_variants, mm_scale), seeds):
+    cells = paper.cells(table, settings, methods, mm_variants, mm_scale)
+    check_overrides(overrides or {}, cells)
+    result = Plan([], [], [], [])
+    pending = []
+    for seed, cell in itertools.product(seeds, cells):
         run_dir = cell.path(out) / f"seed{seed}"
-        if rundir.is_finished(run_dir):
-            finished.append(run_dir)
-            continue
         root = data_roots.get(cell.setting.name, data_roots.get(cell.setting.dataset, data_roots.get(None)))
         params = cell.run_params(**{"quiet": True, **(overrides or {})}, seed=seed, **({"data_root": root} if root else {}))
         config = RunConfig.from_dict(params)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
-        pending.append((fusion_key(config), _planned_epoch(run_dir), label, run_dir, params))
-    planned = []
-    for (_, epoch), group in itertools.groupby(sorted(pending, key=lambda p: p[:2]), key=lambda p: p[:2]):
-        group = list(group)
-        for start in range(0, len(group), fuse if epoch >= 0 else 1):
-            chunk = group[start:start + fuse]
-            planned.append(jobs.Job([c[2] for c in chunk], [c[3] for c in chunk], [c[4] for c in chunk]))
-    return planned, finished
+        epoch, recorded = _recorded(run_dir)
+        changed = recorded is not None and identity.differences(recorded, config.resolve().to_dict())
+        if changed:
+            result.changed.append((label, run_dir, identity.describe(changed)))
+            epoch = 0
+        elif rundir.is_finished(run_dir):
+            result.finished.append(run_dir)
+            continue
+        elif rundir.failure(run_dir) is not None:
+            result.failed.append((label, run_dir, rundir.failure(run_dir)["reason"]))
+            if not retry_failed:
+                continue
+        pending.append((fusion_key(config), epoch, label, run_dir, params))
+    groups = {}  # (fusion key, epoch) -> runs, in seed-major order
+    for run in pending:
+        groups.setdefault(run[:2], []).append(run)
+    chunks = [group[start:start + size] for (_, epoch), group in groups.items()
+              for size in [fuse if epoch >= 0 else 1] for start in range(0, len(group), size)]
+    order = {run[3]: i for i, run in enumerate(pending)}  # a job runs when its first run's turn comes
+    for chunk in sorted(chunks, key=lambda chunk: order[chunk[0][3]]):
+        result.jobs.append(jobs.Job([c[2] for c in chunk], [c[3] for c in chunk], [c[4] for c in chunk]))
+    return result
 
 
-def _planned_epoch(run_dir: Path) -> int:
-    """The epoch a run resumes from, for grouping; -1 if its directory is unusable: it then runs alone,
-    so that its notebook fails with the reason and the others are not held back."""
-    with contextlib.suppress(OSError, CorruptFileError):
+def _recorded(run_dir: Path) -> tuple[int, dict | None]:
+    """(the epoch a run resumes from, the configuration it was trained with) of a run folder: (0, None) if it
+    holds none; a finished run's from config.json, an interrupted one's from its checkpoint. The epoch is -1
+    if the folder is unusable: the run then trains alone, so that its notebook fails with the reason and
+    the others are not held back."""
+    with contextlib.suppress(OSError, CorruptFileError, KeyError, TypeError):
+        if rundir.is_finished(run_dir):
+            return 0, rundir.read_json(run_dir / rundir.CONFIG)["config"]
         info = rundir.checkpoint_info(run_dir)
-        return 0 if info is None else info["epoch"]
-    return -1
+        return (0, None) if info is None else (info["epoch"], info["config"])
+    return -1, None
 
 
 def check_overrides(overrides: dict, cells: list[paper.Cell]) -> None:
@@ -94,22 +131,38 @@ def check_overrides(overrides: dict, cells: list[paper.Cell]) -> None:
 
 def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, methods=None, mm_variants=("equations",),
           mm_scale=None, data_roots=None, overrides=None, fuse: int = 1, executor=None, dry_run=False,
-          log=print) -> list:
+          rerun_changed: bool = False, retry_failed: bool = False, log=print) -> list:
     """Plan, then run a table's cells with ``executor`` (default: mmlib.jobs.LocalExecutor, one worker);
-    returns the failed runs (label, notebook path)."""
-    if not jobs.TRAIN_NOTEBOOK.exists():
-        raise FileNotFoundError(f"{jobs.TRAIN_NOTEBOOK} not found: sweeps execute the repository's notebooks, so "
-                                "install mmlib from a checkout (pip install -e .)")
-    planned, finished = plan(table, out, seeds, settings, methods, mm_variants, mm_scale, data_roots, overrides, fuse)
-    runs = sum(len(j.run_dirs) for j in planned)
-    log(f"{table}: {runs} runs to do in {len(planned)} notebooks, {len(finished)} finished runs skipped")
+    returns the runs that are not finished at the end (label, notebook path): failed now, or before and not retried.
+
+    Runs of other parameters in the planned folders stop the sweep before anything trains, unless
+    ``rerun_changed``: each is then moved aside (<run>.replaced-<UTC time>, never deleted) and trained anew.
+    """
+    planned = plan(table, out, seeds, settings, methods, mm_variants, mm_scale, data_roots, overrides, fuse, retry_failed)
+    if planned.changed and not rerun_changed:
+        raise ValueError("\n".join(
+            [f"{len(planned.changed)} planned runs were trained with other parameters (recorded -> planned):"]
+            + [f"  {run_dir}: {differences}" for _, run_dir, differences in planned.changed]
+            + ["give another --out, or --rerun-changed to move them aside (<run>.replaced-<UTC time>) and train "
+               "them anew"]))
+    runs = sum(len(j.run_dirs) for j in planned.jobs)
+    log(f"{table}: {runs} runs to do in {len(planned.jobs)} notebooks, {len(planned.finished)} finished runs skipped")
+    left = [] if retry_failed else planned.failed
+    for label, run_dir, why in planned.failed:
+        log(f"{label}: failed before ({why}); " + ("retried from its last checkpoint" if retry_failed else
+                                                   "not retried (--retry-failed retries it)"))
     if dry_run:
-        for job in planned:
+        for job in planned.jobs:
             log(("fused: " if len(job.labels) > 1 else "") + " | ".join(job.labels))
         return []
-    failures = (executor or jobs.LocalExecutor()).run(planned, log=log)
+    for _, run_dir, _ in planned.changed:
+        log(f"moved {run_dir} aside to {rundir.set_aside(run_dir, 'replaced')}: it was trained with other parameters")
+    for _, run_dir, _ in planned.failed if retry_failed else ():
+        rundir.set_aside(run_dir / rundir.FAILED, "retried")
+    failures = (executor or jobs.LocalExecutor()).run(planned.jobs, log=log)
+    failures += [(label, run_dir / jobs.OUTPUT_NOTEBOOK) for label, run_dir, _ in left]
     if failures:
-        log(f"{len(failures)} runs failed:")
+        log(f"{len(failures)} runs are not finished:")
         for label, notebook in failures:
             log(f"  {label}: {jobs.failure_reason(notebook.parent)} (see {notebook})")
     return failures

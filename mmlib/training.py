@@ -22,8 +22,8 @@ import torch
 from tqdm.auto import tqdm
 
 import mmlib
-from mmlib import rundir
-from mmlib.config import RESUMABLE_CHANGES, RunConfig
+from mmlib import identity, rundir
+from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError
 from mmlib.imbalance import ImbalancedDataset
@@ -59,7 +59,9 @@ def run(config: RunConfig | dict, run_dir: str | Path) -> dict:
 def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> list[dict]:
     """Train several runs as one fused model; finished runs are skipped, interrupted ones resumed.
 
-    Each unfinished run directory is locked (rundir.locked) before anything is written into it.
+    Each unfinished run directory is locked (rundir.locked) before anything is written into it. A run whose
+    loss goes non-finite is marked failed (rundir.FAILED) and the others train to the end; then
+    NonFiniteLossError names the failed ones. A run marked failed is refused until its marker is removed.
     """
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
     configs = [c.resolve() for c in configs]
@@ -67,6 +69,11 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
     _check_group(configs, run_dirs)
     device = select_device(configs[0].device)
     resolve_compile(configs[0].compile, device)  # a mode this device cannot run fails before anything is written
+    for d in run_dirs:
+        failure = rundir.failure(d)
+        if failure is not None:
+            raise NonFiniteLossError(f"{d} failed before: {failure['reason']}. To retry it from its last checkpoint, "
+                                     f"delete {d / rundir.FAILED} (a sweep: --retry-failed)")
     with contextlib.ExitStack() as locks:
         for d in run_dirs:
             if not rundir.is_finished(d):
@@ -80,8 +87,14 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
             for i in pending:  # runs fuse only when they resume from the same epoch
                 rundir.remove_stale_temp_files(run_dirs[i])
                 by_epoch.setdefault(epochs[i], []).append(i)
+            diverged = []
             for group in by_epoch.values():
-                _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device).train()
+                try:
+                    _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device).train()
+                except NonFiniteLossError as err:  # the other groups train all the same
+                    diverged.append(str(err))
+            if diverged:
+                raise NonFiniteLossError("; ".join(diverged))
     return [rundir.load_results(d) for d in run_dirs]
 
 
@@ -130,12 +143,11 @@ def _resumable_epoch(config: RunConfig, run_dir: Path) -> int:
 
 
 def _refuse_other_parameters(before: dict, config: RunConfig, source: Path) -> None:
-    after = config.to_dict()
-    changed = [k for k in after if k not in RESUMABLE_CHANGES and before.get(k) != after[k]]
+    changed = identity.differences(before, config.to_dict())
     if changed:
-        details = ", ".join(f"{k}: {before.get(k)!r} -> {after[k]!r}" for k in changed)
-        raise ValueError(f"{source.parent} holds a run with other parameters ({details}; recorded in {source.name}); "
-                         f"give another run_dir (only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume)")
+        raise ValueError(f"{source.parent} holds a run with other parameters ({identity.describe(changed)}; recorded "
+                         f"in {source.name}); give another run_dir (only {', '.join(sorted(identity.INCIDENTAL))} may "
+                         "change on resume)")
 
 
 def _environment(device: torch.device) -> dict:
@@ -239,8 +251,10 @@ class _Group:
         self.counts = dataset.cls_num_list
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.first.bf16)
         self.channels_last = self.first.channels_last
+        self.diverged: dict[int, str] = {}  # run -> why it stopped (FAILED): it trains on, unrecorded
 
     def train(self) -> None:
+        """Train the runs to their last epoch; raises NonFiniteLossError, once the others are finished, if any diverged."""
         first = self.first
         with _determinism(first.deterministic, self.device):
             self._build()
@@ -254,7 +268,7 @@ class _Group:
                 start = time.perf_counter()
                 lr = self._schedule(epoch)
                 losses, train_errors, bad_steps = self.step.epoch(progress.step)
-                self._stop_if_non_finite(epoch, losses, bad_steps)
+                self._drop_diverged(epoch, losses, bad_steps)
                 confusions, plain = self._evaluate() if due(epoch, first.eval_every, first.epochs) else (None, None)
                 entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, confusions, plain)
                 tensorboard.add(entries)
@@ -263,7 +277,9 @@ class _Group:
                 progress.epoch_done(lr, losses, entries)
             progress.close()
             tensorboard.close()
-            self.records.write(self.run_dirs, self.dataset)
+            self.records.write(self.run_dirs, self.dataset, skip=set(self.diverged))
+        if self.diverged:
+            raise NonFiniteLossError("; ".join(self.diverged.values()))
 
     def _build(self) -> None:
         """Data on the device; the fused model from each run's own initialisation; optimizer, streams, losses."""
@@ -351,6 +367,8 @@ class _Group:
         models = split_state_dict(self.model.state_dict(), runs)
         optimizers = split_optimizer_state(self.optimizer.state_dict(), runs)
         for k, run_dir in enumerate(self.run_dirs):
+            if k in self.diverged:  # its last checkpoint before it diverged stays
+                continue
             rundir.save_checkpoint(run_dir, {
                 "config": self.configs[k].to_dict(),
                 "model": models[k],
@@ -362,13 +380,21 @@ class _Group:
             })
         self.checkpointed_epoch = self.records.epoch
 
-    def _stop_if_non_finite(self, epoch: int, losses: list[float], bad_steps: list[int]) -> None:
+    def _drop_diverged(self, epoch: int, losses: list[float], bad_steps: list[int]) -> None:
+        """Mark each run whose loss went non-finite this epoch failed (its FAILED marker says where; its last
+        checkpoint is kept) and let the others train on: runs of a fused model share no computation, so
+        the diverged run's values never reach theirs. Raises once no run is left."""
         for k, (loss, step) in enumerate(zip(losses, bad_steps)):
-            if step >= 0 or not math.isfinite(loss):
-                kept = ("no checkpoint was written yet" if self.checkpointed_epoch is None else
-                        f"its last checkpoint (after epoch {self.checkpointed_epoch}) is kept")
-                raise NonFiniteLossError(
-                    f"non-finite loss in run {self.run_dirs[k]} ({self.configs[k].method}) at epoch {epoch + 1}, "
-                    f"step {step + 1} of {math.ceil(len(self.dataset.train_labels) / self.first.batch_size)}; "
-                    f"{kept}. Try a lower lr (or check the data), in another run_dir"
-                )
+            if k in self.diverged or (step < 0 and math.isfinite(loss)):
+                continue
+            kept = ("no checkpoint was written yet" if self.checkpointed_epoch is None else
+                    f"its last checkpoint (after epoch {self.checkpointed_epoch}) is kept")
+            self.diverged[k] = (
+                f"non-finite loss in run {self.run_dirs[k]} ({self.configs[k].method}) at epoch {epoch + 1}, "
+                f"step {step + 1} of {math.ceil(len(self.dataset.train_labels) / self.first.batch_size)}; "
+                f"{kept}. Try a lower lr (or check the data), in another run_dir"
+            )
+            rundir.mark_failed(self.run_dirs[k], {"reason": self.diverged[k], "epoch": epoch + 1, "step": step + 1,
+                                                  "checkpoint_epoch": self.checkpointed_epoch})
+        if len(self.diverged) == len(self.configs):
+            raise NonFiniteLossError("; ".join(self.diverged.values()))

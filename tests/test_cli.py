@@ -44,10 +44,10 @@ def plan(tmp_path, **overrides):
 
 
 def test_every_set_key_that_is_a_run_parameter_works(tmp_path):
-    (job,), _ = plan(tmp_path, quiet=False, data_seed=7, bf16=True, download=True)
+    (job,) = plan(tmp_path, quiet=False, data_seed=7, bf16=True, download=True).jobs
     assert {k: job.params[0][k] for k in ("quiet", "data_seed", "bf16", "download")} == {
         "quiet": False, "data_seed": 7, "bf16": True, "download": True}
-    (job,), _ = plan(tmp_path)
+    (job,) = plan(tmp_path).jobs
     assert job.params[0]["quiet"] is True  # the sweep's default: notebooks run headless
 
 

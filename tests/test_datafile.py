@@ -121,7 +121,7 @@ def test_sweeps_take_a_file_per_setting(tmp_path):
     (tmp_path / "c10").mkdir()
     (tmp_path / "lt100.npz").touch()  # only its existence is checked when planning
     roots = {key: str(tmp_path / value.lstrip("/")) for key, value in roots.items()}
-    jobs, _ = sweeps.plan("table1", tmp_path / "runs", methods=["erm"], data_roots=roots)
+    jobs = sweeps.plan("table1", tmp_path / "runs", methods=["erm"], data_roots=roots).jobs
     by_setting = {job.labels[0].split()[1]: job.params[0]["data_root"] for job in jobs}
     assert by_setting["cifar10-exp-100"] == str(tmp_path / "lt100.npz")
     assert by_setting["cifar10-exp-10"] == str(tmp_path / "c10")

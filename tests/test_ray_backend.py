@@ -79,7 +79,7 @@ def files(run_dir: Path) -> set[str]:
 @needs_ray
 def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures(ray_instance, local_runs, tmp_path):
     out = tmp_path / "runs"
-    jobs, _ = sweeps.plan("quick", out, seeds=[0, 1], **ERM_MM)
+    jobs = sweeps.plan("quick", out, seeds=[0, 1], **ERM_MM).jobs
     erm0, erm1, mm0, mm1 = sorted((d for j in jobs for d in j.run_dirs), key=str)
 
     # erm seed 0 was interrupted after one of its two epochs (in this process, on one thread as the workers).

@@ -218,7 +218,7 @@ PLAN = dict(settings=["digits-step-10"], methods=["erm"], fuse=3,
 
 
 def test_planning_reads_the_epoch_without_loading_checkpoints_and_survives_corrupt_ones(tmp_path, monkeypatch):
-    jobs, _ = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN)
+    jobs = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN).jobs
     assert [len(j.run_dirs) for j in jobs] == [3]
     seed0, seed1, seed2 = jobs[0].run_dirs
     training.run(jobs[0].params[0], seed0)
@@ -232,14 +232,14 @@ def test_planning_reads_the_epoch_without_loading_checkpoints_and_survives_corru
     monkeypatch.setattr(torch, "load", no_load)
     assert rundir.checkpoint_info(seed0)["epoch"] == 2
     monkeypatch.undo()
-    jobs, _ = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN)
+    jobs = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN).jobs
     assert sorted([d.name for d in j.run_dirs] for j in jobs) == [["seed0"], ["seed1"], ["seed2"]]
     os.utime(seed0 / rundir.CHECKPOINT)  # checkpoint.json no longer describes it: the checkpoint is read
     assert rundir.checkpoint_info(seed0)["epoch"] == 2
 
 
 def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
-    jobs, _ = sweeps.plan("quick", tmp_path, seeds=[0], **PLAN)
+    jobs = sweeps.plan("quick", tmp_path, seeds=[0], **PLAN).jobs
     run_dir = jobs[0].run_dirs[0]
     holder = start(f"import time\nfrom mmlib import rundir\nwith rundir.locked({str(run_dir)!r}):\n"
                    "    print('held', flush=True)\n    time.sleep(120)", tmp_path)

@@ -101,7 +101,7 @@ def test_a_record_of_another_configuration_is_kept_unless_replace(tmp_path):
     refused = results.collect(tmp_path / "other", tmp_path / "results")
 
     [(_, why)] = refused.conflicting
-    assert "another configuration (beta: 1.5 there, 1.7 here)" in why and "--replace" in why
+    assert "another configuration (beta: 1.5 -> 1.7: there -> here)" in why and "--replace" in why
     assert (record / "metrics.json").read_bytes() == kept
     replaced = results.collect(tmp_path / "other", tmp_path / "results", replace=True)
     assert len(replaced.written) == 1

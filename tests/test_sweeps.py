@@ -22,22 +22,32 @@ def quick_plan(out, **kwargs):
 
 
 def test_plan_covers_cells_times_seeds_with_validated_parameters(tmp_path):
-    jobs, finished = quick_plan(tmp_path, seeds=[0, 1, 2], mm_variants=("equations", "released"))
-    assert finished == [] and len(jobs) == 3 * 3  # erm, mm-drw, mm-drw-released; no fusion by default
+    planned = quick_plan(tmp_path, seeds=[0, 1, 2], mm_variants=("equations", "released"))
+    jobs = planned.jobs
+    assert planned.finished == planned.changed == planned.failed == [] and len(jobs) == 3 * 3  # no fusion by default
     dirs = {d.relative_to(tmp_path).as_posix() for j in jobs for d in j.run_dirs}
     assert "quick/digits-step-10/mm-drw-released/seed2" in dirs
     params = next(j.params[0] for j in jobs if str(j.run_dirs[0]).endswith("mm-drw-released/seed2"))
     assert (params["mm_variant"], params["seed"], params["arch"], params["quiet"]) == ("released", 2, "resnet8", True)
 
 
-def test_plan_fuses_runs_of_one_setting_that_share_everything_but_seeds_and_loss(tmp_path):
-    jobs, _ = quick_plan(tmp_path, seeds=[0, 1, 2], mm_variants=("equations", "released"), fuse=4)
-    sizes = sorted(len(j.run_dirs) for j in jobs)
-    assert sizes == [3, 4, 2] or sizes == [2, 3, 4]  # erm's 3 seeds; the 6 MM runs (both variants) in 4 + 2
-    mm_job = next(j for j in jobs if len(j.run_dirs) == 4)
+def test_plan_fuses_runs_of_one_setting_that_share_everything_but_seeds_and_loss_seed_major(tmp_path):
+    jobs = quick_plan(tmp_path, seeds=[0, 1, 2], mm_variants=("equations", "released"), fuse=4).jobs
+    # erm's 3 seeds; the 6 MM runs (both variants), filled within the lowest seed first: 4 (seeds 0, 0, 1, 1) + 2
+    assert [[label.rsplit(" ", 2)[1:] for label in job.labels] for job in jobs] == [
+        [["erm", "seed0"], ["erm", "seed1"], ["erm", "seed2"]],
+        [["mm-drw", "seed0"], ["mm-drw-released", "seed0"], ["mm-drw", "seed1"], ["mm-drw-released", "seed1"]],
+        [["mm-drw", "seed2"], ["mm-drw-released", "seed2"]],
+    ]
+    mm_job = jobs[1]
     assert {p["method"] for p in mm_job.params} == {"mm-drw"}
     parameters = mm_job.notebook_parameters()
     assert len(parameters["fused_runs"]) == 3 and parameters["run_dir"] == str(mm_job.run_dirs[0])
+
+
+def test_unfused_plans_run_seed_0_of_every_cell_first(tmp_path):
+    jobs = quick_plan(tmp_path, seeds=[0, 1]).jobs
+    assert [job.labels[0].split(" ", 2)[2] for job in jobs] == ["erm seed0", "mm-drw seed0", "erm seed1", "mm-drw seed1"]
 
 
 def test_plan_fails_before_any_work_on_bad_input(tmp_path):
@@ -58,14 +68,14 @@ def test_data_roots_per_dataset(tmp_path):
     (tmp_path / "c10").mkdir()
     (tmp_path / "c100").mkdir()
     roots = {"cifar10": str(tmp_path / "c10"), "cifar100": str(tmp_path / "c100")}
-    jobs, _ = sweeps.plan("table1", tmp_path / "runs", settings=["cifar10-exp-100", "cifar100-exp-100"],
-                          methods=["erm"], data_roots=roots)
+    jobs = sweeps.plan("table1", tmp_path / "runs", settings=["cifar10-exp-100", "cifar100-exp-100"],
+                       methods=["erm"], data_roots=roots).jobs
     assert {j.params[0]["dataset"]: j.params[0]["data_root"] for j in jobs} == roots
 
 
 def test_sweep_runs_notebooks_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path, monkeypatch):
     out = tmp_path / "runs"
-    jobs, _ = quick_plan(out, seeds=[0, 1])
+    jobs = quick_plan(out, seeds=[0, 1]).jobs
     erm0, erm1, mm0, mm1 = sorted((d for j in jobs for d in j.run_dirs), key=str)
 
     # erm seed 0 was interrupted after one of its two epochs.
@@ -126,7 +136,7 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
         return subprocess.CompletedProcess(command, 0, "", "")
 
     monkeypatch.setattr(mmlib.notebook.subprocess, "run", fake_run)  # the notebook runner sweeps call
-    jobs, _ = quick_plan(tmp_path, seeds=[0, 1, 2])
+    jobs = quick_plan(tmp_path, seeds=[0, 1, 2]).jobs
     failures = LocalExecutor([0, 1]).run(jobs, log=lambda line: None)
     assert set(seen) == {"0", "1"} and len(seen) == len(jobs)
     assert len(failures) == len(jobs)  # the fake ran nothing, so no run finished
@@ -150,3 +160,75 @@ def test_cli_sweep_without_data_is_one_clear_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mmlib", "sweep", "table1", "--out", str(tmp_path), "--dry-run"],
                           capture_output=True, text=True)
     assert done.returncode == 3 and done.stderr.startswith("error: no data root given")
+
+
+# --- a run's identity is its configuration; failed runs stay failed until retried ---------------------------
+
+ERM = dict(settings=["digits-step-10"], methods=["erm"])
+IN_PROCESS = LocalExecutor(runner="python")  # python -m mmlib.jobs: the same training, no notebook kernel
+
+
+def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed_replaces_the_old_runs(tmp_path):
+    out = tmp_path / "runs"
+    smoke = {**TINY, "epochs": 1}
+    assert sweeps.sweep("quick", out, [0, 1], **ERM, overrides=smoke, executor=IN_PROCESS, log=print) == []
+    seed0, seed1 = (out / "quick" / "digits-step-10" / "erm" / f"seed{k}" for k in (0, 1))
+    (seed1 / rundir.FINISHED).unlink()  # seed 1 now reads as interrupted after its one epoch: resumable
+    before = {p: p.read_bytes() for d in (seed0, seed1) for p in d.rglob("*") if p.is_file()}
+
+    with pytest.raises(ValueError) as refused:
+        sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, executor=IN_PROCESS, log=print)
+    assert str(refused.value).splitlines() == [
+        "2 planned runs were trained with other parameters (recorded -> planned):",
+        f"  {seed0}: epochs: 1 -> 2, lr_milestones: [] -> [1], switch_epoch: 0 -> 1, ssp_epochs: 1 -> 2",
+        f"  {seed1}: epochs: 1 -> 2, lr_milestones: [] -> [1], switch_epoch: 0 -> 1, ssp_epochs: 1 -> 2",
+        "give another --out, or --rerun-changed to move them aside (<run>.replaced-<UTC time>) and train them anew",
+    ]
+    lines = []
+    sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, dry_run=True, rerun_changed=True, log=lines.append)
+    assert lines[0] == "quick: 2 runs to do in 2 notebooks, 0 finished runs skipped"
+    assert before == {p: p.read_bytes() for d in (seed0, seed1) for p in d.rglob("*") if p.is_file()}  # untouched
+
+    lines.clear()
+    assert sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, executor=IN_PROCESS, rerun_changed=True,
+                        log=lines.append) == []
+    for run_dir in (seed0, seed1):
+        [old] = run_dir.parent.glob(f"{run_dir.name}.replaced-*")
+        assert any(line == f"moved {run_dir} aside to {old}: it was trained with other parameters" for line in lines)
+        assert {p: b for p, b in before.items() if p.is_relative_to(run_dir)} == {
+            run_dir / p.relative_to(old): p.read_bytes() for p in old.rglob("*") if p.is_file()}  # kept whole
+        assert rundir.load_results(run_dir)["config"]["config"]["epochs"] == 2  # trained anew
+        assert (run_dir / "train.log").exists() and not (run_dir / "train.ipynb").exists()
+    lines.clear()
+    sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, executor=IN_PROCESS, log=lines.append)
+    assert lines == ["quick: 0 runs to do in 0 notebooks, 2 finished runs skipped"]
+
+
+def test_a_diverging_run_fails_alone_and_is_left_alone_until_retried(tmp_path):
+    """ldam-drw fused with an MM run whose scale overflows float32 (its loss is NaN from the first step)."""
+    out = tmp_path / "runs"
+    both = dict(settings=["digits-exp-10"], methods=["ldam-drw", "mm-drw"], mm_scale=1e39, overrides={**TINY, "epochs": 1},
+                fuse=2, executor=IN_PROCESS)
+    lines = []
+    failures = sweeps.sweep("quick", out, [0], **both, log=lines.append)
+    ldam, mm = out / "quick" / "digits-exp-10" / "ldam-drw" / "seed0", out / "quick" / "digits-exp-10" / "mm-drw-s1e+39" / "seed0"
+    assert lines[0] == "quick: 2 runs to do in 1 notebooks, 0 finished runs skipped"
+    assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.ipynb")]
+    assert rundir.is_finished(ldam) and not rundir.is_finished(mm)
+    reason = rundir.failure(mm)["reason"]
+    assert reason.startswith(f"non-finite loss in run {mm} (mm-drw) at epoch 1, step 1 of ")
+    assert any(line.startswith("[1/2] quick digits-exp-10 ldam-drw seed0: final ") and "notebook" not in line
+               for line in lines)
+    assert f"[2/2] quick digits-exp-10 mm-drw-s1e+39 seed0: FAILED: {reason} (see {mm / 'train.ipynb'})" in lines
+    assert lines[-1] == f"  quick digits-exp-10 mm-drw-s1e+39 seed0: {reason} (see {mm / 'train.ipynb'})"
+
+    lines.clear()
+    failures = sweeps.sweep("quick", out, [0], **both, log=lines.append)
+    assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.ipynb")]
+    assert lines[:2] == ["quick: 0 runs to do in 0 notebooks, 1 finished runs skipped",
+                         f"quick digits-exp-10 mm-drw-s1e+39 seed0: failed before ({reason}); not retried "
+                         "(--retry-failed retries it)"]
+    lines.clear()
+    sweeps.sweep("quick", out, [0], **both, retry_failed=True, log=lines.append)
+    assert lines[0] == "quick: 1 runs to do in 1 notebooks, 1 finished runs skipped"
+    assert len(list(mm.glob("FAILED.retried-*"))) == 1 and rundir.failure(mm) is not None  # it diverged again

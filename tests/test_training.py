@@ -236,6 +236,44 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_
         training.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
     assert torch.load(tmp_path / "r" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 1
     assert not rundir.is_finished(tmp_path / "r")
+    failure = rundir.failure(tmp_path / "r")
+    assert (failure["epoch"], failure["step"], failure["checkpoint_epoch"]) == (2, 2, 1)
+    with pytest.raises(training.NonFiniteLossError, match=r"failed before: non-finite loss .* To retry it from its last "
+                                                          r"checkpoint, delete .*FAILED \(a sweep: --retry-failed\)"):
+        training.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
+
+
+def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it_would_alone(tmp_path, monkeypatch):
+    """erm fused with focal, focal's loss poisoned from its 6th step on: erm finishes as if trained alone (within
+    the fused path's tolerance, as in the test below), focal is marked failed and keeps its epoch-1 checkpoint."""
+    from mmlib import losses
+
+    schedule = dict(epochs=3, lr=0.01, warmup_epochs=0, lr_milestones=[2], checkpoint_every=1)
+    real_forward, calls = losses.FocalLoss.forward, []
+
+    def poisoned(self, logits, target):
+        calls.append(1)
+        out = real_forward(self, logits, target)
+        return out * float("nan") if len(calls) > 5 else out  # 4 steps an epoch: from epoch 2, step 2 on
+
+    monkeypatch.setattr(losses.FocalLoss, "forward", poisoned)
+    with pytest.raises(training.NonFiniteLossError, match=r"non-finite loss in run .*f1 \(focal\) at epoch 2, step 2"):
+        training.run_many([quick(method="erm", **schedule), quick(method="focal", **schedule)],
+                          [tmp_path / "f0", tmp_path / "f1"])
+    monkeypatch.undo()
+    assert rundir.failure(tmp_path / "f1")["checkpoint_epoch"] == 1 and not rundir.is_finished(tmp_path / "f1")
+    assert torch.load(tmp_path / "f1" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 1
+    fused = rundir.load_results(tmp_path / "f0")
+    alone = training.run(quick(method="erm", **schedule), tmp_path / "alone")
+    assert [h["epoch"] for h in fused["history"]] == [1, 2, 3]
+    for a, b in zip(fused["history"], alone["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+    assert fused["final"]["confusion"] == alone["final"]["confusion"]
+    state_f = torch.load(tmp_path / "f0" / rundir.CHECKPOINT, weights_only=False)["model"]
+    state_a = torch.load(tmp_path / "alone" / rundir.CHECKPOINT, weights_only=False)["model"]
+    for name in state_a:
+        assert torch.isfinite(state_f[name]).all(), name
+        torch.testing.assert_close(state_f[name], state_a[name], rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize(
