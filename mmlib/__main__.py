@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="where tables, figures and reproduction.md go (default: the checkout's figures/)")
     report.add_argument("--tables", nargs="+", choices=[t for t in paper.TABLES if t != "quick"],
                         help="only these tables (default: all but quick)")
+    report.add_argument("--protocol", nargs="+", type=_key_value, default=None, metavar="KEY=VALUE",
+                        help="run parameters the runs took beyond their cells', e.g. epochs=30 to report a shortened "
+                             "sweep (default: each table's protocol; runs of other parameters are left out and listed)")
     return parser
 
 
@@ -223,7 +226,11 @@ def _sweep(args) -> int:
             sweeps.parse_data_roots(args.data_root), overrides, fuse, executor, args.dry_run,
             rerun_changed=args.rerun_changed, retry_failed=args.retry_failed,
         )
-    failed_reports = sweeps.report_quick(out) if args.preset == "quick" and not args.dry_run else []
+    failed_reports = []
+    if args.preset == "quick" and not args.dry_run:
+        from mmlib import reports
+
+        failed_reports = reports.report_quick(out, protocol=overrides)
     return 1 if failures or failed_reports else 0
 
 
@@ -255,7 +262,8 @@ def _collect(args) -> int:
 def _report(args) -> int:
     from mmlib import reports
 
-    failed = reports.report(args.results, args.out, args.tables or reports.REPORT_TABLES)
+    failed = reports.report(args.results, args.out, args.tables or reports.REPORT_TABLES,
+                            protocol=None if args.protocol is None else dict(args.protocol))
     return 1 if failed else 0
 
 

@@ -16,42 +16,68 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib import paper, results, rundir
-from mmlib.config import MM_VARIANTS
+from mmlib import identity, paper, results, rundir
+from mmlib.config import MM_VARIANTS, RunConfig
 from mmlib.results import EPOCHS, GROUPS
 
 COLUMNS = [
     "table", "setting", "setting_label", "method", "row", "variant", "run_name", "beta", "delta_neg", "seeds",
     "final_mean", "final_std", "best_mean", "best_std", "many_mean", "medium_mean", "few_mean", "paper", "diff",
-    "note",
+    "note", "left_out",
 ]
 NOTE_SEPARATOR = " | "  # between a cell's notes in the "note" column
 
 
-def finished_runs(cell: paper.Cell, results_root) -> list[dict]:
-    """``results.load`` (without history and confusion) of every finished seed<k> folder of the cell
-    (a record or a run), in seed order."""
+@dataclasses.dataclass
+class CellRuns:
+    """A cell's seeds: the finished runs of its protocol configuration, and those its folder holds that are not."""
+
+    runs: list[dict]  # results.load (without history and confusion) of each seed, in seed order
+    left_out: list[tuple[Path, str]]  # (run folder, how it departs from the cell's protocol)
+
+
+def cell_runs(cell: paper.Cell, results_root, protocol: dict | None = None) -> CellRuns:
+    """The finished seed<k> folders of the cell (records or runs) that are its seeds, and those that are another
+    experiment (mmlib.identity.departures: trained with other parameters), in seed order: the one rule that
+    decides what a table, a figure and a comparison count. ``protocol``: run parameters the seeds took beyond
+    the cell's (default: its table's protocol, paper.PROTOCOLS), e.g. {"epochs": 30} to gather a shortened sweep."""
     folder = cell.path(results_root)
+    found = CellRuns([], [])
     if not folder.is_dir():
-        return []
+        return found
     seeds = sorted(
         (int(match.group(1)), path)
         for path in folder.iterdir()
         if (match := results.SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
     )
-    return [results.load(path, details=False) for _, path in seeds]
+    for seed, path in seeds:
+        run = results.load(path, details=False)
+        departed = identity.departures(cell, run["config"]["config"], seed, protocol)
+        if departed:
+            found.left_out.append((path, identity.describe(departed) + " (the run's -> the cell's)"))
+        else:
+            found.runs.append(run)
+    return found
 
 
-def gather(table: str, results_root=None, settings=None, methods=None, mm_variants=MM_VARIANTS) -> pd.DataFrame:
+def finished_runs(cell: paper.Cell, results_root, protocol: dict | None = None) -> list[dict]:
+    """The cell's seeds (cell_runs(...).runs)."""
+    return cell_runs(cell, results_root, protocol).runs
+
+
+def gather(table: str, results_root=None, settings=None, methods=None, mm_variants=MM_VARIANTS,
+           protocol: dict | None = None) -> pd.DataFrame:
     """One row per cell of ``paper.cells(table, ...)`` (columns: COLUMNS), from the finished runs under
     results_root (default: the repository's results/; a runs/ folder reads the same).
 
     Every MM variant is collected by default so that runs of either show up; cells without a finished
-    run are kept with seeds=0 and NaN numbers, so that a missing cell shows as missing.
+    run are kept with seeds=0 and NaN numbers, so that a missing cell shows as missing. Runs of other
+    parameters in a cell's folder are not counted: its "left_out" column names each and how it departs.
+    ``protocol``: as cell_runs'.
     """
     root = existing_folder(results_root)
     cells = paper.cells(table, settings, methods, mm_variants)
-    return pd.DataFrame([_summary(cell, finished_runs(cell, root)) for cell in cells], columns=COLUMNS)
+    return pd.DataFrame([_summary(cell, cell_runs(cell, root, protocol)) for cell in cells], columns=COLUMNS)
 
 
 def existing_folder(path) -> Path:
@@ -74,8 +100,9 @@ def row_label(cell: paper.Cell) -> str:
     return cell.label + (" [equations]" if equations else "")
 
 
-def _summary(cell: paper.Cell, runs: list[dict]) -> dict:
+def _summary(cell: paper.Cell, found: CellRuns) -> dict:
     """The COLUMNS of one cell: its identity, then mean/std over its runs, the paper's error and the difference."""
+    runs = found.runs
     final_mean, final_std = _mean_std([r["final"]["error"] for r in runs])
     best_mean, best_std = _mean_std([r["best"]["error"] for r in runs])
     groups = {f"{g}_mean": _mean_std([r["final"]["group_error"][g] for r in runs])[0] for g in GROUPS}
@@ -98,9 +125,23 @@ def _summary(cell: paper.Cell, runs: list[dict]) -> dict:
         **groups,
         "paper": paper_error,
         "diff": final_mean - paper_error,
-        "note": NOTE_SEPARATOR.join(cell.notes),
+        "note": NOTE_SEPARATOR.join([*cell.notes, *speed_notes(runs)]),
+        "left_out": NOTE_SEPARATOR.join(f"{path}: {why}" for path, why in found.left_out),
     }
 
+
+def speed_notes(runs: list[dict]) -> list[str]:
+    """How the seeds were computed where it is not the default: "bf16=True: 3 of 3 seeds", "fused: 2 of 3 seeds"."""
+    notes, n = [], len(runs)
+    for name in sorted(identity.SPEED):
+        default = RunConfig.__dataclass_fields__[name].default
+        values = [r["config"]["config"][name] for r in runs]
+        for value in dict.fromkeys(v for v in values if v != default):
+            notes.append(f"{name}={value}: {values.count(value)} of {n} seeds")
+    fused = sum((r.get("fused_runs") or 1) > 1 for r in runs)
+    if fused:
+        notes.append(f"trained fused with other runs: {fused} of {n} seeds")
+    return notes
 
 
 # ---------------------------------------------------------------- per-class errors (Fig. 3)
@@ -128,7 +169,8 @@ def parse_method(spec: str) -> tuple[str, str]:
     return method, variant if sep else "equations"
 
 
-def per_class(table: str, results_root=None, settings=None, methods=None, epoch: str = "final") -> PerClass:
+def per_class(table: str, results_root=None, settings=None, methods=None, epoch: str = "final",
+              protocol: dict | None = None) -> PerClass:
     """Per-class and many / medium / few errors (%) over seeds, per cell, of a table's finished runs.
 
     results_root None means the repository's results/ (a runs/ folder reads the same). settings
@@ -150,10 +192,10 @@ def per_class(table: str, results_root=None, settings=None, methods=None, epoch:
             raise ValueError(f"{method}@{variant}: {table} has no such cell (only MM methods have a released variant)")
     classes, groups, missing = [], [], []
     for cell in cells:
-        spec = cell.method + ("@released" if cell.variant == "released" else "")
+        spec = cell.method + ("" if cell.variant == "equations" else f"@{cell.variant}")
         if specs and (cell.method, cell.variant) not in specs:
             continue
-        runs = finished_runs(cell, root)
+        runs = finished_runs(cell, root, protocol)
         if runs:
             classes.append(_per_class_frame(spec, cell, runs, epoch))
             groups.append(_group_frame(spec, cell, runs, epoch))

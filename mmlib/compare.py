@@ -42,12 +42,14 @@ TOO_FEW = "fewer than 2 paired seeds: no interval"
 NO_RUNS = "no paired runs"
 
 
-def paired_differences(results_root, pairs=None, settings=None, tables=None, epoch: str = "final") -> pd.DataFrame:
+def paired_differences(results_root, pairs=None, settings=None, tables=None, epoch: str = "final",
+                       protocol: dict | None = None) -> pd.DataFrame:
     """One row per (pair, setting) (columns: COLUMNS): paired seeds, mean difference A - B and its 95% t-interval.
 
     pairs: (A, B) method specs (None: DEFAULT_PAIRS); settings: setting names (None: every setting of
     the tables where A or B has a cell); tables: where runs are looked up, in order (None:
-    DEFAULT_TABLES). results_root: the records (None: the repository's results/) or a runs/ folder.
+    DEFAULT_TABLES). results_root: the records (None: the repository's results/) or a runs/ folder. protocol:
+    run parameters the runs took beyond their cells' (mmlib.cells.cell_runs).
     """
     pairs = DEFAULT_PAIRS if pairs is None else pairs
     tables = DEFAULT_TABLES if tables is None else tables
@@ -64,7 +66,7 @@ def paired_differences(results_root, pairs=None, settings=None, tables=None, epo
         a, b = (_matching(searched, spec) for spec in pair)
         names = list(dict.fromkeys(c.setting.name for c in a + b if c.setting.name in (settings or [c.setting.name])))
         for setting in names:
-            rows.append(_paired_row(pair, setting, a, b, root, epoch))
+            rows.append(_paired_row(pair, setting, a, b, root, epoch, protocol))
     if settings:
         unknown = sorted(set(settings) - {row["setting"] for row in rows})
         if unknown:
@@ -80,12 +82,13 @@ def _matching(searched: list[paper.Cell], spec: str) -> list[paper.Cell]:
     return found
 
 
-def _runs_by_seed(candidates: list[paper.Cell], setting: str, root: Path, epoch: str) -> tuple[dict[int, float], str]:
+def _runs_by_seed(candidates: list[paper.Cell], setting: str, root: Path, epoch: str,
+                  protocol: dict | None) -> tuple[dict[int, float], str]:
     """{seed: error} of the first cell on the setting with finished runs, and that cell's folder ("" if none)."""
     for cell in candidates:
         if cell.setting.name != setting:
             continue
-        runs = cells.finished_runs(cell, root)
+        runs = cells.finished_runs(cell, root, protocol)
         if runs:
             seeds = [int(results.SEED_FOLDER.fullmatch(Path(r["run_dir"]).name).group(1)) for r in runs]
             return {seed: r[epoch]["error"] for seed, r in zip(seeds, runs)}, str(cell.path(root).relative_to(root))
@@ -103,8 +106,8 @@ def t_interval(differences: list[float], confidence: float = CONFIDENCE) -> tupl
     return mean, std, quantile, quantile * std / math.sqrt(n)
 
 
-def _paired_row(pair, setting: str, a_cells, b_cells, root: Path, epoch: str) -> dict:
-    (a_errors, a_run), (b_errors, b_run) = (_runs_by_seed(found, setting, root, epoch) for found in (a_cells, b_cells))
+def _paired_row(pair, setting: str, a_cells, b_cells, root: Path, epoch: str, protocol: dict | None) -> dict:
+    (a_errors, a_run), (b_errors, b_run) = (_runs_by_seed(found, setting, root, epoch, protocol) for found in (a_cells, b_cells))
     seeds = sorted(set(a_errors) & set(b_errors))
     differences = [a_errors[s] - b_errors[s] for s in seeds]
     mean, std, quantile, half = t_interval(differences)

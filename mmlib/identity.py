@@ -4,9 +4,12 @@ Runs are compared by their resolved configurations (RunConfig.resolve().to_dict(
 and the checkpoint record them), leaving out the parameters that change how or where, not what, a
 run computes. Three users share these rules: the trainer (may a run resume with these parameters?),
 a sweep's plan (is the finished or interrupted run in a folder the run planned there?) and a table's
-cells (mmlib.cells: which finished runs are a cell's seeds; mmlib.results files the others apart).
+cells: a cell's seeds are the runs of its protocol configuration (``departures`` finds none), whatever
+their seed, incidental and speed parameters; anything else is another experiment, which mmlib.cells
+leaves out of the cell and mmlib.results files apart.
 """
 
+from mmlib import paper
 from mmlib.config import RESUMABLE_CHANGES, RunConfig
 
 # How or where a run computes, not what: they may change on resume and never make two runs differ.
@@ -14,8 +17,8 @@ INCIDENTAL = RESUMABLE_CHANGES | {"data_root", "download"}
 # Free among a table cell's seeds, each shown in the table's notes ("bf16: 3 of 3 seeds"): speed options
 # whose results agree with the plain path's within rounding (tests check each against it).
 SPEED = {"bf16", "compile", "channels_last", "deterministic"}
-# What tells a cell's seeds apart.
-SEEDS = {"seed", "data_seed"}
+# A schedule's length and the milestones it implies: runs departing only here are a shortened protocol.
+SCHEDULE = {"epochs", "warmup_epochs", "lr_milestones", "switch_epoch", "ssp_epochs"}
 
 
 def differences(recorded: dict, planned: dict, free=INCIDENTAL) -> list[tuple[str, object, object]]:
@@ -39,3 +42,16 @@ def resolved(params: dict) -> dict:
     parameters are validated and resolved.
     """
     return RunConfig.from_dict({**params, "data_root": ".", "download": False}).resolve().to_dict()
+
+
+def protocol(cell: paper.Cell, seed: int, overrides: dict | None = None) -> dict:
+    """The resolved configuration a cell's run of ``seed`` trains with under its table's protocol
+    (paper.PROTOCOLS), or under ``overrides`` of the cell's parameters where given (e.g. {"epochs": 30})."""
+    extra = paper.PROTOCOLS.get(cell.table, {}) if overrides is None else overrides
+    return resolved(cell.run_params(**extra, seed=seed))
+
+
+def departures(cell: paper.Cell, recorded: dict, seed: int, overrides: dict | None = None) -> list[tuple[str, object, object]]:
+    """How a run's recorded configuration departs from its cell's protocol for ``seed`` (the seed its folder names):
+    differences() of the two, incidental and speed parameters free; none for that seed of the cell."""
+    return differences(recorded, protocol(cell, seed, overrides), free=INCIDENTAL | SPEED)

@@ -123,7 +123,9 @@ BEYOND_NOTE = (
 ABLATION_METHODS = ("mm-drw", "mm-ldam-drw")
 ABLATION_SETTINGS = ("cifar10-exp-100", "cifar100-exp-100")
 ABLATION_NOTE = "paper: Table 1's number for the row; the paper does not say which variant produced it"
-VARIANT_LABELS = {"first-label": "[first-label only]", "mask-zero": "[mask-zero only]", "released": "[released code]"}
+VARIANT_NAMES = {"equations": "equations", "first-label": "first-label only", "mask-zero": "mask-zero only",
+                 "released": "released code"}  # every mm_variant, as tables and summaries name it
+VARIANT_LABELS = {v: f"[{name}]" for v, name in VARIANT_NAMES.items() if v != "equations"}  # beside a row's label
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,9 @@ class Cell:
 
 
 QUICK_SETTINGS = [Setting("digits", "exp", 10.0), Setting("digits", "step", 10.0)]
+# Run parameters a table's runs take beyond their cells' (the protocol's defaults otherwise): the quick
+# table's few minutes on a CPU.
+PROTOCOLS = {"quick": {"arch": "resnet8", "epochs": 20, "batch_size": 32}}
 QUICK_METHODS = ("erm", "ldam-drw", "mm-drw")
 QUICK_MM = (1.5, 0.6)  # (beta, delta^-): Table 2's best for CIFAR-10 long-tailed 100
 
@@ -251,3 +256,9 @@ def cells(table: str, settings=None, methods=None, mm_variants=("equations",), m
         if unknown:
             raise ValueError(f"{table} has no {name} {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     return [c for c in out if (not settings or c.setting.name in settings) and (not methods or c.method in methods)]
+
+
+def cell_at(table: str, setting: str, run_name: str) -> Cell | None:
+    """The cell whose runs live in <table>/<setting>/<run_name> (any MM variant, the paper's MM scale), or None."""
+    found = [c for c in cells(table, mm_variants=MM_VARIANTS) if c.setting.name == setting and c.run_name == run_name]
+    return found[0] if found else None

@@ -30,9 +30,11 @@ def report_notebooks(tables=REPORT_TABLES) -> list[tuple[str, dict]]:
             for t in tables] + FIGURE_NOTEBOOKS
 
 
-def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=print, workers: int = 2) -> list[Path]:
+def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=print, workers: int = 2,
+                  protocol: dict | None = None) -> list[Path]:
     """Execute each notebook with papermill against results_root, writing into out_dir; the executed
-    notebooks land in out_dir/notebooks. A failing notebook does not stop the others; returns the failed ones."""
+    notebooks land in out_dir/notebooks. A failing notebook does not stop the others; returns the failed ones.
+    protocol: run parameters the runs took beyond their cells' (mmlib.cells.cell_runs), for the notebooks that take it."""
     results_root, out_dir = Path(results_root).resolve(), Path(out_dir).resolve()
     cells.existing_folder(results_root)
     executed_dir = out_dir / "notebooks"
@@ -43,8 +45,11 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
         name = params.get("name", params.get("table", Path(notebook).stem))  # fig3 of a table has a name of its own
         executed = executed_dir / f"{name}.ipynb"
         parameters = {"out_dir": str(out_dir), **params}
-        if "results_root" in _parameter_names(NOTEBOOKS / notebook):
+        names = _parameter_names(NOTEBOOKS / notebook)
+        if "results_root" in names:
             parameters["results_root"] = str(results_root)
+        if protocol is not None and "protocol" in names:
+            parameters["protocol"] = protocol
         done = mmlib.notebook.run(NOTEBOOKS / notebook, executed, parameters, cwd=rundir.REPOSITORY)
         if done.returncode:
             error = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no message"]
@@ -59,13 +64,14 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
 
 def _parameter_names(notebook: Path) -> set[str]:
     """The names assigned in a notebook's cell tagged "parameters"."""
-    cells = json.loads(notebook.read_text())["cells"]
-    source = "".join("".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", []))
+    source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
+                     if "parameters" in c["metadata"].get("tags", []))
     return set(re.findall(r"^(\w+)\s*=", source, flags=re.M))
 
 
 def _written(executed: Path) -> list[str]:
-    """What an executed notebook says it wrote ("wrote PATH" lines) or found missing ("missing: ...")."""
+    """What an executed notebook says it wrote ("wrote PATH" lines), found missing ("missing: ...") or left out
+    ("left out: ...": runs of other parameters)."""
     lines = []
     for cell in json.loads(executed.read_text())["cells"]:
         for output in cell.get("outputs", []):
@@ -73,19 +79,25 @@ def _written(executed: Path) -> list[str]:
             for line in (text if isinstance(text, str) else "".join(text)).splitlines():
                 if line.startswith("wrote "):
                     lines.append(Path(line[len("wrote "):]).name)
-                elif line.startswith("missing"):
+                elif line.startswith(("missing", "left out")):
                     lines.append(line)
     return lines
 
 
-def report(results_root=None, out_dir=None, tables=REPORT_TABLES, log=print) -> list[Path]:
+def report(results_root=None, out_dir=None, tables=REPORT_TABLES, log=print, protocol: dict | None = None) -> list[Path]:
     """Every table, figure and the reproduction summary from results_root (default results/) into out_dir
-    (default figures/); returns the failed notebooks."""
+    (default figures/); returns the failed notebooks. protocol: as run_notebooks'."""
     results_root = cells.existing_folder(results_root)
     out_dir = Path(out_dir or rundir.FIGURES)
-    failed = run_notebooks(report_notebooks(tables), results_root, out_dir, log)
-    summary = reproduction({t: cells.gather(t, results_root) for t in tables})
+    failed = run_notebooks(report_notebooks(tables), results_root, out_dir, log, protocol=protocol)
+    summary = reproduction({t: cells.gather(t, results_root, protocol=protocol) for t in tables})
     rundir.write_text(out_dir / REPRODUCTION, summary)
     log(f"wrote {out_dir / REPRODUCTION}")
     return failed
 
+
+def report_quick(runs_root, protocol: dict, log=print) -> list[Path]:
+    """The quick preset's table and per-class figure (every trained method on every quick setting, what is
+    missing said so) into <runs_root>/quick/figures, never figures/; returns the notebooks that failed.
+    protocol: the run parameters the preset's runs took beyond their cells' (its overrides, --epochs, --set)."""
+    return run_notebooks(QUICK_NOTEBOOKS, runs_root, Path(runs_root) / "quick" / "figures", log, protocol=protocol)

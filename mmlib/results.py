@@ -14,9 +14,11 @@ A record keeps what a reader needs to check a run against the paper, in the run 
 No checkpoint and no notebook; a CIFAR-100 record is about 40 KB. ``load`` reads a record or a run
 directory into the same dict (``rundir.load_results``'s), so one report code reads either tree.
 
-``collect`` copies every finished run of a runs root into a results root. Runs of another schedule
-than the protocol's (``epochs`` other than 200) go under <results>/short/, apart from the paper's
-tables; the quick preset's runs are never collected.
+``collect`` copies every finished run of a runs root into a results root. A run that is not a seed of
+its cell (mmlib.identity.departures: it was trained with other parameters than the cell's protocol)
+is filed apart from the paper's tables: under <results>/short/ when only its schedule is shorter
+(e.g. ``sweep --epochs 30``), under <results>/other/ otherwise. The quick preset's runs are never
+collected.
 """
 
 import contextlib
@@ -31,10 +33,10 @@ import pandas as pd
 
 import mmlib.notebook
 from mmlib import identity, jobs, paper, rundir
-from mmlib.config import RunConfig
 from mmlib.errors import CorruptFileError
 
-SHORT = "short"  # <results>/short/<table>/...: records of shortened schedules
+SHORT = "short"  # <results>/short/<table>/...: records of the protocol shortened (only the schedule differs)
+OTHER = "other"  # <results>/other/<table>/...: records of other experiments (any other departure from the cell)
 NOT_COLLECTED = {"quick"}  # tables whose runs stay in runs/ (the quick preset)
 HISTORY = "history.csv"
 CONFUSION = "confusion_{}.csv.gz"
@@ -43,7 +45,6 @@ GROUPS = ("many", "medium", "few")
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_error",
                    *(f"{g}_error" for g in GROUPS), "seconds"]
 SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its cell's
-PROTOCOL_EPOCHS = RunConfig.__dataclass_fields__["epochs"].default
 
 
 def load(run_dir, details: bool = True) -> dict:
@@ -149,10 +150,16 @@ def run_folders(runs_root) -> list[Path]:
 
 
 def record_folder(run_folder: Path, runs_root, results_root) -> Path:
-    """Where a finished run's record goes: the same relative path, under short/ for a shortened schedule."""
+    """Where a finished run's record goes: the same relative path; under short/ for the protocol shortened (its
+    schedule alone departs from its cell's), under other/ for any other departure or a folder of no cell."""
     relative = Path(run_folder).relative_to(runs_root)
-    epochs = rundir.read_json(Path(run_folder) / rundir.CONFIG)["config"]["epochs"]
-    return Path(results_root) / (relative if epochs == PROTOCOL_EPOCHS else Path(SHORT) / relative)
+    table, setting, run_name = relative.parts[:3]
+    cell = paper.cell_at(table, setting, run_name)
+    recorded = rundir.read_json(Path(run_folder) / rundir.CONFIG)["config"]
+    seed = int(SEED_FOLDER.fullmatch(relative.parts[3]).group(1))
+    departed = {k for k, _, _ in identity.departures(cell, recorded, seed)} if cell else {"cell"}
+    apart = None if not departed else SHORT if departed <= identity.SCHEDULE else OTHER
+    return Path(results_root) / (Path(apart) / relative if apart else relative)
 
 
 def collect(runs_root=None, results_root=None, replace: bool = False) -> Collection:

@@ -19,8 +19,7 @@ from mmlib.errors import CorruptFileError
 from mmlib.training import fusion_key
 
 # The README's main job: a few minutes offline on a CPU, into a folder of its own.
-QUICK_PRESET = {"table": "quick", "seeds": [0, 1], "fuse": 2,
-                "overrides": {"arch": "resnet8", "epochs": 20, "batch_size": 32}}
+QUICK_PRESET = {"table": "quick", "seeds": [0, 1], "fuse": 2, "overrides": paper.PROTOCOLS["quick"]}
 # Run parameters a sweep sets itself, and the option that sets them.
 SWEEP_OWNED = {"seed": "--seeds", "data_root": "--data-root", "run_dir": "--out"}
 # Where the table's cells set a parameter, the option that chooses among them.
@@ -166,14 +165,6 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
         for label, notebook in failures:
             log(f"  {label}: {jobs.failure_reason(notebook.parent)} (see {notebook})")
     return failures
-
-
-def report_quick(runs_root: str | Path, log=print) -> list[Path]:
-    """The quick preset's table and per-class figure (every trained method on every quick setting, what is
-    missing said so) into <runs_root>/quick/figures, never figures/; returns the notebooks that failed."""
-    from mmlib import reports
-
-    return reports.run_notebooks(reports.QUICK_NOTEBOOKS, runs_root, Path(runs_root) / "quick" / "figures", log)
 
 
 FUSE_CURVE = "fuse_curve.json"  # in mmlib.cache.cache_dir(), written by benchmarks/throughput.py --save-curve

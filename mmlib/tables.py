@@ -26,9 +26,11 @@ TITLES = {
 EPOCH_TITLES = {"final": "final epoch", "best": "best epoch (optimistic: chosen on the test set)"}
 LEGENDS = {
     "wide": "Each cell: our top-1 error, mean ± std over n seeds [the paper's error, ours - paper]; "
-            "MM rows name their variant: [equations] as the paper writes MM, [released code] as its code behaves; "
+            "MM rows name their variant: [equations] as the paper writes MM, [released code] as its code behaves, "
+            "[first-label only] and [mask-zero only] with one of the released code's two departures; "
             "missing: no finished run; —: the paper has no such cell.",
-    "grouped": "Our top-1 error, mean ± std over n seeds; MM rows name their variant ([equations] or [released code]); "
+    "grouped": "Our top-1 error, mean ± std over n seeds; MM rows name their variant ([equations], [released code], "
+               "[first-label only] or [mask-zero only]); "
                "the best epoch is chosen on the test set (optimistic); "
                "many / medium / few: final-epoch error of the classes with > 100, 20-100, < 20 training images; "
                "missing: no finished run; —: no number.",
@@ -64,7 +66,16 @@ def render(df: pd.DataFrame, table: str) -> dict[str, str]:
         md += [f"### {title}", "", markdown(header, rows), ""]
         tex += [f"\\textit{{{_tex_escape(title)}}}\\\\", _tabular(header, rows), ""]
     md += _notes(shown)
+    if left_out(df):
+        md += ["### Left out", "", "Finished runs in the cells' folders that are another experiment (trained with other "
+               "parameters than the cell's protocol), not counted above:", ""]
+        md += [f"- {line}" for line in left_out(df)] + [""]
     return {"md": "\n".join(md), "csv": df.to_csv(index=False), "tex": "\n".join(tex)}
+
+
+def left_out(df: pd.DataFrame) -> list[str]:
+    """"<run folder>: how it departs" of every run the gathered cells left out."""
+    return [line for cell in df["left_out"] if cell for line in cell.split(NOTE_SEPARATOR)]
 
 
 def write_table(df: pd.DataFrame, table: str, out_dir=None) -> list[Path]:

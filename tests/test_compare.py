@@ -7,6 +7,7 @@ import matplotlib.image
 import pandas as pd
 import pytest
 
+from fixture_runs import protocol_config
 from mmlib import compare, paper, rundir
 
 matplotlib.use("Agg")
@@ -19,7 +20,7 @@ def write_run(run_dir, final_error: float, best_error: float | None = None) -> N
     """A finished run directory as the trainer leaves it, with the given final (and best) error."""
     record = {"epoch": 2, "error": final_error, "per_class_error": [final_error], "group_error": {}, "confusion": []}
     best = {**record, "epoch": 1, "error": final_error if best_error is None else best_error}
-    rundir.write_json(run_dir / rundir.CONFIG, {"config": {}})
+    rundir.write_json(run_dir / rundir.CONFIG, {"config": protocol_config(run_dir)})
     rundir.write_json(run_dir / rundir.COUNTS, {"classes": ["0"], "cls_num_list": [1], "groups": {}, "description": "t"})
     rundir.write_json(run_dir / rundir.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0})
     rundir.write_text(run_dir / rundir.FINISHED, "finished\n")

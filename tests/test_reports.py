@@ -9,7 +9,8 @@ from matplotlib.container import BarContainer
 import pandas as pd
 import pytest
 
-from mmlib import cells, data, figures, imbalance, paper, rundir, tables, training
+from fixture_runs import protocol_config
+from mmlib import cells, compare, data, figures, imbalance, paper, reproduction, rundir, tables, training
 from mmlib.config import MM_VARIANTS
 
 matplotlib.use("Agg")
@@ -36,8 +37,9 @@ def label_of(cell: paper.Cell) -> str:
 
 
 def write_run(run_dir, final_error: float, best_error: float, per_class=None, group_error=None, counts=None,
-              finished: bool = True) -> None:
-    """A run directory as the trainer leaves it, holding the numbers given."""
+              finished: bool = True, fused_runs: int = 1, **config) -> None:
+    """A run directory as the trainer leaves it, holding the numbers given: a run of its cell's protocol, its
+    configuration changed by ``config``."""
     counts = counts or imbalance.class_counts(120, 10, "exp", 10.0)
     per_class = per_class or [final_error] * len(counts)
     group_error = group_error or {"many": final_error, "medium": final_error, "few": None}
@@ -47,10 +49,12 @@ def write_run(run_dir, final_error: float, best_error: float, per_class=None, gr
     record = {"epoch": 2, "error": final_error, "per_class_error": per_class, "group_error": group_error,
               "confusion": []}
     best = {**record, "epoch": 1, "error": best_error, "per_class_error": [best_error] * len(counts)}
-    rundir.write_json(run_dir / rundir.CONFIG, {"config": {}, "device": "cpu", "git_commit": None})
+    rundir.write_json(run_dir / rundir.CONFIG, {"config": {**protocol_config(run_dir), **config}, "device": "cpu",
+                                                 "git_commit": None})
     rundir.write_json(run_dir / rundir.COUNTS, {"classes": DIGITS[:len(counts)], "cls_num_list": counts,
                                                  "groups": groups, "description": "test"})
-    rundir.write_json(run_dir / rundir.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0})
+    rundir.write_json(run_dir / rundir.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0,
+                                                  "fused_runs": fused_runs})
     if finished:
         rundir.write_text(run_dir / rundir.FINISHED, "finished\n")
 
@@ -105,6 +109,55 @@ def test_collect_compares_with_the_paper(tmp_path):
 
     assert row["paper"] == paper.TABLE1_ERRORS["erm"][0]
     assert row["diff"] == pytest.approx(np.mean(finals) - paper.TABLE1_ERRORS["erm"][0])
+
+
+def test_a_cell_counts_only_runs_of_its_protocol_and_notes_how_its_seeds_were_computed(tmp_path):
+    cell = find_cell("table1", "cifar10-exp-100", "mm-drw")
+    write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, bf16=True, compile="graphs", fused_runs=4)
+    write_run(cell.path(tmp_path) / "seed1", 22.0, 21.0, data_root="/elsewhere", quiet=False)  # incidental
+    write_run(cell.path(tmp_path) / "seed2", 60.0, 50.0, lr=0.5)  # another experiment: left out
+    write_run(cell.path(tmp_path) / "seed3", 70.0, 60.0, seed=4, data_seed=4)  # not this folder's seed
+
+    df = cells.gather("table1", tmp_path, settings=["cifar10-exp-100"], methods=["mm-drw"])
+
+    row = row_of(df, cell)
+    assert (row["seeds"], row["final_mean"]) == (2, 21.0)
+    assert row["note"].split(cells.NOTE_SEPARATOR)[-3:] == [
+        "bf16=True: 1 of 2 seeds", "compile=graphs: 1 of 2 seeds", "trained fused with other runs: 1 of 2 seeds"]
+    assert tables.left_out(df) == [
+        f"{cell.path(tmp_path) / 'seed2'}: lr: 0.5 -> 0.1 (the run's -> the cell's)",
+        f"{cell.path(tmp_path) / 'seed3'}: seed: 4 -> 3, data_seed: 4 -> 3 (the run's -> the cell's)"]
+    md = tables.render(df, "table1")["md"]
+    assert "### Left out" in md and f"- {cell.path(tmp_path) / 'seed2'}: lr: 0.5 -> 0.1" in md
+    assert "- bf16=True: 1 of 2 seeds: MM-DRW (ours) [equations]\n" in md
+    assert cells.finished_runs(cell, tmp_path, protocol={"lr": 0.5})[0]["final"]["error"] == 60.0  # asked for
+
+
+def test_every_mm_variant_renders_in_tables_the_summary_figures_and_comparisons(tmp_path):
+    setting = "cifar10-exp-100"
+    for table in ("table1", "ablation"):
+        for seed in (0, 1):
+            if table == "table1":
+                write_run(find_cell(table, setting, "ldam-drw").path(tmp_path) / f"seed{seed}", 23.0 + seed, 22.0)
+            for k, variant in enumerate(MM_VARIANTS):
+                for method in ("mm-drw", "mm-ldam-drw"):
+                    cell = find_cell(table, setting, method, variant)
+                    write_run(cell.path(tmp_path) / f"seed{seed}", 20.0 + k + seed, 19.0)
+    gathered = {table: cells.gather(table, tmp_path, settings=[setting]) for table in ("table1", "ablation")}
+    for table, df in gathered.items():
+        md = tables.render(df, table)["md"]
+        for variant in MM_VARIANTS:
+            label = label_of(find_cell(table, setting, "mm-drw", variant))
+            assert f"| {label} | " in md, (table, variant)
+    summary = reproduction.reproduction(gathered)
+    for name in paper.VARIANT_NAMES.values():
+        assert summary.count(f"| CIFAR-10 long-tailed 100 | {name} | ") == 3  # Table 1, its rank row, the ablation
+    specs = ["mm-drw@first-label", "mm-drw@mask-zero", "mm-ldam-drw@released"]
+    errors = cells.per_class("table1", tmp_path, setting, specs)
+    assert set(errors.classes["method"]) == set(specs) and errors.missing == []
+    differences = compare.paired_differences(tmp_path, pairs=[("mm-drw@mask-zero", "mm-drw@first-label")],
+                                             settings=[setting])
+    assert differences[["n", "mean_diff"]].values.tolist() == [[2, 1.0]]  # 20 + 2 + seed against 20 + 1 + seed
 
 
 def test_collect_errors(tmp_path):
@@ -355,8 +408,10 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
         config = cell.run_params(arch="resnet8", epochs=2, quiet=True)
         results[method] = training.run(config, cell.path(runs) / "seed0")
 
-    df = cells.gather("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])
-    per_class = cells.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"]).classes
+    assert cells.gather("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])["seeds"].sum() == 0
+    trained = {"arch": "resnet8", "epochs": 2}  # not the quick table's protocol (20 epochs of batch 32): say so
+    df = cells.gather("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"], protocol=trained)
+    per_class = cells.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"], protocol=trained).classes
 
     for method, result in results.items():
         row = row_of(df, find_cell("quick", "digits-step-10", method))

@@ -90,22 +90,27 @@ def test_unfinished_and_failed_runs_are_refused_and_listed(tmp_path):
     assert any(str(interrupted) in line and "37 of 200" in line for line in lines[1:])
 
 
-def test_a_record_of_another_configuration_is_kept_unless_replace(tmp_path):
+def test_another_experiment_goes_apart_and_a_record_of_another_configuration_is_kept_unless_replace(tmp_path):
     protocol_run(tmp_path / "runs")
     results.collect(tmp_path / "runs", tmp_path / "results")
     record = tmp_path / "results" / CELL.path(".") / "seed0"
     kept = (record / "metrics.json").read_bytes()
-    # the same place, another beta (and data root and device, which do not count)
-    protocol_run(tmp_path / "other", beta=1.7, data_root=str(tmp_path), device="cpu")
+    # the same cell folder, another beta: another experiment, filed under other/, never in the paper's table
+    protocol_run(tmp_path / "beta", beta=1.7)
+    done = results.collect(tmp_path / "beta", tmp_path / "results")
+    apart = tmp_path / "results" / "other" / CELL.path(".") / "seed0"
+    assert [target for _, target in done.written] == [apart] and (record / "metrics.json").read_bytes() == kept
+    # there, a run of yet another beta (and data root and device, which do not count) is refused unless --replace
+    protocol_run(tmp_path / "again", beta=1.8, data_root=str(tmp_path), device="cpu")
 
-    refused = results.collect(tmp_path / "other", tmp_path / "results")
+    refused = results.collect(tmp_path / "again", tmp_path / "results")
 
     [(_, why)] = refused.conflicting
-    assert "another configuration (beta: 1.5 -> 1.7: there -> here)" in why and "--replace" in why
-    assert (record / "metrics.json").read_bytes() == kept
-    replaced = results.collect(tmp_path / "other", tmp_path / "results", replace=True)
+    assert "another configuration (beta: 1.7 -> 1.8: there -> here)" in why and "--replace" in why
+    assert results.load(apart)["config"]["config"]["beta"] == 1.7
+    replaced = results.collect(tmp_path / "again", tmp_path / "results", replace=True)
     assert len(replaced.written) == 1
-    assert results.load(record)["config"]["config"]["beta"] == 1.7
+    assert results.load(apart)["config"]["config"]["beta"] == 1.8
 
 
 def test_a_rerun_of_the_same_configuration_is_kept_unless_replace(tmp_path):
@@ -157,7 +162,7 @@ def test_a_cifar100_record_stays_under_60_kb(tmp_path):
 def test_a_real_run_round_trips_and_the_cli_collects(tmp_path, monkeypatch):
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
     quick = cell_of("quick", "digits-step-10", "mm-drw")
-    # a real digits run, put where a table1 run would be so that collect takes it (short: 2 epochs)
+    # a real digits run, put where a table1 run would be so that collect takes it: another experiment, filed apart
     run_dir = CELL.path(tmp_path / "runs") / "seed0"
     trained = training.run(quick.run_params(seed=0, arch="resnet8", epochs=2, quiet=True), run_dir)
     unfinished = CELL.path(tmp_path / "runs") / "seed1"
@@ -167,7 +172,7 @@ def test_a_real_run_round_trips_and_the_cli_collects(tmp_path, monkeypatch):
                            "--to", str(tmp_path / "results")], capture_output=True, text=True)
 
     assert done.returncode == 1, done.stderr
-    record = tmp_path / "results" / "short" / CELL.path(".") / "seed0"
+    record = tmp_path / "results" / "other" / CELL.path(".") / "seed0"
     assert f"recorded {run_dir} -> {record}" in done.stdout
     assert f"unfinished: {unfinished}: not finished: 0 of ? epochs checkpointed" in done.stdout
     loaded = results.load(record)
