@@ -6,6 +6,7 @@
                        configuration it was trained with (the authority on resume)
     checkpoint.prev.pt the checkpoint before, kept until the new one is complete
     checkpoint.json    the latest checkpoint's epoch and configuration, readable without loading it
+    checkpoint.corrupt-<UTC time>.pt   a corrupt checkpoint.pt, set aside by the trainer that found it
     .lock              held (flock) by the process training the run; holds its pid
     metrics.json       final and best epoch results, per-epoch history
     per_class.csv      per-class training count, group, final and best error
@@ -13,8 +14,10 @@
 """
 
 import contextlib
+import datetime
 import fcntl
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -172,11 +175,14 @@ def save_checkpoint(folder: Path, state: dict) -> None:
     })
 
 
-def load_checkpoint(folder: Path) -> dict | None:
+def load_checkpoint(folder: Path, set_aside_corrupt: bool = False) -> dict | None:
     """The folder's latest usable checkpoint, None if it has none.
 
-    A corrupt checkpoint.pt falls back to checkpoint.prev.pt with a warning naming both; with neither
-    usable, CorruptFileError names them and what to do.
+    A corrupt checkpoint.pt falls back to checkpoint.prev.pt; with neither usable, CorruptFileError names
+    them and what to do. ``set_aside_corrupt`` is the trainer's, holding the folder's lock, before it
+    writes anything there: the corrupt checkpoint.pt is first renamed to checkpoint.corrupt-<UTC time>.pt,
+    so that the next save keeps checkpoint.prev.pt, the good copy, and a warning names both files and
+    where the corrupt one went. Without it (planning, reports) nothing is moved and nothing is said.
     """
     folder = Path(folder)
     present = [p for p in (folder / CHECKPOINT, folder / PREVIOUS_CHECKPOINT) if p.exists()]
@@ -191,14 +197,25 @@ def load_checkpoint(folder: Path) -> dict | None:
         except Exception as err:  # any other failure to unpickle means the bytes are not a checkpoint
             problems.append(f"{path} ({type(err).__name__}: {str(err).split('. ')[0][:120]})")
             continue
-        if problems:
-            warnings.warn(f"{problems[0]} is unusable; resuming from the previous checkpoint {path} "
-                          f"(epoch {state['epoch']})", stacklevel=2)
+        if problems and set_aside_corrupt:
+            aside = _set_aside(folder / CHECKPOINT)
+            warnings.warn(f"{problems[0]} is unusable, moved to {aside}; resuming from the previous checkpoint "
+                          f"{path} (epoch {state['epoch']})", stacklevel=2)
         return state
     if problems:
         raise CorruptFileError(f"no usable checkpoint in {folder}: {'; '.join(problems)}. Delete "
                                f"{' and '.join(p.name for p in present)} there to train this run from scratch")
     return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a corrupt checkpoint to checkpoint.corrupt-<UTC time>[-n].pt beside it; returns the new path."""
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in itertools.count(1):
+        aside = path.with_name(f"{path.stem}.corrupt-{stamp}{f'-{n}' if n > 1 else ''}{path.suffix}")
+        if not aside.exists():  # the folder's lock is held: nobody else names files here
+            os.replace(path, aside)
+            return aside
 
 
 def checkpoint_info(folder: Path) -> dict | None:

@@ -4,14 +4,17 @@ Lock and kill cases use real processes and signals; corrupt files are real trunc
 the full disk is os.write raising ENOSPC (no filesystem can be made small here without root).
 """
 
+import datetime
 import errno
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -192,12 +195,59 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_pa
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     stale = run_dir / ".checkpoint.pt.x1y2z3.tmp"  # what a kill during a write leaves
     stale.write_bytes(latest.read_bytes())
-    with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable; resuming "
-                                         rf"from the previous checkpoint {run_dir / rundir.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
+    with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable, moved to "
+                                         rf"{run_dir}/checkpoint.corrupt-.*\.pt; resuming from the previous checkpoint "
+                                         rf"{run_dir / rundir.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
         resumed = training.run(tiny(), run_dir)
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
     assert not stale.exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_one_kept(tmp_path, monkeypatch):
+    params, run_dir = tiny(), tmp_path / "run"  # two epochs, a checkpoint after each
+    latest, previous = run_dir / rundir.CHECKPOINT, run_dir / rundir.PREVIOUS_CHECKPOINT
+    real_save = rundir.save_checkpoint
+
+    def stop_after_epoch_2(folder, state):  # checkpointed, but killed before its results are written
+        real_save(folder, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "save_checkpoint", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(params, run_dir)
+    epoch_1 = previous.read_bytes()
+    for attempt in (1, 2):
+        latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # the epoch-2 checkpoint, truncated
+        corrupt = latest.read_bytes()
+        # Planning and reports read without the lock: they move nothing and warn of nothing.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert rundir.checkpoint_info(run_dir)["epoch"] == 1 and rundir.load_checkpoint(run_dir)["epoch"] == 1
+        assert latest.read_bytes() == corrupt and previous.read_bytes() == epoch_1
+        before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        with pytest.warns(UserWarning) as caught:
+            if attempt == 1:  # resumes from epoch 1, checkpoints epoch 2 again and is interrupted again
+                with pytest.raises(KeyboardInterrupt):
+                    training.run(params, run_dir)
+            else:
+                monkeypatch.setattr(rundir, "save_checkpoint", real_save)
+                resumed = training.run(params, run_dir)
+        after = datetime.datetime.now(datetime.timezone.utc)
+        set_aside = sorted(run_dir.glob("checkpoint.corrupt-*.pt"), key=lambda p: p.stat().st_mtime_ns)
+        assert len(set_aside) == attempt and set_aside[-1].read_bytes() == corrupt
+        stamp = re.fullmatch(r"checkpoint\.corrupt-(\d{8}T\d{6}Z)(-\d+)?\.pt", set_aside[-1].name).group(1)
+        assert before <= datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%S%z") <= after
+        [message] = [str(w.message) for w in caught if "unusable" in str(w.message)]
+        assert message.startswith(f"{latest} (RuntimeError: ") and message.endswith(
+            f") is unusable, moved to {set_aside[-1]}; resuming from the previous checkpoint {previous} (epoch 1)")
+        if attempt == 1:  # the interrupted resume's save of epoch 2 left the good epoch-1 copy where it was
+            assert previous.read_bytes() == epoch_1 and rundir.load_checkpoint(run_dir)["epoch"] == 2
+    training.run(params, tmp_path / "straight")
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2]
+    same_results(run_dir, tmp_path / "straight")
 
 
 def test_no_usable_checkpoint_is_one_error_line_naming_the_files(tmp_path, capsys):
