@@ -7,7 +7,7 @@
     checkpoint.prev.pt the checkpoint before, kept until the new one is complete
     checkpoint.json    the latest checkpoint's epoch and configuration, readable without loading it
     checkpoint.corrupt-<UTC time>.pt   a corrupt checkpoint.pt, set aside by the trainer that found it
-    .lock              held (flock) by the process training the run; holds its pid
+    .lock              held (flock) by the process training the run; holds "<pid> on <host>"
     metrics.json       final and best epoch results, per-epoch history
     per_class.csv      per-class training count, group, final and best error
     FINISHED           written last: the run is complete
@@ -20,7 +20,9 @@ import io
 import itertools
 import json
 import os
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -43,6 +45,7 @@ CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "FINISHED",
 )
 PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK = "checkpoint.prev.pt", "checkpoint.json", ".lock"
+BUSY_RETRY = 1.0  # seconds a lock attempt retries before it calls the run busy (outlasting any probe)
 
 
 class _FdWriter(io.RawIOBase):
@@ -117,36 +120,66 @@ def read_json(path: Path):
 def locked(folder: Path, wait: bool = False):
     """Hold ``folder``'s lock: an OS lock (flock), released on exit and by the OS if the process dies.
 
-    Another holder makes this fail at once with RunDirBusyError naming its pid, or with ``wait``, wait for it.
+    The lock file records the holder as "<pid> on <host>". Another holder makes this fail within
+    BUSY_RETRY seconds with RunDirBusyError naming it, or with ``wait``, wait for it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            _lock_exclusively(fd, wait)
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirBusyError(f"{folder} is in use by process {owner} (lock {folder / LOCK}): wait for it to end, "
-                                  "or give another run directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise RunDirBusyError(f"{folder} is in use by process {_holder(fd)} (lock {folder / LOCK}): wait for it "
+                                  "to end, or give another run directory") from None
+        # Written over the old text, then cut to length: a reader never finds the file empty or half a line.
+        holder = f"{os.getpid()} on {socket.gethostname()}\n".encode()
+        os.pwrite(fd, holder, 0)
+        os.ftruncate(fd, len(holder))
         yield
     finally:
         os.close(fd)
 
 
+def _lock_exclusively(fd: int, wait: bool) -> None:
+    """flock ``fd`` exclusively; without ``wait``, BlockingIOError if it stays held for BUSY_RETRY seconds.
+
+    Retried because a probe (lock_owner) holds the lock shared for microseconds, which alone would make
+    a trainer's first attempt fail as if the run were busy.
+    """
+    if wait:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + BUSY_RETRY
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _holder(fd: int) -> str:
+    """The holder a lock file records: "<pid> on <host>" (an older mmlib wrote "<pid>" alone), else "unknown"."""
+    lines = os.pread(fd, 512, 0).decode(errors="replace").strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
 def lock_owner(folder: Path) -> str | None:
-    """The pid holding ``folder``'s lock, None if it is free (a snapshot: it may change right after)."""
+    """The holder of ``folder``'s lock, "<pid> on <host>"; None if it is free (a snapshot: it may change right after)."""
     try:
         fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: shared, so it never blocks another probe
+        # A probe: shared, so it never blocks another probe, and held for microseconds, which a trainer's
+        # exclusive attempt outlasts (_lock_exclusively).
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return _holder(fd)
     finally:
         os.close(fd)
 

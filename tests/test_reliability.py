@@ -11,6 +11,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -93,13 +94,14 @@ def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_loc
     params, run_dir = tiny(epochs=100), tmp_path / "run"  # killed long before its end
     owner = start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path)
     lock = run_dir / rundir.LOCK
-    wait_for(lambda: lock.exists() and lock.read_text().strip() == str(owner.pid), owner, "the lock")
+    holder = f"{owner.pid} on {socket.gethostname()}"  # an older mmlib's reader shows "process <this>" too
+    wait_for(lambda: lock.exists() and lock.read_text() == holder + "\n", owner, "the lock")
     others = [start(cli_args(p) + ["--run-dir", str(run_dir)], tmp_path) for p in (params, tiny(epochs=100, seed=1))]
     for other in others:  # an identical run, and one of another seed
         _, err = other.communicate(timeout=240)
         assert other.returncode == errors.RunDirBusyError.exit_code
         assert err.splitlines() == [
-            f"error: {run_dir} is in use by process {owner.pid} (lock {lock}): wait for it to end, or give another run directory"
+            f"error: {run_dir} is in use by process {holder} (lock {lock}): wait for it to end, or give another run directory"
         ]
     wait_for(checkpointed(run_dir), owner, "the first checkpoint")
     kill(owner)
@@ -300,9 +302,69 @@ def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
     finally:
         kill(holder)
     assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]
-    assert lines == [f"[1/1] {jobs[0].labels[0]}: FAILED: {run_dir} is in use by process {holder.pid} "
-                     f"(see {run_dir / 'train.ipynb'})"]
+    assert lines == [f"[1/1] {jobs[0].labels[0]}: FAILED: {run_dir} is in use by process {holder.pid} on "
+                     f"{socket.gethostname()} (see {run_dir / 'train.ipynb'})"]
     assert sorted(p.name for p in run_dir.iterdir()) == [rundir.LOCK]  # nothing of the holder's was touched
+
+
+OLD_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(os.path.join(sys.argv[1], ".lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, b"%d\\n" % os.getpid(), 0)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_lock_an_older_mmlib_holds_names_its_pid(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", OLD_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert rundir.lock_owner(run_dir) == str(holder.pid)
+        with pytest.raises(errors.RunDirBusyError, match=rf"^{run_dir} is in use by process {holder.pid} \(lock "):
+            with rundir.locked(run_dir):
+                pass
+    finally:
+        kill(holder)
+
+
+PROBER = """
+import sys
+from pathlib import Path
+from mmlib import rundir
+run_dir, stop = Path(sys.argv[1]), Path(sys.argv[2])
+probes = held = 0
+print("probing", flush=True)
+while not stop.exists():
+    for _ in range(100):
+        held += rundir.lock_owner(run_dir) is not None
+    probes += 100
+print(probes, held)
+"""
+
+
+@pytest.mark.slow
+def test_probing_a_lock_in_a_tight_loop_never_makes_a_trainer_fail_to_take_it(tmp_path):
+    run_dir, stop = tmp_path / "run", tmp_path / "stop"
+    with rundir.locked(run_dir):  # the lock file exists, free
+        pass
+    prober = subprocess.Popen([sys.executable, "-c", PROBER, str(run_dir), str(stop)], stdout=subprocess.PIPE, text=True)
+    assert prober.stdout.readline() == "probing\n"
+    taken, deadline = 0, time.monotonic() + 1
+    try:
+        while time.monotonic() < deadline:  # the trainer's way in, thousands of times under the probes
+            with rundir.locked(run_dir):
+                taken += 1
+    finally:
+        stop.touch()
+    out, _ = prober.communicate(timeout=60)
+    probes, held = map(int, out.split())
+    assert taken > 100 and 0 < held < probes  # the probes ran, and found the trainer holding it, meanwhile
+    assert rundir.lock_owner(run_dir) is None
 
 
 # --- errors: one line, an exit code per kind -----------------------------------------------------------
