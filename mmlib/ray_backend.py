@@ -29,7 +29,6 @@ except ModuleNotFoundError as err:
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died; a failing notebook is never retried
 MARKER_WAIT = 60  # seconds a worker waits to see the driver's marker under --out (NFS caches a miss ~30 s)
-LOCK_WAIT = 60  # seconds a task waits for its runs' locks: a retried task's killed attempt is reaped a moment late
 
 
 class NotSharedError(ValueError):
@@ -47,7 +46,8 @@ def scratch_root(out: Path) -> Path:
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
-def _run_job(job: jobs.Job, out: Path, marker: Path | None) -> tuple[bool, float, list[dict] | None]:
+def _run_job(job: jobs.Job, out: Path, marker: Path | None,
+             lock_wait: float) -> tuple[bool, float, list[dict] | None]:
     """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
     if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
@@ -56,8 +56,9 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None) -> tuple[bool, float
     if marker is None:
         scratch = scratch_root(out)
         local = job.moved([scratch / d.relative_to(out) for d in job.run_dirs])
-    # Still held after LOCK_WAIT, a run is another sweep's: run_job leaves it alone and says so.
-    _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), LOCK_WAIT)
+    # A retried task's killed attempt is reaped a moment late, a dead node's lock on NFS outlives it by the
+    # lease; still held after lock_wait, a run is another live process's: run_job leaves it alone and says so.
+    _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), lock_wait)
     start = time.perf_counter()
     ok = jobs.run_job(local)
     seconds = time.perf_counter() - start
@@ -98,13 +99,17 @@ def _write_records(run_dir: Path, files: dict[str, bytes]) -> None:
 class RayExecutor:
     """Jobs as Ray tasks, on the cluster at ``address`` (None: a new local Ray instance), each asking for
     ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and one CPU; run directories under
-    ``out``, written by the tasks (``shared_fs``) or sent back to the driver."""
+    ``out``, written by the tasks (``shared_fs``) or sent back to the driver. A task finding one of its
+    runs locked waits up to ``lock_wait`` seconds for it, then fails it naming the holder's pid and host."""
 
     def __init__(self, out: str | Path, address: str | None = None, gpus_per_job: float | None = None,
-                 shared_fs: bool = True):
+                 shared_fs: bool = True, lock_wait: float = rundir.LOCK_WAIT):
         if gpus_per_job is not None:
             check_gpus_per_job(gpus_per_job)
+        if not lock_wait >= 0:
+            raise ValueError(f"--lock-wait must be a number of seconds >= 0, got {lock_wait:g}")
         self.out, self.address, self.gpus_per_job, self.shared_fs = Path(out).resolve(), address, gpus_per_job, shared_fs
+        self.lock_wait = lock_wait
 
     def run(self, planned: list[jobs.Job], log=print) -> list[tuple[str, Path]]:
         """Run the jobs; returns the failed runs and their notebooks."""
@@ -120,7 +125,7 @@ class RayExecutor:
             task = _run_job.options(num_gpus=self._gpus_per_job())
             if marker is not None:
                 rundir.write_text(marker, "a sweep's workers check that they see this file\n")
-            pending = {task.remote(job, self.out, marker): job for job in planned}
+            pending = {task.remote(job, self.out, marker, self.lock_wait): job for job in planned}
             failures, total, done = [], sum(len(j.run_dirs) for j in planned), itertools.count(1)
             with tqdm(total=total, unit="run", desc="runs", disable=None) as bar:
                 while pending:

@@ -46,6 +46,9 @@ CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
 )
 PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK = "checkpoint.prev.pt", "checkpoint.json", ".lock"
 BUSY_RETRY = 1.0  # seconds a lock attempt retries before it calls the run busy (outlasting any probe)
+# Seconds a Ray task waits for its run's lock (--lock-wait): on NFSv4 a dead node's lock outlives it by the
+# server's lease, 90 s by default.
+LOCK_WAIT = 120
 
 
 class _FdWriter(io.RawIOBase):
