@@ -112,8 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
                             f"the holder's pid and host (default: {rundir.LOCK_WAIT}; a dead node's lock on NFSv4 outlives "
                             "it by the server's lease, 90 s by default: give more if yours is longer)")
     sweep.add_argument("--no-shared-fs", action="store_true",
-                       help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends its "
-                            "run directories (all but checkpoints) back to be written under --out")
+                       help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends back, "
+                            "to be written under --out, its runs' records only: config.json, class_counts.json, "
+                            "metrics.json, per_class.csv, FINISHED, the executed train.ipynb and papermill.log, the "
+                            "notebook's figures (*.png, *.pdf) and tensorboard/ (no checkpoints, checkpoint.json or .lock)")
 
     caching = commands.add_parser(
         "cache", help="list mmlib's caches (decoded image folders, SSP backbones), or delete them with --clear",

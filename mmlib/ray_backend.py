@@ -3,10 +3,10 @@
 A task executes notebooks/train.ipynb through papermill on its worker exactly as the local executor
 does (mmlib.jobs.run_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
 filesystem that every node mounts, tasks write straight into the run directories under ``out``.
-Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its run
-directories' files except the checkpoint; the driver writes them under ``out``. A task whose worker
-dies is retried (MAX_RETRIES) and resumes from its checkpoint where that survives; a notebook that
-fails for its own reasons is not retried. Ctrl-C cancels every pending task.
+Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its runs'
+outputs (mmlib.jobs.OUTPUTS: record, notebook, log, figures; no checkpoint); the driver writes them under
+``out``. A task whose worker dies is retried (MAX_RETRIES) and resumes from its checkpoint where that
+survives; a notebook that fails for its own reasons is not retried. Ctrl-C cancels every pending task.
 """
 
 import hashlib
@@ -64,7 +64,7 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None,
     seconds = time.perf_counter() - start
     if marker is not None:
         return ok, seconds, None
-    records = [_small_files(d) for d in local.run_dirs]
+    records = [_output_files(d) for d in local.run_dirs]
     for run_dir in local.run_dirs:
         if rundir.is_finished(run_dir):  # its files are on their way to the driver
             shutil.rmtree(run_dir)
@@ -81,13 +81,9 @@ def _wait_for(condition, seconds: float) -> bool:
     return True
 
 
-def _small_files(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run directory but its checkpoint and half-written temporaries, by relative path."""
-    return {
-        path.relative_to(run_dir).as_posix(): path.read_bytes()
-        for path in sorted(run_dir.rglob("*"))
-        if path.is_file() and path.name != rundir.CHECKPOINT and not path.name.endswith(".tmp")
-    }
+def _output_files(run_dir: Path) -> dict[str, bytes]:
+    """A run directory's outputs (mmlib.jobs.OUTPUTS) by relative path, with their contents."""
+    return {path.relative_to(run_dir).as_posix(): path.read_bytes() for path in jobs.outputs(run_dir)}
 
 
 def _write_records(run_dir: Path, files: dict[str, bytes]) -> None:

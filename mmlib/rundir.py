@@ -45,6 +45,7 @@ CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "FINISHED",
 )
 PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK = "checkpoint.prev.pt", "checkpoint.json", ".lock"
+FAILED = "FAILED"  # a run that failed for its own reasons (a diverged fused run): why, at which epoch and step
 BUSY_RETRY = 1.0  # seconds a lock attempt retries before it calls the run busy (outlasting any probe)
 # Seconds a Ray task waits for its run's lock (--lock-wait): on NFSv4 a dead node's lock outlives it by the
 # server's lease, 90 s by default.

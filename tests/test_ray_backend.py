@@ -150,16 +150,23 @@ def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures
 
 @pytest.mark.slow
 @needs_ray
-def test_without_a_shared_filesystem_the_driver_writes_every_file_but_checkpoints(ray_instance, local_runs, tmp_path):
+def test_without_a_shared_filesystem_the_driver_writes_the_records_notebooks_and_figures(ray_instance, local_runs,
+                                                                                          tmp_path):
     from mmlib import ray_backend
 
     out = (tmp_path / "runs").resolve()
-    failures = sweeps.sweep("quick", out, [0], **ERM_MM, executor=on_ray(out, shared_fs=False), log=print)
+    options = {**ERM_MM, "overrides": {**TINY, "tensorboard": True}}  # how a run logs, not what it computes
+    failures = sweeps.sweep("quick", out, [0], **options, executor=on_ray(out, shared_fs=False), log=print)
     assert failures == []
+    record = {"config.json", "class_counts.json", "metrics.json", "per_class.csv", "FINISHED"}  # what collect takes
+    figures = {f"{name}.{kind}" for name in ("curves", "per_class", "confusion") for kind in ("png", "pdf")}
     for method in ("erm", "mm-drw"):
         relative = Path("quick", "digits-step-10", method, "seed0")
         run_dir, reference = out / relative, local_runs / relative
-        assert files(run_dir) == files(reference) - {rundir.CHECKPOINT}
+        tensorboard = {f for f in files(run_dir) if f.startswith("tensorboard/events.out.tfevents.")}
+        assert tensorboard and files(run_dir) == record | {"train.ipynb", "papermill.log"} | figures | tensorboard
+        # What stays behind is what only the trainer needs.
+        assert files(reference) - files(run_dir) == {"checkpoint.pt", "checkpoint.prev.pt", "checkpoint.json", ".lock"}
         assert_same_results(run_dir, reference)
         # Trained in the worker's scratch folder, which it cleared once the files were on their way.
         scratch = ray_backend.scratch_root(out) / relative
