@@ -21,7 +21,7 @@ import sys
 import warnings
 
 from mmlib import config as run_config
-from mmlib import cache, data, errors, paper, rundir
+from mmlib import cache, data, errors, jobs, paper, rundir
 from mmlib.methods import METHODS
 
 def _method_table() -> str:
@@ -113,9 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "it by the server's lease, 90 s by default: give more if yours is longer)")
     sweep.add_argument("--no-shared-fs", action="store_true",
                        help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends back, "
-                            "to be written under --out, its runs' records only: config.json, class_counts.json, "
-                            "metrics.json, per_class.csv, FINISHED, the executed train.ipynb and papermill.log, the "
-                            "notebook's figures (*.png, *.pdf) and tensorboard/ (no checkpoints, checkpoint.json or .lock)")
+                            "to be written under --out, its runs' records, notebooks and figures only: "
+                            f"{', '.join(jobs.OUTPUTS)} where present (no checkpoints, checkpoint.json or .lock)")
 
     caching = commands.add_parser(
         "cache", help="list mmlib's caches (decoded image folders, SSP backbones), or delete them with --clear",
@@ -223,8 +222,6 @@ def _sweep(args) -> int:
 
 def _executor(args, out, gpus: list[int] | None):
     """The sweep's executor: worker threads on this machine, or Ray tasks (its options refused without it)."""
-    from mmlib import jobs
-
     ray_options = {"address": args.address, "gpus_per_job": args.gpus_per_job, "shared_fs": not args.no_shared_fs,
                    **({} if args.lock_wait is None else {"lock_wait": args.lock_wait})}
     if args.backend == "local":
