@@ -21,7 +21,7 @@ import sys
 import warnings
 
 from mmlib import config as run_config
-from mmlib import cache, data, errors, paper, rundir
+from mmlib import cache, data, errors, jobs, paper, rundir
 from mmlib.methods import METHODS
 
 def _method_table() -> str:
@@ -118,9 +118,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--gpus-per-job", type=float,
                        help="GPUs each notebook needs under Ray, fractions allowed: 0.5 puts two on a GPU, 0 runs on "
                             "CPUs (default: 1 where the cluster has GPUs, else 0)")
+    sweep.add_argument("--lock-wait", type=float, metavar="SECONDS",
+                       help="how long a Ray task waits for a run another process holds before failing it, naming "
+                            f"the holder's pid and host (default: {rundir.LOCK_WAIT}; a dead node's lock on NFSv4 outlives "
+                            "it by the server's lease, 90 s by default: give more if yours is longer)")
     sweep.add_argument("--no-shared-fs", action="store_true",
-                       help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends its "
-                            "run directories (all but checkpoints) back to be written under --out")
+                       help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends back, "
+                            "to be written under --out, its runs' records, notebooks and figures only: "
+                            f"{', '.join(jobs.OUTPUTS)} where present (no checkpoints, checkpoint.json or .lock)")
 
     caching = commands.add_parser(
         "cache", help="list mmlib's caches (decoded image folders, SSP backbones), or delete them with --clear",
@@ -236,17 +241,16 @@ def _sweep(args) -> int:
 
 def _executor(args, out, gpus: list[int] | None):
     """The sweep's executor: worker threads on this machine, or Ray tasks (its options refused without it)."""
-    from mmlib import jobs
-
     if args.backend == "local":
-        if args.address is not None or args.gpus_per_job is not None or args.no_shared_fs:
-            raise ValueError("--address, --gpus-per-job and --no-shared-fs need --backend ray")
+        if args.address is not None or args.gpus_per_job is not None or args.lock_wait is not None or args.no_shared_fs:
+            raise ValueError("--address, --gpus-per-job, --lock-wait and --no-shared-fs need --backend ray")
         return jobs.LocalExecutor(gpus, args.runner)
     if gpus:
         raise ValueError("--gpus picks local GPUs; with --backend ray give --gpus-per-job and Ray assigns them")
     from mmlib import ray_backend  # Ray is an optional extra
 
-    return ray_backend.RayExecutor(out, args.address, args.gpus_per_job, not args.no_shared_fs, args.runner)
+    lock_wait = rundir.LOCK_WAIT if args.lock_wait is None else args.lock_wait
+    return ray_backend.RayExecutor(out, args.address, args.gpus_per_job, not args.no_shared_fs, args.runner, lock_wait)
 
 
 def _collect(args) -> int:

@@ -29,6 +29,12 @@ from mmlib.config import RunConfig
 TRAIN_NOTEBOOK = rundir.REPOSITORY / "notebooks" / "train.ipynb"
 OUTPUT_NOTEBOOK = "train.ipynb"  # the executed notebook, in every run directory of the job
 RUNNERS = {"notebook": "papermill.log", "python": "train.log"}  # how a job runs -> its log, in the first run directory
+# What a run directory holds for its readers, less what only its trainer needs (checkpoints, checkpoint.json,
+# .lock): the files collect takes (mmlib.results.record_files), FAILED, the executed notebook and the job's log,
+# the figures the notebook saves beside them (curves, per_class, confusion; .png and .pdf) and TensorBoard's
+# scalars. Glob patterns, relative to the run directory.
+OUTPUTS = (rundir.CONFIG, rundir.COUNTS, rundir.METRICS, rundir.PER_CLASS, rundir.FINISHED, rundir.FAILED,
+           OUTPUT_NOTEBOOK, *RUNNERS.values(), "*.png", "*.pdf", "tensorboard/*")
 
 
 @dataclass
@@ -47,6 +53,11 @@ class Job:
     def moved(self, run_dirs: list[Path]) -> "Job":
         """The same job training into other run directories (e.g. a node's scratch folder)."""
         return Job(self.labels, run_dirs, self.params)
+
+
+def outputs(run_dir: Path) -> list[Path]:
+    """The run directory's files that OUTPUTS names, sorted."""
+    return sorted({path for pattern in OUTPUTS for path in Path(run_dir).glob(pattern) if path.is_file()})
 
 
 def run_job(job: Job, gpu: int | None = None, runner: str = "notebook") -> bool:

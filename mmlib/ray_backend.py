@@ -3,10 +3,10 @@
 A task executes notebooks/train.ipynb through papermill on its worker exactly as the local executor
 does (mmlib.jobs.run_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
 filesystem that every node mounts, tasks write straight into the run directories under ``out``.
-Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its run
-directories' files except the checkpoint; the driver writes them under ``out``. A task whose worker
-dies is retried (MAX_RETRIES) and resumes from its checkpoint where that survives; a notebook that
-fails for its own reasons is not retried. Ctrl-C cancels every pending task.
+Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its runs'
+outputs (mmlib.jobs.OUTPUTS: record, notebook, log, figures; no checkpoint); the driver writes them under
+``out``. A task whose worker dies is retried (MAX_RETRIES) and resumes from its checkpoint where that
+survives; a notebook that fails for its own reasons is not retried. Ctrl-C cancels every pending task.
 """
 
 import hashlib
@@ -29,7 +29,6 @@ except ModuleNotFoundError as err:
 
 MAX_RETRIES = 3  # retries of a task whose worker or node died; a failing notebook is never retried
 MARKER_WAIT = 60  # seconds a worker waits to see the driver's marker under --out (NFS caches a miss ~30 s)
-LOCK_WAIT = 60  # seconds a task waits for its runs' locks: a retried task's killed attempt is reaped a moment late
 
 
 class NotSharedError(ValueError):
@@ -47,7 +46,8 @@ def scratch_root(out: Path) -> Path:
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
-def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str) -> tuple[bool, float, list[dict] | None]:
+def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
+             lock_wait: float) -> tuple[bool, float, list[dict] | None]:
     """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
     if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
@@ -56,14 +56,15 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str) -> tupl
     if marker is None:
         scratch = scratch_root(out)
         local = job.moved([scratch / d.relative_to(out) for d in job.run_dirs])
-    # Still held after LOCK_WAIT, a run is another sweep's: run_job leaves it alone and says so.
-    _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), LOCK_WAIT)
+    # A retried task's killed attempt is reaped a moment late, a dead node's lock on NFS outlives it by the
+    # lease; still held after lock_wait, a run is another live process's: run_job leaves it alone and says so.
+    _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), lock_wait)
     start = time.perf_counter()
     ok = jobs.run_job(local, runner=runner)
     seconds = time.perf_counter() - start
     if marker is not None:
         return ok, seconds, None
-    records = [_small_files(d) for d in local.run_dirs]
+    records = [_output_files(d) for d in local.run_dirs]
     for run_dir in local.run_dirs:
         if rundir.is_finished(run_dir):  # its files are on their way to the driver
             shutil.rmtree(run_dir)
@@ -80,13 +81,9 @@ def _wait_for(condition, seconds: float) -> bool:
     return True
 
 
-def _small_files(run_dir: Path) -> dict[str, bytes]:
-    """Every file of a run directory but its checkpoint and half-written temporaries, by relative path."""
-    return {
-        path.relative_to(run_dir).as_posix(): path.read_bytes()
-        for path in sorted(run_dir.rglob("*"))
-        if path.is_file() and path.name != rundir.CHECKPOINT and not path.name.endswith(".tmp")
-    }
+def _output_files(run_dir: Path) -> dict[str, bytes]:
+    """A run directory's outputs (mmlib.jobs.OUTPUTS) by relative path, with their contents."""
+    return {path.relative_to(run_dir).as_posix(): path.read_bytes() for path in jobs.outputs(run_dir)}
 
 
 def _write_records(run_dir: Path, files: dict[str, bytes]) -> None:
@@ -99,15 +96,18 @@ class RayExecutor:
     """Jobs as Ray tasks, on the cluster at ``address`` (None: a new local Ray instance), each asking for
     ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and one CPU; run directories under
     ``out``, written by the tasks (``shared_fs``) or sent back to the driver; each job run by ``runner``
-    (mmlib.jobs.run_job)."""
+    (mmlib.jobs.run_job). A task finding one of its runs locked waits up to ``lock_wait`` seconds for it, then
+    fails it naming the holder's pid and host."""
 
     def __init__(self, out: str | Path, address: str | None = None, gpus_per_job: float | None = None,
-                 shared_fs: bool = True, runner: str = "notebook"):
+                 shared_fs: bool = True, runner: str = "notebook", lock_wait: float = rundir.LOCK_WAIT):
         if gpus_per_job is not None:
             check_gpus_per_job(gpus_per_job)
         jobs.check_runner(runner)
+        if not lock_wait >= 0:
+            raise ValueError(f"--lock-wait must be a number of seconds >= 0, got {lock_wait:g}")
         self.out, self.address, self.gpus_per_job, self.shared_fs = Path(out).resolve(), address, gpus_per_job, shared_fs
-        self.runner = runner
+        self.runner, self.lock_wait = runner, lock_wait
 
     def run(self, planned: list[jobs.Job], log=print) -> list[tuple[str, Path]]:
         """Run the jobs; returns the failed runs and their notebooks."""
@@ -123,7 +123,7 @@ class RayExecutor:
             task = _run_job.options(num_gpus=self._gpus_per_job())
             if marker is not None:
                 rundir.write_text(marker, "a sweep's workers check that they see this file\n")
-            pending = {task.remote(job, self.out, marker, self.runner): job for job in planned}
+            pending = {task.remote(job, self.out, marker, self.runner, self.lock_wait): job for job in planned}
             failures, total, done = [], sum(len(j.run_dirs) for j in planned), itertools.count(1)
             with tqdm(total=total, unit="run", desc="runs", disable=None) as bar:
                 while pending:

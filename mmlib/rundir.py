@@ -6,7 +6,8 @@
                        configuration it was trained with (the authority on resume)
     checkpoint.prev.pt the checkpoint before, kept until the new one is complete
     checkpoint.json    the latest checkpoint's epoch and configuration, readable without loading it
-    .lock              held (flock) by the process training the run; holds its pid
+    checkpoint.corrupt-<UTC time>.pt   a corrupt checkpoint.pt, set aside by the trainer that found it
+    .lock              held (flock) by the process training the run; holds "<pid> on <host>"
     metrics.json       final and best epoch results, per-epoch history
     per_class.csv      per-class training count, group, final and best error
     FINISHED           written last: the run is complete
@@ -17,9 +18,12 @@ import contextlib
 import datetime
 import fcntl
 import io
+import itertools
 import json
 import os
+import socket
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -41,7 +45,12 @@ CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "per_class.csv",
     "FINISHED",
 )
-PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK, FAILED = "checkpoint.prev.pt", "checkpoint.json", ".lock", "FAILED"
+PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK = "checkpoint.prev.pt", "checkpoint.json", ".lock"
+FAILED = "FAILED"  # a run that failed for good (a diverged fused run): why, at which epoch and step
+BUSY_RETRY = 1.0  # seconds a lock attempt retries before it calls the run busy (outlasting any probe)
+# Seconds a Ray task waits for its run's lock (--lock-wait): on NFSv4 a dead node's lock outlives it by the
+# server's lease, 90 s by default.
+LOCK_WAIT = 120
 
 
 class _FdWriter(io.RawIOBase):
@@ -116,36 +125,66 @@ def read_json(path: Path):
 def locked(folder: Path, wait: bool = False):
     """Hold ``folder``'s lock: an OS lock (flock), released on exit and by the OS if the process dies.
 
-    Another holder makes this fail at once with RunDirBusyError naming its pid, or with ``wait``, wait for it.
+    The lock file records the holder as "<pid> on <host>". Another holder makes this fail within
+    BUSY_RETRY seconds with RunDirBusyError naming it, or with ``wait``, wait for it.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            _lock_exclusively(fd, wait)
         except BlockingIOError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirBusyError(f"{folder} is in use by process {owner} (lock {folder / LOCK}): wait for it to end, "
-                                  "or give another run directory") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            raise RunDirBusyError(f"{folder} is in use by process {_holder(fd)} (lock {folder / LOCK}): wait for it "
+                                  "to end, or give another run directory") from None
+        # Written over the old text, then cut to length: a reader never finds the file empty or half a line.
+        holder = f"{os.getpid()} on {socket.gethostname()}\n".encode()
+        os.pwrite(fd, holder, 0)
+        os.ftruncate(fd, len(holder))
         yield
     finally:
         os.close(fd)
 
 
+def _lock_exclusively(fd: int, wait: bool) -> None:
+    """flock ``fd`` exclusively; without ``wait``, BlockingIOError if it stays held for BUSY_RETRY seconds.
+
+    Retried because a probe (lock_owner) holds the lock shared for microseconds, which alone would make
+    a trainer's first attempt fail as if the run were busy.
+    """
+    if wait:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return
+    deadline = time.monotonic() + BUSY_RETRY
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
+def _holder(fd: int) -> str:
+    """The holder a lock file records: "<pid> on <host>" (an older mmlib wrote "<pid>" alone), else "unknown"."""
+    lines = os.pread(fd, 512, 0).decode(errors="replace").strip().splitlines()
+    return lines[0].strip() if lines else "unknown"
+
+
 def lock_owner(folder: Path) -> str | None:
-    """The pid holding ``folder``'s lock, None if it is free (a snapshot: it may change right after)."""
+    """The holder of ``folder``'s lock, "<pid> on <host>"; None if it is free (a snapshot: it may change right after)."""
     try:
         fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # a probe: shared, so it never blocks another probe
+        # A probe: shared, so it never blocks another probe, and held for microseconds, which a trainer's
+        # exclusive attempt outlasts (_lock_exclusively).
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return _holder(fd)
     finally:
         os.close(fd)
 
@@ -174,11 +213,14 @@ def save_checkpoint(folder: Path, state: dict) -> None:
     })
 
 
-def load_checkpoint(folder: Path) -> dict | None:
+def load_checkpoint(folder: Path, set_aside_corrupt: bool = False) -> dict | None:
     """The folder's latest usable checkpoint, None if it has none.
 
-    A corrupt checkpoint.pt falls back to checkpoint.prev.pt with a warning naming both; with neither
-    usable, CorruptFileError names them and what to do.
+    A corrupt checkpoint.pt falls back to checkpoint.prev.pt; with neither usable, CorruptFileError names
+    them and what to do. ``set_aside_corrupt`` is the trainer's, holding the folder's lock, before it
+    writes anything there: the corrupt checkpoint.pt is first renamed to checkpoint.corrupt-<UTC time>.pt,
+    so that the next save keeps checkpoint.prev.pt, the good copy, and a warning names both files and
+    where the corrupt one went. Without it (planning, reports) nothing is moved and nothing is said.
     """
     folder = Path(folder)
     present = [p for p in (folder / CHECKPOINT, folder / PREVIOUS_CHECKPOINT) if p.exists()]
@@ -193,9 +235,10 @@ def load_checkpoint(folder: Path) -> dict | None:
         except Exception as err:  # any other failure to unpickle means the bytes are not a checkpoint
             problems.append(f"{path} ({type(err).__name__}: {str(err).split('. ')[0][:120]})")
             continue
-        if problems:
-            warnings.warn(f"{problems[0]} is unusable; resuming from the previous checkpoint {path} "
-                          f"(epoch {state['epoch']})", stacklevel=2)
+        if problems and set_aside_corrupt:
+            aside = set_aside(folder / CHECKPOINT, "corrupt")
+            warnings.warn(f"{problems[0]} is unusable, moved to {aside}; resuming from the previous checkpoint "
+                          f"{path} (epoch {state['epoch']})", stacklevel=2)
         return state
     if problems:
         raise CorruptFileError(f"no usable checkpoint in {folder}: {'; '.join(problems)}. Delete "
@@ -247,9 +290,13 @@ def failure(run_dir: Path) -> dict | None:
 
 
 def set_aside(path: Path, why: str) -> Path:
-    """Rename a file or folder to <name>.<why>-<UTC time> beside it (nothing is deleted); returns the new path."""
+    """Rename a file or folder to <stem>.<why>-<UTC time>[-n]<suffix> beside it (checkpoint.corrupt-...pt,
+    seed0.replaced-...): nothing is deleted. Call it holding the folder's lock (or the sweep's plan), so that
+    nobody else names files there. Returns the new path."""
     path = Path(path)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-    target = path.with_name(f"{path.name}.{why}-{stamp}")
-    os.rename(path, target)
-    return target
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    for n in itertools.count(1):
+        aside = path.with_name(f"{path.stem}.{why}-{stamp}{f'-{n}' if n > 1 else ''}{path.suffix}")
+        if not aside.exists():
+            os.replace(path, aside)
+            return aside

@@ -71,7 +71,7 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
     train_x, train_y = to_device(dataset.train_images, dataset.train_labels, device)
     stream = TrainStream(train_x, train_y, pretrain.batch_size, pretrain.data_seed)
     start = 0
-    saved = rundir.load_checkpoint(folder)
+    saved = rundir.load_checkpoint(folder, set_aside_corrupt=True)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])

@@ -334,7 +334,7 @@ class _Group:
     def _resume(self) -> dict:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""
         self.records = Records(len(self.configs), self.dataset.groups, [m.posthoc for m in self.methods])
-        saved = [rundir.load_checkpoint(d) for d in self.run_dirs]
+        saved = [rundir.load_checkpoint(d, set_aside_corrupt=True) for d in self.run_dirs]
         self.checkpointed_epoch = None
         if any(s is not None for s in saved):
             epochs = {s and s["epoch"] for s in saved}

@@ -4,6 +4,7 @@ isolate, no shared filesystem, a killed worker; and the option checks, which nee
 import importlib.util
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -58,6 +59,15 @@ def local_runs(ray_instance, tmp_path_factory):
     return out
 
 
+HOLD = """
+import sys, time
+from mmlib import rundir
+with rundir.locked(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
 def metrics_without_timing(run_dir: Path) -> dict:
     """metrics.json less what the clock decides: seconds and the finishing time."""
     metrics = rundir.read_json(run_dir / rundir.METRICS)
@@ -76,6 +86,7 @@ def files(run_dir: Path) -> set[str]:
     return {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 @needs_ray
 def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures(ray_instance, local_runs, tmp_path):
     out = tmp_path / "runs"
@@ -115,23 +126,47 @@ def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures
     assert not [p for p in out.iterdir() if p.name.startswith(".ray-sweep-")]  # the shared-fs marker is gone
 
     finished = {d: (d / rundir.METRICS).read_bytes() for d in (erm0, mm0, mm1)}
+    # erm seed 1 is now held by another process, as a dead node's run stays locked until its NFS lease ends:
+    # the task waits the configured lock_wait (not the default), then fails the run naming the holder and
+    # its host, and leaves its files alone.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(erm1)], stdout=subprocess.PIPE, text=True)
+    log_before = (erm1 / "papermill.log").read_bytes()
     lines.clear()
-    sweeps.sweep("quick", out, [0, 1], **ERM_MM, executor=on_ray(out), log=lines.append)
-    assert lines[0] == "quick: 1 runs to do in 1 notebooks, 3 finished runs skipped"
+    try:
+        assert holder.stdout.readline() == "held\n"
+        start = time.monotonic()
+        sweeps.sweep("quick", out, [0, 1], **ERM_MM, executor=on_ray(out, lock_wait=3), log=lines.append)
+        waited = time.monotonic() - start
+    finally:
+        holder.kill()
+        holder.wait()
+    assert lines[:2] == ["quick: 1 runs to do in 1 notebooks, 3 finished runs skipped",
+                         f"[1/1] quick digits-step-10 erm seed1: FAILED: {erm1} is in use by process {holder.pid} "
+                         f"on {socket.gethostname()} (see {erm1 / 'train.ipynb'})"]
+    assert 3 <= waited < rundir.LOCK_WAIT
+    assert (erm1 / "papermill.log").read_bytes() == log_before
     assert all((d / rundir.METRICS).read_bytes() == before for d, before in finished.items())
 
 
+@pytest.mark.slow
 @needs_ray
-def test_without_a_shared_filesystem_the_driver_writes_every_file_but_checkpoints(ray_instance, local_runs, tmp_path):
+def test_without_a_shared_filesystem_the_driver_writes_the_records_notebooks_and_figures(ray_instance, local_runs,
+                                                                                          tmp_path):
     from mmlib import ray_backend
 
     out = (tmp_path / "runs").resolve()
-    failures = sweeps.sweep("quick", out, [0], **ERM_MM, executor=on_ray(out, shared_fs=False), log=print)
+    options = {**ERM_MM, "overrides": {**TINY, "tensorboard": True}}  # how a run logs, not what it computes
+    failures = sweeps.sweep("quick", out, [0], **options, executor=on_ray(out, shared_fs=False), log=print)
     assert failures == []
+    record = {"config.json", "class_counts.json", "metrics.json", "per_class.csv", "FINISHED"}  # what collect takes
+    figures = {f"{name}.{kind}" for name in ("curves", "per_class", "confusion") for kind in ("png", "pdf")}
     for method in ("erm", "mm-drw"):
         relative = Path("quick", "digits-step-10", method, "seed0")
         run_dir, reference = out / relative, local_runs / relative
-        assert files(run_dir) == files(reference) - {rundir.CHECKPOINT}
+        tensorboard = {f for f in files(run_dir) if f.startswith("tensorboard/events.out.tfevents.")}
+        assert tensorboard and files(run_dir) == record | {"train.ipynb", "papermill.log"} | figures | tensorboard
+        # What stays behind is what only the trainer needs.
+        assert files(reference) - files(run_dir) == {"checkpoint.pt", "checkpoint.prev.pt", "checkpoint.json", ".lock"}
         assert_same_results(run_dir, reference)
         # Trained in the worker's scratch folder, which it cleared once the files were on their way.
         scratch = ray_backend.scratch_root(out) / relative
@@ -158,6 +193,7 @@ def _processes() -> dict[int, tuple[int, str]]:
     return found
 
 
+@pytest.mark.slow
 @needs_ray
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the worker process through /proc (Linux)")
 def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_instance, tmp_path):
@@ -189,6 +225,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_in
     assert not set(killed["kernels"]) & set(_processes())  # the killed attempt's kernel went with its worker
 
 
+@pytest.mark.slow
 @needs_ray
 @pytest.mark.skipif(not Path("/proc").exists(), reason="finds the notebook processes through /proc (Linux)")
 def test_ctrl_c_cancels_every_task_and_keeps_finished_runs(ray_instance, tmp_path):
@@ -215,6 +252,7 @@ def test_ctrl_c_cancels_every_task_and_keeps_finished_runs(ray_instance, tmp_pat
     assert sum(rundir.is_finished(d) for d in out.glob("quick/*/*/seed*")) < 3
 
 
+@pytest.mark.slow
 @needs_ray
 def test_gpus_per_job_is_chosen_from_the_cluster_and_more_than_it_has_is_refused_before_any_work(ray_instance, tmp_path):
     assert on_ray(tmp_path)._gpus_per_job() == 0  # this cluster has no GPU: the tasks run on CPUs
@@ -229,7 +267,9 @@ def test_ray_options_are_checked_before_any_work(tmp_path):
                               capture_output=True, text=True)
 
     done = cli("--gpus-per-job", "1")
-    assert done.returncode == 2 and "--address, --gpus-per-job and --no-shared-fs need --backend ray" in done.stderr
+    assert done.returncode == 2 and "--address, --gpus-per-job, --lock-wait and --no-shared-fs need --backend ray" in done.stderr
+    done = cli("--lock-wait", "300")
+    assert done.returncode == 2 and "--lock-wait and --no-shared-fs need --backend ray" in done.stderr
     done = cli("--backend", "ray", "--gpus", "0")
     assert done.returncode == 2 and "--gpus picks local GPUs" in done.stderr
     if importlib.util.find_spec("ray") is None:
@@ -238,4 +278,6 @@ def test_ray_options_are_checked_before_any_work(tmp_path):
     else:
         done = cli("--backend", "ray", "--gpus-per-job", "1.5")
         assert done.returncode == 2 and "--gpus-per-job must be a fraction of one GPU" in done.stderr
+        done = cli("--backend", "ray", "--lock-wait", "-1")
+        assert done.returncode == 2 and done.stderr == "error: --lock-wait must be a number of seconds >= 0, got -1\n"
     assert not any(tmp_path.iterdir())

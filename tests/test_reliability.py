@@ -4,14 +4,18 @@ Lock and kill cases use real processes and signals; corrupt files are real trunc
 the full disk is os.write raising ENOSPC (no filesystem can be made small here without root).
 """
 
+import datetime
 import errno
 import json
 import math
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -90,13 +94,14 @@ def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_loc
     params, run_dir = tiny(epochs=100), tmp_path / "run"  # killed long before its end
     owner = start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path)
     lock = run_dir / rundir.LOCK
-    wait_for(lambda: lock.exists() and lock.read_text().strip() == str(owner.pid), owner, "the lock")
+    holder = f"{owner.pid} on {socket.gethostname()}"  # an older mmlib's reader shows "process <this>" too
+    wait_for(lambda: lock.exists() and lock.read_text() == holder + "\n", owner, "the lock")
     others = [start(cli_args(p) + ["--run-dir", str(run_dir)], tmp_path) for p in (params, tiny(epochs=100, seed=1))]
     for other in others:  # an identical run, and one of another seed
         _, err = other.communicate(timeout=240)
         assert other.returncode == errors.RunDirBusyError.exit_code
         assert err.splitlines() == [
-            f"error: {run_dir} is in use by process {owner.pid} (lock {lock}): wait for it to end, or give another run directory"
+            f"error: {run_dir} is in use by process {holder} (lock {lock}): wait for it to end, or give another run directory"
         ]
     wait_for(checkpointed(run_dir), owner, "the first checkpoint")
     kill(owner)
@@ -192,12 +197,59 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_pa
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     stale = run_dir / ".checkpoint.pt.x1y2z3.tmp"  # what a kill during a write leaves
     stale.write_bytes(latest.read_bytes())
-    with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable; resuming "
-                                         rf"from the previous checkpoint {run_dir / rundir.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
+    with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable, moved to "
+                                         rf"{run_dir}/checkpoint.corrupt-.*\.pt; resuming from the previous checkpoint "
+                                         rf"{run_dir / rundir.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
         resumed = training.run(tiny(), run_dir)
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
     assert not stale.exists()
+
+
+@pytest.mark.slow
+def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_one_kept(tmp_path, monkeypatch):
+    params, run_dir = tiny(), tmp_path / "run"  # two epochs, a checkpoint after each
+    latest, previous = run_dir / rundir.CHECKPOINT, run_dir / rundir.PREVIOUS_CHECKPOINT
+    real_save = rundir.save_checkpoint
+
+    def stop_after_epoch_2(folder, state):  # checkpointed, but killed before its results are written
+        real_save(folder, state)
+        if state["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "save_checkpoint", stop_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        training.run(params, run_dir)
+    epoch_1 = previous.read_bytes()
+    for attempt in (1, 2):
+        latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # the epoch-2 checkpoint, truncated
+        corrupt = latest.read_bytes()
+        # Planning and reports read without the lock: they move nothing and warn of nothing.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert rundir.checkpoint_info(run_dir)["epoch"] == 1 and rundir.load_checkpoint(run_dir)["epoch"] == 1
+        assert latest.read_bytes() == corrupt and previous.read_bytes() == epoch_1
+        before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        with pytest.warns(UserWarning) as caught:
+            if attempt == 1:  # resumes from epoch 1, checkpoints epoch 2 again and is interrupted again
+                with pytest.raises(KeyboardInterrupt):
+                    training.run(params, run_dir)
+            else:
+                monkeypatch.setattr(rundir, "save_checkpoint", real_save)
+                resumed = training.run(params, run_dir)
+        after = datetime.datetime.now(datetime.timezone.utc)
+        set_aside = sorted(run_dir.glob("checkpoint.corrupt-*.pt"), key=lambda p: p.stat().st_mtime_ns)
+        assert len(set_aside) == attempt and set_aside[-1].read_bytes() == corrupt
+        stamp = re.fullmatch(r"checkpoint\.corrupt-(\d{8}T\d{6}Z)(-\d+)?\.pt", set_aside[-1].name).group(1)
+        assert before <= datetime.datetime.strptime(stamp, "%Y%m%dT%H%M%S%z") <= after
+        [message] = [str(w.message) for w in caught if "unusable" in str(w.message)]
+        assert message.startswith(f"{latest} (RuntimeError: ") and message.endswith(
+            f") is unusable, moved to {set_aside[-1]}; resuming from the previous checkpoint {previous} (epoch 1)")
+        if attempt == 1:  # the interrupted resume's save of epoch 2 left the good epoch-1 copy where it was
+            assert previous.read_bytes() == epoch_1 and rundir.load_checkpoint(run_dir)["epoch"] == 2
+    training.run(params, tmp_path / "straight")
+    assert [e["epoch"] for e in resumed["history"]] == [1, 2]
+    same_results(run_dir, tmp_path / "straight")
 
 
 def test_no_usable_checkpoint_is_one_error_line_naming_the_files(tmp_path, capsys):
@@ -250,9 +302,69 @@ def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
     finally:
         kill(holder)
     assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]
-    assert lines == [f"[1/1] {jobs[0].labels[0]}: FAILED: {run_dir} is in use by process {holder.pid} "
-                     f"(see {run_dir / 'train.ipynb'})"]
+    assert lines == [f"[1/1] {jobs[0].labels[0]}: FAILED: {run_dir} is in use by process {holder.pid} on "
+                     f"{socket.gethostname()} (see {run_dir / 'train.ipynb'})"]
     assert sorted(p.name for p in run_dir.iterdir()) == [rundir.LOCK]  # nothing of the holder's was touched
+
+
+OLD_HOLDER = """
+import fcntl, os, sys, time
+fd = os.open(os.path.join(sys.argv[1], ".lock"), os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0)
+os.pwrite(fd, b"%d\\n" % os.getpid(), 0)
+print("held", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_lock_an_older_mmlib_holds_names_its_pid(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", OLD_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert rundir.lock_owner(run_dir) == str(holder.pid)
+        with pytest.raises(errors.RunDirBusyError, match=rf"^{run_dir} is in use by process {holder.pid} \(lock "):
+            with rundir.locked(run_dir):
+                pass
+    finally:
+        kill(holder)
+
+
+PROBER = """
+import sys
+from pathlib import Path
+from mmlib import rundir
+run_dir, stop = Path(sys.argv[1]), Path(sys.argv[2])
+probes = held = 0
+print("probing", flush=True)
+while not stop.exists():
+    for _ in range(100):
+        held += rundir.lock_owner(run_dir) is not None
+    probes += 100
+print(probes, held)
+"""
+
+
+@pytest.mark.slow
+def test_probing_a_lock_in_a_tight_loop_never_makes_a_trainer_fail_to_take_it(tmp_path):
+    run_dir, stop = tmp_path / "run", tmp_path / "stop"
+    with rundir.locked(run_dir):  # the lock file exists, free
+        pass
+    prober = subprocess.Popen([sys.executable, "-c", PROBER, str(run_dir), str(stop)], stdout=subprocess.PIPE, text=True)
+    assert prober.stdout.readline() == "probing\n"
+    taken, deadline = 0, time.monotonic() + 1
+    try:
+        while time.monotonic() < deadline:  # the trainer's way in, thousands of times under the probes
+            with rundir.locked(run_dir):
+                taken += 1
+    finally:
+        stop.touch()
+    out, _ = prober.communicate(timeout=60)
+    probes, held = map(int, out.split())
+    assert taken > 100 and 0 < held < probes  # the probes ran, and found the trainer holding it, meanwhile
+    assert rundir.lock_owner(run_dir) is None
 
 
 # --- errors: one line, an exit code per kind -----------------------------------------------------------
