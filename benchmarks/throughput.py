@@ -25,7 +25,7 @@ import time
 import torch
 from torch.utils.data import DataLoader
 
-from mmlib import sweeps
+from mmlib import fusion
 from mmlib.data import DATASETS, load_dataset
 from mmlib.losses import LDAMLoss
 from mmlib.models import ARCHS, build_model, merge_state_dicts
@@ -152,7 +152,7 @@ def main() -> None:
     if args.save_curve:
         settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
                     "compile": paths[-1], "images": n}
-        print(f"K curve of {paths[-1]} saved to {sweeps.save_fuse_curve(torch.cuda.get_device_name(device), settings, curve)}")
+        print(f"K curve of {paths[-1]} saved to {fusion.save_fuse_curve(torch.cuda.get_device_name(device), settings, curve)}")
 
 
 if __name__ == "__main__":

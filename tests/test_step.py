@@ -1,12 +1,14 @@
 """The training step (mmlib.step): its SGD update, its batched gather and loop against the plain loop, graphs on CUDA."""
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from mmlib import rundir, sweeps, training
+from mmlib import fusion, rundir, training
 from mmlib.config import RunConfig
 from mmlib.losses import LDAMLoss, build_loss
 from mmlib.models import build_model, merge_state_dicts
@@ -141,6 +143,32 @@ def test_graphs_without_cuda_fail_before_any_work(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+# --- the device check's environment -------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+JUPYTER = ("nbformat", "papermill", "jupyter_client")
+
+
+@pytest.mark.slow
+def test_the_device_checks_modules_import_without_jupyter():
+    """The GPU machine has no papermill, nbformat or Jupyter: the step, the trainer, fusion, the device check's
+    benchmarks and the test files it runs import without them (and the blocker does block: sweeps cannot)."""
+    code = "\n".join([
+        "import sys",
+        *(f"sys.modules[{name!r}] = None" for name in JUPYTER),
+        "import mmlib.step, mmlib.training, mmlib.fusion, gpu_check, throughput, test_step, test_losses, test_models",
+        "try:",
+        "    import mmlib.sweeps",
+        "except ImportError as error:",
+        "    print(error)",
+    ])
+    path = os.pathsep.join(str(ROOT / d) for d in ("", "benchmarks", "tests"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": path})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "import of nbformat halted; None in sys.modules"
+
+
 # --- sweep --fuse auto ----------------------------------------------------------------------
 
 
@@ -149,10 +177,10 @@ def test_fuse_from_curve_takes_the_fastest_k_that_fits_the_free_memory():
              {"runs": 2, "images_per_second": 180.0, "peak_mib": 900.0},
              {"runs": 4, "images_per_second": 300.0, "peak_mib": 1700.0},
              {"runs": 8, "images_per_second": 290.0, "peak_mib": 3300.0}]
-    assert sweeps.fuse_from_curve(curve, 10_000 * 2**20) == 4  # K = 8 fits but is slower
-    assert sweeps.fuse_from_curve(curve, 2_200 * 2**20) == 4  # 1700 <= 0.8 * 2200
-    assert sweeps.fuse_from_curve(curve, 2_000 * 2**20) == 2
-    assert sweeps.fuse_from_curve(curve, 100 * 2**20) == 1
+    assert fusion.fuse_from_curve(curve, 10_000 * 2**20) == 4  # K = 8 fits but is slower
+    assert fusion.fuse_from_curve(curve, 2_200 * 2**20) == 4  # 1700 <= 0.8 * 2200
+    assert fusion.fuse_from_curve(curve, 2_000 * 2**20) == 2
+    assert fusion.fuse_from_curve(curve, 100 * 2**20) == 1
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto means 1 only without CUDA")
