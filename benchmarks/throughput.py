@@ -8,10 +8,12 @@
       the images): K = 1 is (b), K > 1 is (c).
 
 Each measures whole epochs over the first --images training images (all by default), after one
-warm-up epoch (which includes a graph path's capture), and prints the aggregate images/s, the ratio
-to (a), peak memory, and the time a 200-epoch run of each of the K runs would take at that rate.
+warm-up epoch (which includes a graph path's captures and their checks) and one evaluation of the
+test set, and prints the aggregate images/s, the ratio to (a), peak memory, and the time a 200-epoch
+run of each of the K runs would take at that rate. On CUDA the peak is of reserved memory over all of
+it: a graph's activations live in its private pool, reserved but not allocated between replays.
 --save-curve keeps the curve of the last --compile path (with --fuse 1 2 4 8 16 32 and the sweep's
-settings, e.g. --bf16) for `sweep --fuse auto`.
+settings, e.g. --bf16) for `sweep --fuse auto`; --json writes every row for the device check.
 
     python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560                          # CPU
     python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile off graphs --save-curve  # GPU
@@ -19,8 +21,10 @@ settings, e.g. --bf16) for `sweep --fuse auto`.
 
 import argparse
 import gc
+import json
 import resource
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -29,7 +33,7 @@ from mmlib import fusion
 from mmlib.data import DATASETS, load_dataset
 from mmlib.losses import LDAMLoss
 from mmlib.models import ARCHS, build_model, merge_state_dicts
-from mmlib.pipeline import TrainStream, to_device
+from mmlib.pipeline import TrainStream, eval_batches, to_device
 from mmlib.step import COMPILE_MODES, TrainStep
 from reference import ReferenceDataset
 
@@ -47,21 +51,39 @@ def reference_epoch(model, loader, criterion, optimizer, device) -> None:
         optimizer.step()
 
 
-def timed(epoch, images: int, epochs: int, device: torch.device) -> tuple[float, float]:
-    """(images per second, peak memory in MiB) over `epochs` epochs after one warm-up epoch."""
-    epoch()
+def timed(epoch, images: int, epochs: int, device: torch.device, evaluate=None) -> tuple[float, float]:
+    """(images per second over `epochs` epochs after a warm-up epoch and an evaluation, peak memory in MiB).
+
+    On CUDA, the peak of reserved memory from before the warm-up (graph captures and their checks included);
+    on the CPU, the process's peak RSS.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # what earlier measurements left cached
         torch.cuda.reset_peak_memory_stats(device)
+    epoch()
+    if evaluate is not None:
+        evaluate()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
         epoch()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = torch.cuda.max_memory_reserved(device) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # the process's RSS, Linux KiB
     return images * epochs / (time.perf_counter() - start), peak
+
+
+@torch.inference_mode()
+def evaluate(model, runs: int, images: torch.Tensor, labels: torch.Tensor, bf16: bool, memory_format) -> None:
+    """One pass of the K runs over the test set, as the trainer evaluates (batches of 1024, the default)."""
+    model.eval()
+    for x, _ in eval_batches(images, labels, 1024):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+            model(x.repeat(1, runs, 1, 1).contiguous(memory_format=memory_format)).argmax(-1)
 
 
 def sgd(model, lr=0.1):
@@ -87,6 +109,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save-curve", action="store_true",
                         help="save the last path's K curve for sweep --fuse auto (CUDA only)")
+    parser.add_argument("--json", help="write every measured row to this file")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -111,8 +134,9 @@ def main() -> None:
     )
     del model, loader
 
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     x, y = to_device(train_images, train_labels, device)
+    test_x, test_y = to_device(dataset.test_images, dataset.test_labels, device)
 
     def mmlib_rate(runs: int, path: str) -> tuple[float, float]:
         singles = []
@@ -124,15 +148,20 @@ def main() -> None:
         fused.to(device, memory_format=memory_format)
         streams = [TrainStream(x, y, BATCH_SIZE, seed) for seed in range(runs)]
         criteria = [LDAMLoss(counts).to(device) for _ in range(runs)]
+        for criterion in criteria:  # as the trainer builds them: weighted from the start, for DRW
+            criterion.weight = torch.ones(dataset.num_classes, device=device)
         step = TrainStep(fused, streams, criteria, sgd(fused), args.bf16, args.channels_last, path)
-        rate, memory = timed(step.epoch, n, args.epochs, device)
+        rate, memory = timed(step.epoch, n, args.epochs, device,
+                             lambda: evaluate(fused, runs, test_x, test_y, args.bf16, memory_format))
+        if step.paths[-1]["path"] != ("graphs" if path == "graphs" else "eager"):
+            print(f"  ({path}, {runs} runs: {step.paths[-1]['reason']})")
         return rate * runs, memory
 
-    memory_unit = "MiB peak allocated" if cuda else "MiB peak process RSS"
+    memory_unit = "MiB peak reserved" if cuda else "MiB peak process RSS"
     full_run = len(dataset.train_labels) * 200
     print(f"{'(a) reference loop':<34} {reference:10,.0f} images/s  {1:6.2f}x (a)  {reference_memory:8,.0f} "
           f"{memory_unit}  200 epochs on the whole set: {full_run / reference / 60:7.1f} min for 1 run")
-    curve = []
+    rows, curve = [], []
     for path in paths:
         curve = []
         for runs in runs_list:
@@ -147,12 +176,18 @@ def main() -> None:
                 if cuda:
                     torch.cuda.empty_cache()
             curve.append({"runs": runs, "images_per_second": rate, "peak_mib": memory})
+            rows.append({"path": path, "runs": runs, "images_per_second": rate, "ratio": rate / reference,
+                         "peak_mib": memory, "seconds_200_epochs": full_run * runs / rate})
             print(f"{name:<34} {rate:10,.0f} images/s  {rate / reference:6.2f}x (a)  {memory:8,.0f} {memory_unit}  "
                   f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)")
+    settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
+                "compile": paths[-1], "images": n, "memory": memory_unit}
     if args.save_curve:
-        settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
-                    "compile": paths[-1], "images": n}
         print(f"K curve of {paths[-1]} saved to {fusion.save_fuse_curve(torch.cuda.get_device_name(device), settings, curve)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "dataset": dataset.description, "training_images": len(dataset.train_labels), "settings": settings,
+            "reference_images_per_second": reference, "rows": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from mmlib.records import Records, TensorBoard
 from mmlib.step import TrainStep, resolve_compile
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two settings that make cuBLAS deterministic (CUDA's docs)
+
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {
     "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",

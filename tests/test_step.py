@@ -1,6 +1,7 @@
 """The training step (mmlib.step): its SGD update, its batched gather and loop against the plain loop, the graph
 path's self-check (on the CPU with eager stand-ins for the graphs), graphs on CUDA."""
 
+import importlib.util
 import json
 import math
 import os
@@ -347,6 +348,58 @@ def test_the_device_checks_modules_import_without_jupyter():
     assert done.stdout.strip() == "import of nbformat halted; None in sys.modules"
 
 
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_device_check_reports_pytests_outcomes_and_each_self_checks_difference(tmp_path):
+    gpu_check = load_benchmark("gpu_check")
+    (tmp_path / "test_sample.py").write_text(textwrap.dedent("""
+        import pytest
+
+        @pytest.mark.parametrize("method", ["erm", "mm"])
+        def test_every_methods_captured_step_passes_its_check(method, record_property):
+            record_property("largest_difference", f"1e-06 at parameter fc.weight ({method})")
+            assert method == "erm", "the check failed"
+
+        def test_skipped():
+            pytest.skip("needs CUDA")
+    """))
+    junit = tmp_path / "tests.xml"
+    subprocess.run([sys.executable, "-m", "pytest", str(tmp_path / "test_sample.py"), "-q", "-p", "no:cacheprovider",
+                    f"--junitxml={junit}", "-o", "junit_family=xunit1"], cwd=tmp_path, capture_output=True)
+    lines = gpu_check.cuda_tests_summary(junit)
+    assert lines[0] == "1 passed, 1 failed, 1 skipped"
+    assert lines[1].startswith("  FAILED test_every_methods_captured_step_passes_its_check[mm]: AssertionError: the check failed")
+    assert [line.split() for line in lines[3:]] == [
+        ["[erm]", "passed", "largest", "difference", "1e-06", "at", "parameter", "fc.weight", "(erm)"],
+        ["[mm]", "failed", "largest", "difference", "1e-06", "at", "parameter", "fc.weight", "(mm)"]]
+
+
+def test_the_device_check_compares_its_figures_with_the_targets(tmp_path):
+    gpu_check = load_benchmark("gpu_check")
+    rows = [{"path": "graphs", "runs": k, "images_per_second": 1000.0 * ratio, "ratio": ratio, "peak_mib": 100.0 * k,
+             "seconds_200_epochs": 60.0} for k, ratio in ((1, 12.0), (8, 39.5))]
+    (tmp_path / "rows.json").write_text(json.dumps({"dataset": "c10", "settings": {}, "reference_images_per_second": 1000.0,
+                                                    "rows": rows}))
+    lines = gpu_check.throughput_summary(tmp_path / "rows.json")
+    assert lines[-3:] == ["target: graphs, 1 run(s) >= 10x the reference loop -> 12.0x: met",
+                          "target: graphs, 8 run(s) >= 40x the reference loop -> 39.5x: NOT met",
+                          "target: graphs, 16 run(s) >= 60x the reference loop -> not measured"]
+    step = [{"path": "graphs", "reason": "checked"}]
+    (tmp_path / "real.log").write_text("loading\n" + json.dumps({
+        "group": "alone", "wall": 20.0, "epoch_seconds": [5.0, 0.2, 0.3, 0.25],
+        "runs": [{"name": "mm-drw-equations", "final": 30.0, "best": 29.0, "step": step}]}) + "\n")
+    lines = gpu_check.real_summary(tmp_path / "real.log")
+    assert "then median 0.25 s, so 200 epochs ~ 55 s" in lines[0]  # 5 + 199 x 0.25
+    assert lines[1] == "target: a 200-epoch CIFAR-10-LT-100 run <= 60 s -> ~55 s: met"
+    assert lines[2].endswith("step: graphs (checked)")
+
+
 # --- sweep --fuse auto ----------------------------------------------------------------------
 
 
@@ -404,6 +457,22 @@ def test_graph_path_equals_eager_over_64_steps_with_a_drw_switch_and_partial_bat
     assert moved <= 12  # of 2 x 597 entries: a few test predictions flip
     assert [p["path"] for p in graphs["step"]] == ["graphs"]
     assert eager["step"] == [{"path": "eager", "reason": "compile='off'"}]
+
+
+@cuda
+def test_four_fused_runs_equal_separate_runs_on_cuda(tmp_path):
+    variants = [{**CUDA_RUN, "compile": "graphs", "seed": 0},
+                {**CUDA_RUN, "compile": "graphs", "seed": 1, "cb_beta": 0.999},
+                {**CUDA_RUN, "compile": "graphs", "method": "mm-drw", "seed": 2},
+                {**CUDA_RUN, "compile": "graphs", "method": "mm-drw", "mm_variant": "released", "seed": 3}]
+    fused = training.run_many(variants, [tmp_path / f"f{k}" for k in range(4)])
+    for k, params in enumerate(variants):
+        alone = training.run(params, tmp_path / f"alone{k}")
+        for a, b in zip(fused[k]["history"], alone["history"]):
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
+        reference = _final_state(tmp_path / f"alone{k}")
+        for name, tensor in _final_state(tmp_path / f"f{k}").items():  # grouped vs plain convolutions
+            torch.testing.assert_close(tensor, reference[name], rtol=1e-2, atol=1e-3, msg=name)
 
 
 def cuda_method_step(digits, method_name: str, bf16: bool) -> TrainStep:
