@@ -374,7 +374,8 @@ def _group_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> p
 # ---------------------------------------------------------------- one run's summary (train.ipynb)
 
 def summarize_runs(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: method, seed, final and best error, final many / medium / few-shot errors."""
+    """One row per run: method, seed, final and best error, final many / medium / few-shot errors, and the
+    step paths that trained it (graphs or eager; the reasons are in its metrics.json)."""
     rows = []
     for r in runs:
         config = r["config"]["config"]
@@ -384,6 +385,7 @@ def summarize_runs(runs: list[dict]) -> pd.DataFrame:
             "final_error": r["final"]["error"], "final_epoch": r["final"]["epoch"],
             "best_error": r["best"]["error"], "best_epoch": r["best"]["epoch"],
             **{f"{g}_error": r["final"]["group_error"][g] for g in GROUPS},
+            "step": ", then ".join(p["path"] for p in r.get("step") or []),
         })
     return pd.DataFrame(rows)
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mmlib.step
-from mmlib import fusion, results, rundir, training
+from mmlib import fusion, reports, results, rundir, training
 from mmlib.config import RunConfig
 from mmlib.errors import StepCheckError
 from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
@@ -320,6 +320,7 @@ def test_a_run_through_a_failed_check_finishes_and_records_its_step(tmp_path, cp
     assert path["path"] == "eager" and "at buffer " in path["reason"]
     assert torch.load(tmp_path / "run" / rundir.CHECKPOINT, weights_only=False)["step"] == [path]
     assert json.loads(results.record_files(tmp_path / "run")[rundir.METRICS])["step"] == [path]
+    assert reports.summarize_runs([result])["step"].tolist() == ["eager"]  # train.ipynb's summary
 
 
 # --- the device check's environment -------------------------------------------------------
