@@ -8,15 +8,15 @@
       the images): K = 1 is (b), K > 1 is (c).
 
 Each measures whole epochs over the first --images training images (all by default), after one
-warm-up epoch (which includes a graph path's captures and their checks) and one evaluation of the
-test set, and prints the aggregate images/s, the ratio to (a), peak memory, and the time a 200-epoch
-run of each of the K runs would take at that rate. On CUDA the peak is of reserved memory over all of
-it: a graph's activations live in its private pool, reserved but not allocated between replays.
---save-curve keeps the curve of the last --compile path (with --fuse 1 2 4 8 16 32 and the sweep's
-settings, e.g. --bf16) for `sweep --fuse auto`; --json writes every row for the device check.
+warm-up epoch (which includes a graph path's captures and their checks) and one evaluation batch,
+and prints the aggregate images/s, the ratio to (a), peak memory, and the time a 200-epoch run of
+each of the K runs would take at that rate. On CUDA the peak is of reserved memory over all of it: a
+graph's activations live in its private pool, reserved but not allocated between replays.
+--save-curve keeps the graph path's curve (with --fuse 1 2 4 8 16 32 and the sweep's settings, e.g.
+--bf16) for `sweep --fuse auto`; --json writes the rows measured so far after each one.
 
     python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560                          # CPU
-    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile off graphs --save-curve  # GPU
+    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile graphs off --save-curve  # GPU
 """
 
 import argparse
@@ -79,11 +79,12 @@ def timed(epoch, images: int, epochs: int, device: torch.device, evaluate=None) 
 
 @torch.inference_mode()
 def evaluate(model, runs: int, images: torch.Tensor, labels: torch.Tensor, bf16: bool, memory_format) -> None:
-    """One pass of the K runs over the test set, as the trainer evaluates (batches of 1024, the default)."""
+    """The K runs' forward over one evaluation batch as the trainer evaluates (1024 test images, the default
+    batch): an evaluation's memory is one batch's."""
     model.eval()
-    for x, _ in eval_batches(images, labels, 1024):
-        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
-            model(x.repeat(1, runs, 1, 1).contiguous(memory_format=memory_format)).argmax(-1)
+    x, _ = next(eval_batches(images, labels, 1024))
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        model(x.repeat(1, runs, 1, 1).contiguous(memory_format=memory_format)).argmax(-1)
 
 
 def sgd(model, lr=0.1):
@@ -108,16 +109,18 @@ def main() -> None:
                         help="channels-last in (b) and (c), as a run's default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save-curve", action="store_true",
-                        help="save the last path's K curve for sweep --fuse auto (CUDA only)")
-    parser.add_argument("--json", help="write every measured row to this file")
+                        help="save the graph path's K curve for sweep --fuse auto (CUDA only)")
+    parser.add_argument("--json", help="write the rows measured so far to this file, after each")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     runs_list = args.fuse or ([1, 2, 4, 8, 16, 32] if cuda else [1, 2])
-    paths = args.compile or (["off", "graphs"] if cuda else ["off"])
+    paths = args.compile or (["graphs", "off"] if cuda else ["off"])
     if args.save_curve and not cuda:
         parser.error("--save-curve needs a CUDA device: sweep --fuse auto is 1 on the CPU")
+    if args.save_curve and "graphs" not in paths:
+        parser.error("--save-curve saves the graph path's curve (the runs' step on CUDA): add graphs to --compile")
     dataset = load_dataset(args.dataset, args.data_root, "exp", args.ratio)
     train_images, train_labels = dataset.train_images[:args.images], dataset.train_labels[:args.images]
     n, counts = len(train_labels), dataset.cls_num_list
@@ -161,9 +164,10 @@ def main() -> None:
     full_run = len(dataset.train_labels) * 200
     print(f"{'(a) reference loop':<34} {reference:10,.0f} images/s  {1:6.2f}x (a)  {reference_memory:8,.0f} "
           f"{memory_unit}  200 epochs on the whole set: {full_run / reference / 60:7.1f} min for 1 run")
-    rows, curve = [], []
+    settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
+                "images": n, "memory": memory_unit}
+    rows = []
     for path in paths:
-        curve = []
         for runs in runs_list:
             name = f"({'b' if runs == 1 else 'c'}) {path}, {runs} run{'s' * (runs > 1)}"
             try:
@@ -175,19 +179,18 @@ def main() -> None:
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
-            curve.append({"runs": runs, "images_per_second": rate, "peak_mib": memory})
             rows.append({"path": path, "runs": runs, "images_per_second": rate, "ratio": rate / reference,
                          "peak_mib": memory, "seconds_200_epochs": full_run * runs / rate})
             print(f"{name:<34} {rate:10,.0f} images/s  {rate / reference:6.2f}x (a)  {memory:8,.0f} {memory_unit}  "
-                  f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)")
-    settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
-                "compile": paths[-1], "images": n, "memory": memory_unit}
+                  f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({
+                    "dataset": dataset.description, "training_images": len(dataset.train_labels), "settings": settings,
+                    "reference_images_per_second": reference, "rows": rows}, indent=1) + "\n")
     if args.save_curve:
-        print(f"K curve of {paths[-1]} saved to {fusion.save_fuse_curve(torch.cuda.get_device_name(device), settings, curve)}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({
-            "dataset": dataset.description, "training_images": len(dataset.train_labels), "settings": settings,
-            "reference_images_per_second": reference, "rows": rows}, indent=1) + "\n")
+        curve = [{k: row[k] for k in ("runs", "images_per_second", "peak_mib")} for row in rows if row["path"] == "graphs"]
+        path = fusion.save_fuse_curve(torch.cuda.get_device_name(device), {**settings, "compile": "graphs"}, curve)
+        print(f"K curve of the graph path saved to {path}")
 
 
 if __name__ == "__main__":
