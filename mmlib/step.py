@@ -44,7 +44,9 @@ GRAPH_WARMUP_STEPS = 3  # steps run (and undone) before a capture: cuDNN autotun
 CHECK_TOLERANCE_FP32 = 1e-3
 """float32: the two steps run the same kernels, up to cuDNN's choice of algorithm (benchmark mode) and
 reductions by atomics whose order varies (some backward convolutions, BatchNorm): rounding of about 1e-7 a
-value, grown through the backward pass to well under 1e-4 of an update."""
+value, which flips the TF32 rounding (2^-11) of the few inputs of the next convolution it reaches (cuDNN
+convolutions use TF32 by default on Ampere and later), grown through the backward pass to well under 1e-4
+of an update."""
 CHECK_TOLERANCE_BF16 = 3e-2
 """bf16: activations and their gradients carry 8 significant bits (2^-9 ~ 2e-3 relative), so a rounding
 difference upstream flips the rounding of what depends on it by a bf16 unit: about 1e-3 of an update, and
