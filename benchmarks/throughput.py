@@ -8,28 +8,32 @@
       the images): K = 1 is (b), K > 1 is (c).
 
 Each measures whole epochs over the first --images training images (all by default), after one
-warm-up epoch (which includes a graph path's capture), and prints the aggregate images/s, the ratio
-to (a), peak memory, and the time a 200-epoch run of each of the K runs would take at that rate.
---save-curve keeps the curve of the last --compile path (with --fuse 1 2 4 8 16 32 and the sweep's
-settings, e.g. --bf16) for `sweep --fuse auto`.
+warm-up epoch (which includes a graph path's captures and their checks) and one evaluation batch,
+and prints the aggregate images/s, the ratio to (a), peak memory, and the time a 200-epoch run of
+each of the K runs would take at that rate. On CUDA the peak is of reserved memory over all of it: a
+graph's activations live in its private pool, reserved but not allocated between replays.
+--save-curve keeps the graph path's curve (with --fuse 1 2 4 8 16 32 and the sweep's settings, e.g.
+--bf16) for `sweep --fuse auto`; --json writes the rows measured so far after each one.
 
     python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560                          # CPU
-    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile off graphs --save-curve  # GPU
+    python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile graphs off --save-curve  # GPU
 """
 
 import argparse
 import gc
+import json
 import resource
 import time
+from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from mmlib import sweeps
+from mmlib import fusion
 from mmlib.data import DATASETS, load_dataset
 from mmlib.losses import LDAMLoss
 from mmlib.models import ARCHS, build_model, merge_state_dicts
-from mmlib.pipeline import TrainStream, to_device
+from mmlib.pipeline import TrainStream, eval_batches, to_device
 from mmlib.step import COMPILE_MODES, TrainStep
 from reference import ReferenceDataset
 
@@ -47,21 +51,50 @@ def reference_epoch(model, loader, criterion, optimizer, device) -> None:
         optimizer.step()
 
 
-def timed(epoch, images: int, epochs: int, device: torch.device) -> tuple[float, float]:
-    """(images per second, peak memory in MiB) over `epochs` epochs after one warm-up epoch."""
-    epoch()
+def reference_rate(args, dataset, images, labels, device: torch.device) -> tuple[float, float]:
+    """(a): the released loop's images per second and peak memory over ``images``."""
+    torch.manual_seed(0)
+    model = build_model(args.arch, dataset.num_classes, normed=True).to(device)
+    loader = DataLoader(ReferenceDataset(images, labels), batch_size=BATCH_SIZE, shuffle=True, num_workers=args.workers,
+                        persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
+    criterion, optimizer = LDAMLoss(dataset.cls_num_list).to(device), sgd(model)
+    return timed(lambda: reference_epoch(model, loader, criterion, optimizer, device), len(labels), args.epochs, device)
+
+
+def timed(epoch, images: int, epochs: int, device: torch.device, evaluate=None) -> tuple[float, float]:
+    """(images per second over `epochs` epochs after a warm-up epoch and an evaluation, peak memory in MiB).
+
+    On CUDA, the peak of reserved memory from before the warm-up (graph captures and their checks included);
+    on the CPU, the process's peak RSS.
+    """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()  # what earlier measurements left cached
         torch.cuda.reset_peak_memory_stats(device)
+    epoch()
+    if evaluate is not None:
+        evaluate()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     start = time.perf_counter()
     for _ in range(epochs):
         epoch()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        peak = torch.cuda.max_memory_allocated(device) / 2**20
+        peak = torch.cuda.max_memory_reserved(device) / 2**20
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # the process's RSS, Linux KiB
     return images * epochs / (time.perf_counter() - start), peak
+
+
+@torch.inference_mode()
+def evaluate(model, runs: int, images: torch.Tensor, labels: torch.Tensor, bf16: bool, memory_format) -> None:
+    """The K runs' forward over one evaluation batch as the trainer evaluates (1024 test images, the default
+    batch): an evaluation's memory is one batch's."""
+    model.eval()
+    x, _ = next(eval_batches(images, labels, 1024))
+    with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bf16):
+        model(x.repeat(1, runs, 1, 1).contiguous(memory_format=memory_format)).argmax(-1)
 
 
 def sgd(model, lr=0.1):
@@ -86,15 +119,18 @@ def main() -> None:
                         help="channels-last in (b) and (c), as a run's default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--save-curve", action="store_true",
-                        help="save the last path's K curve for sweep --fuse auto (CUDA only)")
+                        help="save the graph path's K curve for sweep --fuse auto (CUDA only)")
+    parser.add_argument("--json", help="write the rows measured so far to this file, after each")
     args = parser.parse_args()
 
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     runs_list = args.fuse or ([1, 2, 4, 8, 16, 32] if cuda else [1, 2])
-    paths = args.compile or (["off", "graphs"] if cuda else ["off"])
+    paths = args.compile or (["graphs", "off"] if cuda else ["off"])
     if args.save_curve and not cuda:
         parser.error("--save-curve needs a CUDA device: sweep --fuse auto is 1 on the CPU")
+    if args.save_curve and "graphs" not in paths:
+        parser.error("--save-curve saves the graph path's curve (the runs' step on CUDA): add graphs to --compile")
     dataset = load_dataset(args.dataset, args.data_root, "exp", args.ratio)
     train_images, train_labels = dataset.train_images[:args.images], dataset.train_labels[:args.images]
     n, counts = len(train_labels), dataset.cls_num_list
@@ -102,17 +138,11 @@ def main() -> None:
           f"({torch.cuda.get_device_name(device) if cuda else f'{torch.get_num_threads()} threads'}); "
           f"(b)/(c): bf16={args.bf16} channels_last={args.channels_last}")
 
-    torch.manual_seed(0)
-    model = build_model(args.arch, dataset.num_classes, normed=True).to(device)
-    loader = DataLoader(ReferenceDataset(train_images, train_labels), batch_size=BATCH_SIZE, shuffle=True,
-                        num_workers=args.workers, persistent_workers=args.workers > 0, pin_memory=cuda)
-    reference, reference_memory = timed(
-        lambda: reference_epoch(model, loader, LDAMLoss(counts).to(device), sgd(model), device), n, args.epochs, device
-    )
-    del model, loader
+    reference, reference_memory = reference_rate(args, dataset, train_images, train_labels, device)
 
-    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     x, y = to_device(train_images, train_labels, device)
+    test_x, test_y = to_device(dataset.test_images, dataset.test_labels, device)
 
     def mmlib_rate(runs: int, path: str) -> tuple[float, float]:
         singles = []
@@ -124,17 +154,23 @@ def main() -> None:
         fused.to(device, memory_format=memory_format)
         streams = [TrainStream(x, y, BATCH_SIZE, seed) for seed in range(runs)]
         criteria = [LDAMLoss(counts).to(device) for _ in range(runs)]
+        for criterion in criteria:  # as the trainer builds them: weighted from the start, for DRW
+            criterion.weight = torch.ones(dataset.num_classes, device=device)
         step = TrainStep(fused, streams, criteria, sgd(fused), args.bf16, args.channels_last, path)
-        rate, memory = timed(step.epoch, n, args.epochs, device)
+        rate, memory = timed(step.epoch, n, args.epochs, device,
+                             lambda: evaluate(fused, runs, test_x, test_y, args.bf16, memory_format))
+        if step.paths[-1]["path"] != ("graphs" if path == "graphs" else "eager"):
+            print(f"  ({path}, {runs} runs: {step.paths[-1]['reason']})")
         return rate * runs, memory
 
-    memory_unit = "MiB peak allocated" if cuda else "MiB peak process RSS"
+    memory_unit = "MiB peak reserved" if cuda else "MiB peak process RSS"
     full_run = len(dataset.train_labels) * 200
     print(f"{'(a) reference loop':<34} {reference:10,.0f} images/s  {1:6.2f}x (a)  {reference_memory:8,.0f} "
           f"{memory_unit}  200 epochs on the whole set: {full_run / reference / 60:7.1f} min for 1 run")
-    curve = []
+    settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
+                "images": n, "memory": memory_unit}
+    rows = []
     for path in paths:
-        curve = []
         for runs in runs_list:
             name = f"({'b' if runs == 1 else 'c'}) {path}, {runs} run{'s' * (runs > 1)}"
             try:
@@ -146,13 +182,18 @@ def main() -> None:
                 gc.collect()
                 if cuda:
                     torch.cuda.empty_cache()
-            curve.append({"runs": runs, "images_per_second": rate, "peak_mib": memory})
+            rows.append({"path": path, "runs": runs, "images_per_second": rate, "ratio": rate / reference,
+                         "peak_mib": memory, "seconds_200_epochs": full_run * runs / rate})
             print(f"{name:<34} {rate:10,.0f} images/s  {rate / reference:6.2f}x (a)  {memory:8,.0f} {memory_unit}  "
-                  f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)")
+                  f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)", flush=True)
+            if args.json:
+                Path(args.json).write_text(json.dumps({
+                    "dataset": dataset.description, "training_images": len(dataset.train_labels), "settings": settings,
+                    "reference_images_per_second": reference, "rows": rows}, indent=1) + "\n")
     if args.save_curve:
-        settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
-                    "compile": paths[-1], "images": n}
-        print(f"K curve of {paths[-1]} saved to {sweeps.save_fuse_curve(torch.cuda.get_device_name(device), settings, curve)}")
+        curve = [{k: row[k] for k in ("runs", "images_per_second", "peak_mib")} for row in rows if row["path"] == "graphs"]
+        path = fusion.save_fuse_curve(torch.cuda.get_device_name(device), {**settings, "compile": "graphs"}, curve)
+        print(f"K curve of the graph path saved to {path}")
 
 
 if __name__ == "__main__":

@@ -221,7 +221,9 @@ def _sweep(args) -> int:
         overrides["epochs"] = args.epochs
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     if fuse == "auto":
-        fuse = sweeps.auto_fuse(gpus)
+        from mmlib import fusion
+
+        fuse = fusion.auto_fuse(gpus)
         print(f"--fuse auto: up to {fuse} runs a fused model")
     out = rundir.RUNS if args.out is None else args.out
     executor = _executor(args, out, gpus)

@@ -70,7 +70,7 @@ class RunConfig:
     seed: int = _param(0, "seed of the model's initialisation")
     data_seed: int | None = _param(None, "seed of the data order and augmentation (default: seed)")
     device: str = _param("auto", "auto (CUDA when present), cpu, cuda, cuda:N")
-    bf16: bool = _param(False, "bf16 autocast (losses stay in float32)")
+    bf16: bool = _param(False, "bf16 autocast (the classifier head and the losses stay in float32)")
     channels_last: bool = _param(True, "channels-last memory format (faster convolutions on CPU and with bf16 on GPU)")
     deterministic: bool = _param(False, "deterministic algorithms only")
     compile: str = _param("auto", "the training step: auto (graphs on CUDA, off on the CPU), off (eager), graphs (the whole step as CUDA graphs), or a torch.compile mode for the model inside the eager step", COMPILE_MODES)

@@ -10,6 +10,7 @@ Bad parameters stay ValueError and missing or inaccessible files OSError, as Pyt
     5  a corrupt file (checkpoint, JSON)
     6  the loss became NaN or infinite
     7  no space left on the device
+    8  the CUDA graph step failed its check against the eager step (compile='graphs')
 """
 
 import errno
@@ -37,6 +38,12 @@ class NonFiniteLossError(MMLibError, RuntimeError):
 
 class NoSpaceError(MMLibError, OSError):
     exit_code = 7
+
+
+class StepCheckError(MMLibError, RuntimeError):
+    """compile='graphs' asked for CUDA graphs, and a captured step failed to capture or differs from the eager step."""
+
+    exit_code = 8
 
 
 def _chain(err: BaseException):

@@ -2,8 +2,9 @@
 
 Every loss takes ``(logits, target)`` and returns the mean loss over the batch. Each accepts
 per-class weights ``weight`` (C values, or None), which a trainer may replace between epochs
-(deferred re-weighting switches them on at epoch 160); with weights the mean is the weighted
-mean, divided by the sum of the batch targets' weights, as torch's weighted cross-entropy does.
+(deferred re-weighting switches them on at epoch 160): new weights are copied into the loss's own
+tensor, so a step captured as a CUDA graph sees them. With weights the mean is the weighted mean,
+divided by the sum of the batch targets' weights, as torch's weighted cross-entropy does.
 Low-precision logits (bf16/fp16 under autocast) are computed in float32; float64 stays float64.
 
 Margin losses (LDAM, MM, hinge, additive margin) expect the un-scaled logits of a cosine
@@ -88,15 +89,18 @@ class _WeightedLoss(nn.Module):
 
     @weight.setter
     def weight(self, value: torch.Tensor | Sequence[float] | None) -> None:
+        """New class weights, copied into the loss's own tensor when it holds one of that size (so that a
+        captured CUDA graph, which reads that tensor, sees them); the caller's tensor is never kept."""
         if value is not None:
             value = torch.as_tensor(value, dtype=torch.float32).flatten()
             if self.num_classes is not None and value.numel() != self.num_classes:
                 raise ValueError(f"weight has {value.numel()} values for {self.num_classes} classes")
             if not torch.isfinite(value).all() or (value < 0).any():
                 raise ValueError("weight must hold finite, non-negative class weights")
-            if self._weight is not None:
-                value = value.to(self._weight.device)
-        self._weight = value
+        if value is not None and self._weight is not None and value.numel() == self._weight.numel():
+            self._weight.copy_(value)
+        else:
+            self._weight = None if value is None else value.clone()
 
     def _prepare(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Checks shapes and labels; returns the logits in a precision fit for the loss."""

@@ -4,6 +4,7 @@ resnet{8,20,32,44,56,110}: three stages of 16/32/64 channels, (depth - 2) / 6 ba
 option-A shortcuts (stride-2 subsampling and zero-padded channels), Kaiming-normal init of conv
 and linear weights, global average pooling, then a linear head with bias or (normed=True) a
 cosine classifier: features and class weight vectors L2-normalised, no bias, outputs in [-1, 1].
+The head computes in float32 even under bf16 autocast (the margin losses read small logit differences).
 
 ``runs=K`` builds K independent networks as one: every convolution is grouped (K groups),
 BatchNorm runs over K times the channels (so each run keeps its own statistics), and the head
@@ -66,12 +67,16 @@ class Head(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.view(self.runs, self.num_classes, -1)
-        if self.normed:
-            features, weight = F.normalize(features, dim=-1), F.normalize(weight, dim=-1)
-        logits = torch.einsum("bkf,kcf->bkc", features, weight)
-        if self.bias is not None:
-            logits = logits + self.bias.view(self.runs, self.num_classes)
+        # float32 even under bf16 autocast: bf16 cosines in [0.5, 1) are 2^-8 apart, so MM's margin
+        # z_y - max_j z_j would be exactly 0 (no margin) far more often than in the paper's float32
+        # training. The head is K (C x F) products: float32 costs nothing measurable.
+        with torch.autocast(features.device.type, enabled=False):
+            features, weight = features.float(), self.weight.view(self.runs, self.num_classes, -1)
+            if self.normed:
+                features, weight = F.normalize(features, dim=-1), F.normalize(weight, dim=-1)
+            logits = torch.einsum("bkf,kcf->bkc", features, weight)
+            if self.bias is not None:
+                logits = logits + self.bias.view(self.runs, self.num_classes)
         return logits
 
 

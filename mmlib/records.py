@@ -2,8 +2,9 @@
 
 Per epoch, each run's history entry (lr, train loss and error, seconds, test error when evaluated); the
 error records of its final epoch and of its best one (top-1, per-class and many/medium/few-shot
-errors, confusion matrix); at the end metrics.json and per_class.csv (mmlib.rundir). The trainer
-(mmlib.training) feeds it each epoch's numbers and stores ``of_run(k)`` in run k's checkpoint.
+errors, confusion matrix); the step paths that trained it (mmlib.step: graphs or eager, and why); at
+the end metrics.json and per_class.csv (mmlib.rundir). The trainer (mmlib.training) feeds it each
+epoch's numbers and stores ``of_run(k)`` in run k's checkpoint.
 """
 
 import datetime
@@ -44,6 +45,7 @@ class Records:
         self.history: list[list[dict]] = [[] for _ in range(runs)]
         self.final: list[dict | None] = [None] * runs
         self.best: list[dict | None] = [None] * runs
+        self.steps: list[list[dict]] = [[] for _ in range(runs)]  # every distinct step path, in the order taken
 
     def load(self, saved: list[dict]) -> None:
         """Continue from the runs' checkpoints, which hold what ``of_run`` gave."""
@@ -51,10 +53,17 @@ class Records:
         self.history = [s["history"] for s in saved]
         self.final = [s["final"] for s in saved]
         self.best = [s["best"] for s in saved]
+        self.steps = [s.get("step", []) for s in saved]  # older checkpoints did not record it
 
     def of_run(self, k: int) -> dict:
         """Run k's records, for its checkpoint."""
-        return {"epoch": self.epoch, "history": self.history[k], "final": self.final[k], "best": self.best[k]}
+        return {"epoch": self.epoch, "history": self.history[k], "final": self.final[k], "best": self.best[k],
+                "step": self.steps[k]}
+
+    def note_step(self, paths: list[dict]) -> None:
+        """The step paths ({"path", "reason"}) that trained the runs so far (one list: the K runs share a step)."""
+        for steps in self.steps:
+            steps.extend(dict(p) for p in paths if p not in steps)
 
     def add_epoch(self, lr: float, losses: list[float], train_errors: list[float], seconds: float,
                   confusions: torch.Tensor | None = None, plain: torch.Tensor | None = None) -> list[dict]:
@@ -91,6 +100,7 @@ class Records:
                 "history": history,
                 "seconds": sum(h["seconds"] for h in history),
                 "fused_runs": len(run_dirs),
+                "step": self.steps[k],
                 "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             })
             lines = ["class,name,train_count,group,final_error,best_error"]

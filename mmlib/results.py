@@ -5,7 +5,8 @@ A record keeps what a reader needs to check a run against the paper, in the run 
     config.json            the run's: every resolved parameter, mmlib / torch / CUDA versions, device, commit
     class_counts.json      the run's: class names, training counts, many / medium / few groups
     metrics.json           final and best epoch: error, per-class and many / medium / few errors; wall time
-                           (seconds), fused_runs, finished_at; numbers to 6 significant digits
+                           (seconds), fused_runs, finished_at, step (the step paths that trained it: graphs or
+                           eager, and why); numbers to 6 significant digits
     history.csv            per epoch: lr, training loss and error, test error and its groups, seconds
     confusion_final.csv.gz, confusion_best.csv.gz   test confusion matrices (row: true class, column: predicted)
     per_class.csv          the run's
@@ -82,7 +83,7 @@ def record_files(run_dir) -> dict[str, bytes]:
     results = rundir.load_results(run_dir)
     run_dir = Path(run_dir)
     metrics = {epoch: {k: v for k, v in results[epoch].items() if k != "confusion"} for epoch in EPOCHS}
-    metrics.update({k: results.get(k) for k in ("seconds", "fused_runs", "finished_at")})
+    metrics.update({k: results.get(k) for k in ("seconds", "fused_runs", "finished_at", "step")})
     history = pd.DataFrame([_history_row(entry) for entry in results["history"]], columns=HISTORY_COLUMNS)
     files = {
         rundir.CONFIG: (run_dir / rundir.CONFIG).read_bytes(),
@@ -233,7 +234,8 @@ def _progress(run: Path) -> str:
 
 
 def summarize_runs(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: method, seed, final and best error, final many / medium / few-shot errors."""
+    """One row per run: method, seed, final and best error, final many / medium / few-shot errors, and the
+    step paths that trained it (graphs or eager; the reasons are in its metrics.json)."""
     rows = []
     for r in runs:
         config = r["config"]["config"]
@@ -243,6 +245,7 @@ def summarize_runs(runs: list[dict]) -> pd.DataFrame:
             "final_error": r["final"]["error"], "final_epoch": r["final"]["epoch"],
             "best_error": r["best"]["error"], "best_epoch": r["best"]["epoch"],
             **{f"{g}_error": r["final"]["group_error"][g] for g in GROUPS},
+            "step": ", then ".join(p["path"] for p in r.get("step") or []),
         })
     return pd.DataFrame(rows)
 

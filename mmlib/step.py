@@ -6,15 +6,29 @@ run's loss sum, wrong predictions and first non-finite step. Everything a step r
 during training lives in tensors on the device that are updated in place: the epoch's draws, the
 step index, the learning rate, the losses' class weights (DRW), so the same step can be captured
 once as a CUDA graph and replayed (compile="graphs"): one launch a step instead of hundreds. The
-last partial batch of an epoch has its own graph, so every epoch keeps the protocol exactly.
+last partial batch of an epoch has its own graph (sharing the full batch's memory pool), so every
+epoch keeps the protocol exactly.
+
+A graph path that is wrong on some driver or library version would train silently wrong numbers, so
+each captured graph checks itself: its first replay is compared with the eager step taken from the
+same state (``step_difference``; one extra eager step per graph). A capture error or a difference
+above the tolerance continues the run on the eager step with one warning (compile="auto") or stops
+it (compile="graphs", StepCheckError). ``TrainStep.paths`` says which step trained, and why. What
+the first replay cannot show (an input replaced later, which a graph would not see) is refused at
+each epoch instead: class weights and optimizer state must change in place.
 
 The K losses stay K module calls (mmlib.losses, one formula each): batching them over
 (batch, K, classes) would need every formula written a second time over per-run parameter tensors,
 and inside a CUDA graph the K calls cost no Python or launch time anyway.
 """
 
+import math
+import warnings
+from collections.abc import Callable
+
 import torch
 
+from mmlib.errors import StepCheckError
 from mmlib.pipeline import TrainStream
 
 COMPILE_MODES = ("auto", "off", "graphs", "default", "reduce-overhead", "max-autotune")
@@ -22,6 +36,21 @@ COMPILE_MODES = ("auto", "off", "graphs", "default", "reduce-overhead", "max-aut
 default / reduce-overhead / max-autotune: torch.compile of the model (with this mode) inside the eager step."""
 
 GRAPH_WARMUP_STEPS = 3  # steps run (and undone) before a capture: cuDNN autotuning and lazy allocations
+
+# How far a captured step's first replay may differ from the eager step from the same state, as a fraction of
+# the eager step's change of each tensor (step_difference). Reasoned, not yet measured on a GPU (the device
+# check prints every check's largest difference). Both lie far below the faults the check is for: a stale
+# learning rate, a skipped update or stale class weights change a tensor's change by about its whole size (~1).
+CHECK_TOLERANCE_FP32 = 1e-3
+"""float32: the two steps run the same kernels, up to cuDNN's choice of algorithm (benchmark mode) and
+reductions by atomics whose order varies (some backward convolutions, BatchNorm): rounding of about 1e-7 a
+value, which flips the TF32 rounding (2^-11) of the few inputs of the next convolution it reaches (cuDNN
+convolutions use TF32 by default on Ampere and later), grown through the backward pass to well under 1e-4
+of an update."""
+CHECK_TOLERANCE_BF16 = 3e-2
+"""bf16: activations and their gradients carry 8 significant bits (2^-9 ~ 2e-3 relative), so a rounding
+difference upstream flips the rounding of what depends on it by a bf16 unit: about 1e-3 of an update, and
+a sample near a margin loss's kink (MM's m = 0, the hinge) may move its contribution."""
 
 
 def resolve_compile(mode: str, device: torch.device) -> str:
@@ -33,6 +62,34 @@ def resolve_compile(mode: str, device: torch.device) -> str:
     if mode == "graphs" and device.type != "cuda":
         raise ValueError(f"compile='graphs' needs a CUDA device, the run is on {device}; use compile='auto' or 'off'")
     return mode
+
+
+@torch.no_grad()
+def step_difference(before: dict[str, torch.Tensor], eager: dict[str, torch.Tensor],
+                    fast: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """The largest difference between two steps taken from the same state, and the tensor where it lies.
+
+    Each tensor's difference is |fast - eager| / (|eager - before| + eps |before|) in Frobenius norms: the
+    fast step's error as a fraction of the eager step's change (eps |before|: the change's own rounding).
+    Integer tensors (BatchNorm's batch count, the step index) must be equal (difference 0, else infinite).
+    A tensor the eager step made non-finite is skipped: the trainer's non-finite check stops the run.
+    """
+    worst, where = 0.0, ""
+    for name, value in fast.items():
+        reference, start = eager[name], before[name]
+        if not torch.isfinite(reference).all():
+            continue
+        if not value.is_floating_point():
+            difference = 0.0 if torch.equal(value, reference) else math.inf
+        else:
+            error = (value.double() - reference.double()).norm().item()
+            change = ((reference.double() - start.double()).norm()
+                      + torch.finfo(value.dtype).eps * start.double().norm()).item()
+            difference = 0.0 if error == 0 else (error / change if change > 0 else math.inf)
+            difference = math.inf if math.isnan(difference) else difference
+        if difference > worst:
+            worst, where = difference, name
+    return worst, where
 
 
 @torch.no_grad()
@@ -61,7 +118,9 @@ class TrainStep:
     with one parameter group, which holds the learning rate and momentum buffers (so checkpoints keep
     its state_dict format) but is never stepped. transform(x, y, generator) -> (x, y) changes each run's
     batch (SSP's rotations); it draws random numbers every step, so it runs eager only.
-    Build it after loading a checkpoint into the optimizer: it takes the momentum buffers it finds.
+    Build it after loading a checkpoint into the optimizer (it takes the momentum buffers it finds) and after
+    setting the losses' class weights (all ones for none): both then change in place only, and each epoch
+    refuses replaced ones, which a captured graph would never see.
     """
 
     def __init__(self, model: torch.nn.Module, streams: list[TrainStream], criteria: list, optimizer: torch.optim.SGD,
@@ -76,6 +135,7 @@ class TrainStep:
         if group["dampening"] or group["nesterov"] or group["maximize"]:
             raise ValueError("the step's SGD update has no dampening, Nesterov momentum or maximize")
         self.model, self.streams, self.criteria, self.transform = model, streams, criteria, transform
+        self.optimizer, self.loss_weights = optimizer, [getattr(c, "weight", None) for c in criteria]
         self.forward = model if self.mode in ("off", "graphs") else torch.compile(model, mode=self.mode)
         # Autocast's cache of low-precision weights would outlive a captured graph's weights.
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16,
@@ -97,7 +157,12 @@ class TrainStep:
         self.loss_sum = torch.zeros(runs, device=device)
         self.wrong = torch.zeros(runs, device=device)
         self.first_bad = torch.full((runs,), -1, dtype=torch.int64, device=device)
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        # compile="graphs" stops at a failed check, "auto" continues eager; the paths the step took, and why.
+        self.strict, self.tolerance = compile == "graphs", CHECK_TOLERANCE_BF16 if bf16 else CHECK_TOLERANCE_FP32
+        self.fast_steps: dict[int, Callable[[], None]] = {}  # batch size -> its checked fast step
+        self.pool = None  # the graphs' shared memory pool
+        self.checks: list[dict] = []  # each capture's check: batch size, largest difference and where
+        self.paths: list[dict] = [] if self.mode == "graphs" else [{"path": "eager", "reason": _eager_reason(compile, self.mode)}]
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next steps, on the device and in the optimizer's group (what checkpoints record)."""
@@ -114,6 +179,7 @@ class TrainStep:
 
         progress(step, images), if given, is called after each step is queued (host side: no sync).
         """
+        self._refuse_replaced_inputs()
         self.model.train()
         draws = [stream.draw() for stream in self.streams]
         self.order.copy_(torch.stack([d[0] for d in draws]))
@@ -124,12 +190,12 @@ class TrainStep:
             metric.zero_()
         self.first_bad.fill_(-1)
         for step, size in enumerate(self.sizes()):
-            if self.mode == "graphs":
-                if size not in self.graphs:
-                    self.graphs[size] = self._capture(size)
-                self.graphs[size].replay()
-            else:
+            if self.mode != "graphs":
                 self._step(size)
+            elif size in self.fast_steps:
+                self.fast_steps[size]()
+            else:
+                self._checked_fast_step(size)
             if progress is not None:
                 progress(step + 1, size * len(self.streams))
         return ((self.loss_sum / self.samples).tolist(), (100.0 * self.wrong / self.samples).tolist(),
@@ -165,30 +231,114 @@ class TrainStep:
         self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(losses), self.step_index, self.first_bad))
         self.step_index += 1
 
-    def _state(self) -> list[torch.Tensor]:
-        """Every tensor a step changes."""
-        return [*self.params, *self.model.buffers(), *self.momentum_buffers,
-                self.step_index, self.loss_sum, self.wrong, self.first_bad]
+    def _refuse_replaced_inputs(self) -> None:
+        """The step reads the tensors it was built with (a captured graph can read no others): refuse replaced ones."""
+        group = self.optimizer.param_groups[0]
+        if group is not self.group or any(self.optimizer.state[p].get("momentum_buffer") is not buffer
+                                          for p, buffer in zip(self.params, self.momentum_buffers)):
+            raise RuntimeError("the optimizer's state was replaced (load_state_dict) after the TrainStep was built, "
+                               "which would keep updating the old one: load it first, then build the step")
+        for k, (criterion, weight) in enumerate(zip(self.criteria, self.loss_weights)):
+            if getattr(criterion, "weight", None) is not weight:
+                raise RuntimeError(f"loss {k}'s class weights were replaced (set from or to None) after the TrainStep "
+                                   "was built, which would keep reading the old ones: set them before (all ones for "
+                                   "none); later changes are copied in")
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        """Every tensor a step changes, by name."""
+        names = {id(p): name for name, p in self.model.named_parameters()}
+        return {
+            **{f"parameter {names[id(p)]}": p for p in self.params},
+            **{f"buffer {name}": b for name, b in self.model.named_buffers()},
+            **{f"momentum of {names[id(p)]}": m for p, m in zip(self.params, self.momentum_buffers)},
+            "step index": self.step_index, "losses": self.loss_sum, "wrong": self.wrong, "first non-finite step": self.first_bad,
+        }
+
+    def _checked_fast_step(self, size: int) -> None:
+        """This step over `size` samples by a new fast step, checked against the eager step from the same state.
+
+        On a capture error or a difference above the tolerance, the eager step's result stands and the run
+        continues eager (compile="auto") or stops (compile="graphs"). The check costs one eager step.
+        """
+        state = self._state()
+        before = _copies(state)
+        try:
+            fast = self._fast_step(size)
+        except RuntimeError as error:  # e.g. an operation that cannot be captured, or no memory for the graph
+            _assign(state, before)  # a warm-up step may have stopped half-way
+            self._step(size)
+            self._fall_back(f"over {size} samples could not be captured ({str(error).strip().splitlines()[0]})")
+            return
+        self._step(size)
+        eager = _copies(state)
+        _assign(state, before)
+        fast()
+        # Not the wrong predictions: an argmax between near-equal logits may flip within rounding.
+        compared = {name: value for name, value in state.items() if name != "wrong"}
+        difference, where = step_difference(before, eager, compared)
+        self.checks.append({"batch": size, "difference": difference, "at": where, "tolerance": self.tolerance})
+        if difference > self.tolerance:
+            _assign(state, eager)
+            self._fall_back(f"over {size} samples differs from the eager step from the same state by {difference:.3g} "
+                            f"of its change at {where} (tolerance {self.tolerance:g})")
+            return
+        self.fast_steps[size] = fast
+        checked = {"path": "graphs", "reason": "each captured step's first replay matched the eager step from the "
+                                               f"same state (tolerance {self.tolerance:g})"}
+        if checked not in self.paths:
+            self.paths.append(checked)
+
+    def _fall_back(self, reason: str) -> None:
+        """The eager step from now on (compile="auto"), with one warning; compile="graphs" stops instead."""
+        message = f"the CUDA graph step {reason}"
+        if self.strict:
+            raise StepCheckError(f"compile='graphs': {message}; train with compile='auto' (eager after a failed "
+                                 "check) or 'off'")
+        warnings.warn(f"{message}; this run continues on the eager step", RuntimeWarning, stacklevel=4)
+        self.mode, self.fast_steps, self.pool = "off", {}, None
+        self.paths.append({"path": "eager", "reason": message})
 
     def _warm_up(self, size: int) -> None:
         """GRAPH_WARMUP_STEPS steps over `size` samples, each undone: what a step does once (cuDNN autotuning,
         lazy allocations) happens outside the capture, and training is as if they never ran."""
         state = self._state()
-        saved = [t.detach().clone() for t in state]
+        saved = _copies(state)
         for _ in range(GRAPH_WARMUP_STEPS):
             self._step(size)
-            with torch.no_grad():
-                for tensor, value in zip(state, saved):
-                    tensor.copy_(value)
+            _assign(state, saved)
 
-    def _capture(self, size: int) -> "torch.cuda.CUDAGraph":
-        """The step over `size` samples as a CUDA graph, captured after warm-up steps on a side stream."""
+    def _fast_step(self, size: int):
+        """The step over `size` samples as a CUDA graph, captured after warm-up steps on a side stream; returns
+        its replay. Capturing records the step without running it: the state stays as it is.
+
+        Every graph of the step shares one memory pool: the partial batch's graph reuses the full batch's
+        activation memory instead of doubling it. That is safe because replays never overlap and each reads
+        only pool memory it wrote earlier in the same replay (the inputs and state live outside the pool).
+        """
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             self._warm_up(size)
         torch.cuda.current_stream().wait_stream(side)
+        if self.pool is None:
+            self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):  # records, does not run: the state stays as it is
+        with torch.cuda.graph(graph, pool=self.pool):
             self._step(size)
-        return graph
+        return graph.replay
+
+
+def _eager_reason(compile: str, mode: str) -> str:
+    if mode == "off":
+        return "compile='off'" if compile == "off" else "compile='auto' without CUDA (graphs need it)"
+    return f"compile={mode!r}: torch.compile of the model inside the eager step"
+
+
+def _copies(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {name: tensor.detach().clone() for name, tensor in state.items()}
+
+
+@torch.no_grad()
+def _assign(state: dict[str, torch.Tensor], values: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        tensor.copy_(values[name])

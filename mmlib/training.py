@@ -13,6 +13,7 @@ losses and errors accumulate on the device and are read once an epoch.
 import contextlib
 import json
 import math
+import os
 import platform
 import subprocess
 import time
@@ -35,6 +36,8 @@ from mmlib.records import Records, TensorBoard
 from mmlib.schedule import due, learning_rate
 from mmlib.ssp import ssp_backbone
 from mmlib.step import TrainStep, resolve_compile
+
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two settings that make cuBLAS deterministic (CUDA's docs)
 
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {
@@ -69,6 +72,7 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
     _check_group(configs, run_dirs)
     device = select_device(configs[0].device)
     resolve_compile(configs[0].compile, device)  # a mode this device cannot run fails before anything is written
+    deterministic_cublas(configs[0].deterministic, device)
     for d in run_dirs:
         failure = rundir.failure(d)
         if failure is not None:
@@ -169,6 +173,18 @@ def _environment(device: torch.device) -> dict:
     }
 
 
+def deterministic_cublas(deterministic: bool, device: torch.device) -> None:
+    """deterministic=True on CUDA: cuBLAS is deterministic only with CUBLAS_WORKSPACE_CONFIG set before its first
+    use (torch refuses its matrix products otherwise). Set it while CUDA has not started, else refuse with the remedy."""
+    if not deterministic or device.type != "cuda" or os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
+        return
+    if torch.cuda.is_initialized():
+        raise ValueError(f"deterministic=True on CUDA needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE_CONFIG} set before "
+                         f"CUDA starts, and this process has started it: export CUBLAS_WORKSPACE_CONFIG="
+                         f"{CUBLAS_WORKSPACE_CONFIG} and start it again (or train with deterministic=False)")
+    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
+
+
 @contextlib.contextmanager
 def _determinism(deterministic: bool, device: torch.device):
     """Deterministic algorithms (or cuDNN autotuning) for the run, restored afterwards."""
@@ -195,25 +211,25 @@ def _init_model(config: RunConfig, num_classes: int, backbone: dict | None) -> t
 
 @torch.inference_mode()
 def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last,
-                logit_offset=None) -> torch.Tensor:
-    """(K, C, C) confusion matrices (rows: true class) of the K runs on a test set, in one pass.
+                logit_offsets=(None,)) -> torch.Tensor:
+    """(A, K, C, C) confusion matrices (rows: true class) of the K runs on a test set, one per logit
+    offset (K, C) added before the argmax (None: the plain logits; post-hoc adjustment), from one forward pass.
 
     Predictions stay on the device and are counted once at the end: one host sync an evaluation.
-    logit_offset (K, C), if given, is added to each run's logits before the argmax (post-hoc adjustment).
     """
     model.eval()
-    predictions = torch.empty(len(labels), runs, dtype=torch.int64, device=labels.device)
+    predictions = torch.empty(len(logit_offsets), len(labels), runs, dtype=torch.int64, device=labels.device)
     for start, (x, y) in zip(range(0, len(labels), batch_size), eval_batches(images, labels, batch_size)):
         x = x.repeat(1, runs, 1, 1)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast:
             logits = model(x).view(len(y), runs, -1)
-        predictions[start:start + len(y)] = (logits if logit_offset is None else logits.float() + logit_offset).argmax(-1)
-    offsets = torch.arange(runs, device=labels.device) * num_classes * num_classes
-    index = offsets + labels[:, None] * num_classes + predictions
-    counts = torch.bincount(index.flatten(), minlength=runs * num_classes * num_classes)
-    return counts.view(runs, num_classes, num_classes).cpu()
+        for a, offset in enumerate(logit_offsets):
+            predictions[a, start:start + len(y)] = (logits if offset is None else logits + offset).argmax(-1)
+    cells = (torch.arange(runs, device=labels.device) * num_classes + labels[:, None]) * num_classes + predictions
+    counts = torch.stack([torch.bincount(c.flatten(), minlength=runs * num_classes * num_classes) for c in cells])
+    return counts.view(len(logit_offsets), runs, num_classes, num_classes).cpu()
 
 
 class _Progress:
@@ -268,6 +284,7 @@ class _Group:
                 start = time.perf_counter()
                 lr = self._schedule(epoch)
                 losses, train_errors, bad_steps = self.step.epoch(progress.step)
+                self.records.note_step(self.step.paths)
                 self._drop_diverged(epoch, losses, bad_steps)
                 confusions, plain = self._evaluate() if due(epoch, first.eval_every, first.epochs) else (None, None)
                 entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, confusions, plain)
@@ -297,11 +314,10 @@ class _Group:
         self.criteria = [build_loss(m.loss, self.counts, **c.loss_params()).to(device)
                          for m, c in zip(self.methods, self.configs)]
         self.cb_weights = [class_balanced_weights(self.counts, c.cb_beta).to(device) for c in self.configs]
-        # Each loss weighs by its row, all ones until re-weighting starts; rows change in place, so a
-        # captured step sees the switch.
-        self.loss_weights = torch.ones(runs, self.dataset.num_classes, device=device)
-        for criterion, row in zip(self.criteria, self.loss_weights):
-            criterion.weight = row
+        # Every loss weighs its mean, all ones until re-weighting starts: the step is built with a weight
+        # tensor that later weights are copied into, so a captured step sees the switch.
+        for criterion in self.criteria:
+            criterion.weight = torch.ones(self.dataset.num_classes, device=device)
         # Post-hoc logit adjustment: -tau log(prior) added to the logits of each post-hoc run, 0 for the others.
         self.logit_offsets = None
         if any(m.posthoc for m in self.methods):
@@ -314,22 +330,20 @@ class _Group:
         """This epoch's learning rate, and each run's class weights and sampling; returns the lr."""
         lr = learning_rate(self.first, epoch)
         self.step.set_lr(lr)
-        for method, config, row, stream, weights in zip(
-            self.methods, self.configs, self.loss_weights, self.streams, self.cb_weights
+        for method, config, criterion, stream, weights in zip(
+            self.methods, self.configs, self.criteria, self.streams, self.cb_weights
         ):
-            row.copy_(weights if active(method.reweight, epoch, config.switch_epoch) else torch.ones_like(row))
+            criterion.weight = weights if active(method.reweight, epoch, config.switch_epoch) else torch.ones_like(weights)
             stream.set_class_weights(weights if active(method.resample, epoch, config.switch_epoch) else None)
         return lr
 
     def _evaluate(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Confusions with each run's logit offset applied, and the plain ones (None when no run has an offset)."""
-        def confusions(offset):
-            return _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
-                               self.first.eval_batch_size, self.autocast, self.channels_last, offset)
-
-        if self.logit_offsets is None:
-            return confusions(None), None
-        return confusions(self.logit_offsets), confusions(None)
+        """Confusions with each run's logit offset applied, and the plain ones (None when no run has an offset),
+        from one forward pass."""
+        offsets = (None,) if self.logit_offsets is None else (self.logit_offsets, None)
+        confusions = _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
+                                 self.first.eval_batch_size, self.autocast, self.channels_last, offsets)
+        return confusions[0], (confusions[1] if len(offsets) > 1 else None)
 
     def _resume(self) -> dict:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""

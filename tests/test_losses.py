@@ -391,6 +391,22 @@ def test_weight_can_be_replaced_between_epochs():
     assert loss(logits(), labels()).item() == pytest.approx(before)
 
 
+def test_new_weights_are_copied_into_the_losss_own_tensor():
+    """A captured CUDA graph reads the weight tensor it was captured with: replacing the weights must change that
+    tensor's values, and the caller's tensors are neither kept nor overwritten later."""
+    loss = LDAMLoss(COUNTS)
+    first = torch.tensor([1.0, 2.0, 3.0])
+    loss.weight = first
+    held = loss.weight
+    assert held is not first
+    w = class_balanced_weights(COUNTS)
+    loss.weight = w
+    assert loss.weight is held and torch.equal(held, w) and held is not w
+    assert first.tolist() == [1.0, 2.0, 3.0]
+    margins = [[0.25, 0.5 / 3, 0.5][y] for y in Y]
+    assert loss(logits(), labels()).item() == pytest.approx(margin_ce(Z, Y, margins, 30.0, w.tolist()), rel=1e-5)
+
+
 def test_build_loss_by_name():
     assert isinstance(build_loss("mm-ldam", COUNTS, delta_neg=0.6, beta=1.5), MMLoss)
     assert build_loss("mm-ldam", COUNTS, delta_neg=0.6, beta=1.5).ldam

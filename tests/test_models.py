@@ -3,6 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from mmlib.models import ARCHS, build_model, merge_state_dicts, resnet8, resnet32, split_state_dict
+from mmlib.pipeline import eval_batches, to_device
 
 
 def resnet_parameter_count(blocks: int, num_classes: int, bias: bool) -> int:
@@ -71,6 +72,52 @@ def test_fused_model_equals_its_runs():
     for k, state in enumerate(split_state_dict(fused.state_dict(), 3)):
         for name, tensor in state.items():  # running statistics were updated per run
             torch.testing.assert_close(tensor, singles[k].state_dict()[name], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("normed", [True, False])
+def test_the_head_computes_in_float32_under_bf16_autocast(normed):
+    torch.manual_seed(0)
+    model = resnet8(10, normed=normed).eval()
+    x = torch.randn(8, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        features = model.features(x).squeeze(1)
+        logits = model(x)
+    assert features.dtype == torch.bfloat16  # the backbone runs in bf16
+    assert logits.dtype == torch.float32
+    features, weight = features.float(), model.fc.weight
+    if normed:
+        expected = F.normalize(features, dim=1) @ F.normalize(weight, dim=1).T
+    else:
+        expected = features @ weight.T + model.fc.bias
+    torch.testing.assert_close(logits, expected)  # float32's tolerances
+
+
+def target_ties(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Samples whose target logit equals the largest other one: MM's m = 0, where it adds no margin."""
+    z_target = logits.gather(-1, labels[..., None]).squeeze(-1)
+    z_other = logits.scatter(-1, labels[..., None], float("-inf")).amax(-1)
+    return int((z_target == z_other).sum())
+
+
+def test_bf16_cosine_logits_tie_far_more_often_than_the_float32_heads(digits):
+    """Digits' test set (597 images) through a ResNet-8 under bf16 autocast, its cosine head's class vectors set to
+    the classes' mean training features (nearest class mean, where a cosine head's training leads): every cosine
+    lies in [0.98, 1], where bf16 values are 2^-8 apart, so the target ties another class (MM's m = 0: no margin)
+    in most samples; the float32 head's never tie."""
+    torch.manual_seed(0)
+    model = resnet8(digits.num_classes, normed=True).eval()
+    train_x, train_y = to_device(digits.train_images, digits.train_labels, "cpu")
+    test_x, test_y = to_device(digits.test_images, digits.test_labels, "cpu")
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        train_features = model.features(next(eval_batches(train_x, train_y, len(train_y)))[0]).squeeze(1).float()
+        model.fc.weight.copy_(torch.stack([train_features[train_y == c].mean(0) for c in range(digits.num_classes)]))
+        features = model.features(next(eval_batches(test_x, test_y, len(test_y)))[0])
+        bf16_logits = F.normalize(features.squeeze(1), dim=1) @ F.normalize(model.fc.weight, dim=1).T
+        head_logits = model.fc(features).squeeze(1)
+    assert bf16_logits.dtype == torch.bfloat16 and head_logits.dtype == torch.float32
+    assert bf16_logits.min() >= 0.97
+    assert target_ties(bf16_logits, test_y) > len(test_y) / 2
+    assert target_ties(head_logits, test_y) == 0
 
 
 def test_split_and_merge_are_inverse():

@@ -1,0 +1,49 @@
+"""How many runs a sweep fuses into one model on a GPU (sweep --fuse auto), from a measured K curve.
+
+benchmarks/throughput.py --save-curve measures images/s and peak reserved memory for K = 1, 2, 4, ...
+fused runs on one GPU and saves the curve here; ``auto_fuse`` takes the fastest K that fits the
+GPUs' free memory. Nothing here imports Jupyter: the GPU machine's benchmarks use it without it.
+"""
+
+from pathlib import Path
+
+from mmlib import rundir
+
+FUSE_CURVE = "fuse_curve.json"  # in mmlib.cache.cache_dir(), written by benchmarks/throughput.py --save-curve
+FUSE_MEMORY_SHARE = 0.8  # of a GPU's free memory, what --fuse auto lets a job's measured peak take
+
+
+def save_fuse_curve(device_name: str, settings: dict, points: list[dict]) -> Path:
+    """The benchmark's K curve on this GPU: points of {"runs", "images_per_second", "peak_mib"}."""
+    from mmlib.cache import cache_dir
+
+    path = cache_dir() / FUSE_CURVE
+    rundir.write_json(path, {"device_name": device_name, "settings": settings, "points": points})
+    return path
+
+
+def auto_fuse(gpus: list[int] | None = None) -> int:
+    """--fuse auto: 1 on the CPU; on CUDA, the K of the measured curve with the most images/s whose peak
+    memory fits in FUSE_MEMORY_SHARE of the free memory of every GPU the sweep uses."""
+    import torch
+
+    from mmlib.cache import cache_dir
+
+    if not torch.cuda.is_available():
+        return 1
+    gpus = gpus or [0]
+    name = torch.cuda.get_device_name(gpus[0])
+    path = cache_dir() / FUSE_CURVE
+    remedy = "run python benchmarks/throughput.py --save-curve on this GPU once, or give --fuse K"
+    if not path.exists():
+        raise ValueError(f"--fuse auto needs the K curve measured on this GPU ({name}), and {path} does not exist: {remedy}")
+    curve = rundir.read_json(path)
+    if curve["device_name"] != name:
+        raise ValueError(f"--fuse auto: {path} was measured on {curve['device_name']}, this GPU is {name}: {remedy}")
+    return fuse_from_curve(curve["points"], min(torch.cuda.mem_get_info(g)[0] for g in gpus))
+
+
+def fuse_from_curve(points: list[dict], free_bytes: int) -> int:
+    """The K of the curve with the most images/s among those whose peak fits FUSE_MEMORY_SHARE of free_bytes (else 1)."""
+    fits = [p for p in points if p["peak_mib"] * 2**20 <= FUSE_MEMORY_SHARE * free_bytes]
+    return max(fits, key=lambda p: p["images_per_second"])["runs"] if fits else 1
