@@ -20,9 +20,11 @@ import os
 import sys
 import warnings
 
+import mmlib
 from mmlib import config as run_config
-from mmlib import cache, data, errors, jobs, paper, rundir
+from mmlib import cache, data, errors, jobs, paper, rundir, stopping
 from mmlib.methods import METHODS
+
 
 def _method_table() -> str:
     rows = [f"  {m.name:<13} {m.label:<20} loss={m.loss}, head={m.head}, re-weighting={m.reweight}, "
@@ -63,6 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "python -m mmlib cache --clear deletes them.",
                                 parents=[common])
     train.add_argument("--run-dir", required=True, help="the run directory (created; resumed if it holds a checkpoint)")
+    train.add_argument("--time-limit", type=stopping.parse_duration, metavar="DURATION",
+                       help="90s, 14m, 2h: checkpoint and stop before then (judged from the epochs measured), exit "
+                            "code 75; the same command resumes. SIGTERM and SIGUSR1 stop the run at the end of its "
+                            "epoch the same way (a second signal: at once, the last checkpoint kept)")
     run_config.add_arguments(train)
 
     listing = commands.add_parser("list", help="the cells of a paper table: setting, method, parameters, paper's error",
@@ -98,7 +104,14 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--set", nargs="+", type=_key_value, default=[], metavar="KEY=VALUE",
                        help="any run parameter for every run, e.g. bf16=True channels_last=True compile=off "
                             "download=True; not those the sweep or the table's cells set (seed, method, ...)")
-    sweep.add_argument("--dry-run", action="store_true", help="print the plan, run nothing")
+    sweep.add_argument("--dry-run", action="store_true",
+                       help="print the plan, in the order it runs, and its estimated wall time from the epoch times "
+                            "measured so far (runs in --out, the K curve of benchmarks/throughput.py --save-curve); "
+                            "run nothing")
+    sweep.add_argument("--time-limit", type=stopping.parse_duration, metavar="DURATION",
+                       help="90s, 14m, 2h: every job checkpoints and stops before then, no job starts that could not "
+                            "reach its first checkpoint in the time left; the sweep then exits with code 75 (the same "
+                            "command resumes). SIGTERM and SIGUSR1 stop it the same way (a second signal: at once)")
     sweep.add_argument("--rerun-changed", action="store_true",
                        help="runs in the planned folders that were trained with other parameters (a sweep refuses "
                             "them) are moved aside to <run>.replaced-<UTC time> and trained anew")
@@ -166,10 +179,11 @@ def _fuse(value: str):
 def _train(args) -> int:
     from mmlib.training import run
 
+    deadline = None if args.time_limit is None else mmlib.STARTED + args.time_limit
     with data.download_option("--download"):
         config = run_config.from_args(args)
         finished = rundir.is_finished(args.run_dir)
-        results = run(config, args.run_dir)
+        results = run(config, args.run_dir, stopping.Stop(deadline))
     if finished:
         print(f"note: {args.run_dir} holds a finished run, so nothing was trained; its results follow. To train "
               f"again, give another --run-dir or delete {args.run_dir}.", file=sys.stderr)
@@ -228,17 +242,20 @@ def _sweep(args) -> int:
     out = rundir.RUNS if args.out is None else args.out
     executor = _executor(args, out, gpus)
     with data.download_option("--set download=True"):
-        failures = sweeps.sweep(
+        outcome = sweeps.sweep(
             table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
             sweeps.parse_data_roots(args.data_root), overrides, fuse, executor, args.dry_run,
             rerun_changed=args.rerun_changed, retry_failed=args.retry_failed,
+            deadline=None if args.time_limit is None else mmlib.STARTED + args.time_limit,
         )
+    if outcome.interrupted:
+        return errors.StoppedError.exit_code
     failed_reports = []
     if args.preset == "quick" and not args.dry_run:
         from mmlib import reports
 
         failed_reports = reports.report_quick(out, protocol=overrides)
-    return 1 if failures or failed_reports else 0
+    return 1 if outcome.failed or failed_reports else 0
 
 
 def _executor(args, out, gpus: list[int] | None):
@@ -246,7 +263,9 @@ def _executor(args, out, gpus: list[int] | None):
     if args.backend == "local":
         if args.address is not None or args.gpus_per_job is not None or args.lock_wait is not None or args.no_shared_fs:
             raise ValueError("--address, --gpus-per-job, --lock-wait and --no-shared-fs need --backend ray")
-        return jobs.LocalExecutor(gpus, args.runner)
+        from mmlib.local_backend import LocalExecutor
+
+        return LocalExecutor(gpus, args.runner)
     if gpus:
         raise ValueError("--gpus picks local GPUs; with --backend ray give --gpus-per-job and Ray assigns them")
     from mmlib import ray_backend  # Ray is an optional extra

@@ -11,6 +11,8 @@ Bad parameters stay ValueError and missing or inaccessible files OSError, as Pyt
     6  the loss became NaN or infinite
     7  no space left on the device
     8  the CUDA graph step failed its check against the eager step (compile='graphs')
+   75  stopped early, at the time limit or by a signal (SIGTERM, SIGUSR1), its checkpoint written: the same
+       command resumes (75 is EX_TEMPFAIL, "try again", in sysexits.h)
 """
 
 import errno
@@ -44,6 +46,12 @@ class StepCheckError(MMLibError, RuntimeError):
     """compile='graphs' asked for CUDA graphs, and a captured step failed to capture or differs from the eager step."""
 
     exit_code = 8
+
+
+class StoppedError(MMLibError):
+    """A run or sweep stopped before its end (time limit, signal) with its checkpoints written: run it again."""
+
+    exit_code = 75
 
 
 def _chain(err: BaseException):

@@ -8,6 +8,7 @@ GPUs' free memory. Nothing here imports Jupyter: the GPU machine's benchmarks us
 from pathlib import Path
 
 from mmlib import rundir
+from mmlib.cache import cache_dir
 
 FUSE_CURVE = "fuse_curve.json"  # in mmlib.cache.cache_dir(), written by benchmarks/throughput.py --save-curve
 FUSE_MEMORY_SHARE = 0.8  # of a GPU's free memory, what --fuse auto lets a job's measured peak take
@@ -15,8 +16,6 @@ FUSE_MEMORY_SHARE = 0.8  # of a GPU's free memory, what --fuse auto lets a job's
 
 def save_fuse_curve(device_name: str, settings: dict, points: list[dict]) -> Path:
     """The benchmark's K curve on this GPU: points of {"runs", "images_per_second", "peak_mib"}."""
-    from mmlib.cache import cache_dir
-
     path = cache_dir() / FUSE_CURVE
     rundir.write_json(path, {"device_name": device_name, "settings": settings, "points": points})
     return path
@@ -26,8 +25,6 @@ def auto_fuse(gpus: list[int] | None = None) -> int:
     """--fuse auto: 1 on the CPU; on CUDA, the K of the measured curve with the most images/s whose peak
     memory fits in FUSE_MEMORY_SHARE of the free memory of every GPU the sweep uses."""
     import torch
-
-    from mmlib.cache import cache_dir
 
     if not torch.cuda.is_available():
         return 1
@@ -41,6 +38,19 @@ def auto_fuse(gpus: list[int] | None = None) -> int:
     if curve["device_name"] != name:
         raise ValueError(f"--fuse auto: {path} was measured on {curve['device_name']}, this GPU is {name}: {remedy}")
     return fuse_from_curve(curve["points"], min(torch.cuda.mem_get_info(g)[0] for g in gpus))
+
+
+def curve_here() -> dict[int, float] | None:
+    """{K: images/s} of the curve measured on this machine's GPU, None without a GPU or such a curve."""
+    import torch
+
+    path = cache_dir() / FUSE_CURVE
+    if not torch.cuda.is_available() or not path.exists():
+        return None
+    curve = rundir.read_json(path)
+    if curve["device_name"] != torch.cuda.get_device_name(0):
+        return None
+    return {p["runs"]: p["images_per_second"] for p in curve["points"]}
 
 
 def fuse_from_curve(points: list[dict], free_bytes: int) -> int:

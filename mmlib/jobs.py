@@ -5,26 +5,24 @@ notebooks/train.ipynb with papermill (the executed notebook is the run's provena
 "python" runner it runs ``python -m mmlib.jobs PARAMS.yaml``, the same training without a notebook
 kernel, for machines where Jupyter is not installed (its output goes to train.log).
 
-An executor runs a list of jobs and returns the runs that failed, logging one line per run as its
-job ends. ``LocalExecutor`` (here) runs them on worker threads of this machine, one per GPU;
-mmlib.ray_backend.RayExecutor runs each as a Ray task. Both execute a job with ``run_job`` and
-report it with ``record_outcome``, so a run's files and lines are the same whichever ran it.
+An executor runs a list of jobs, logging one line per run as its job ends, and returns an ``Outcome``:
+the runs that failed, stopped early (time limit, signal: they resume) or were not started.
+mmlib.local_backend.LocalExecutor runs them on worker threads of this machine, one per GPU;
+mmlib.ray_backend.RayExecutor runs each as a Ray task. Both execute a job with ``run_job`` and report
+it with ``record_outcome``, so a run's files and lines are the same whichever ran it.
 """
 
 import contextlib
-import itertools
 import os
-import queue
 import shutil
 import sys
-import threading
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mmlib.notebook
 from mmlib import errors, rundir
 from mmlib.config import RunConfig
+from mmlib.stopping import Stop
 
 TRAIN_NOTEBOOK = rundir.REPOSITORY / "notebooks" / "train.ipynb"
 OUTPUT_NOTEBOOK = "train.ipynb"  # the executed notebook, in every run directory of the job
@@ -44,15 +42,31 @@ class Job:
     labels: list[str]  # "<table> <setting> <run name> seed<k>", one per run
     run_dirs: list[Path]
     params: list[dict]  # every run's notebook parameters (RunConfig fields)
+    deadline: float | None = None  # time.time() before which the job stops, checkpoint written (--time-limit)
+    stop_file: str | None = None  # once this file exists, the job stops at the end of its epoch (a signalled sweep)
 
     def notebook_parameters(self) -> dict:
         first = {**self.params[0], "run_dir": str(self.run_dirs[0])}
         others = [{**p, "run_dir": str(d)} for p, d in zip(self.params[1:], self.run_dirs[1:])]
-        return {**first, "fused_runs": others}
+        return {**first, "fused_runs": others, "deadline": self.deadline, "stop_file": self.stop_file}
 
     def moved(self, run_dirs: list[Path]) -> "Job":
         """The same job training into other run directories (e.g. a node's scratch folder)."""
-        return Job(self.labels, run_dirs, self.params)
+        return Job(self.labels, run_dirs, self.params, self.deadline, self.stop_file)
+
+
+@dataclass
+class Outcome:
+    """What a sweep's runs came to, beyond those that finished."""
+
+    failed: list[tuple[str, Path]] = field(default_factory=list)  # (label, its notebook): failed, say why
+    stopped: list[str] = field(default_factory=list)  # labels of runs stopped early, checkpointed: they resume
+    not_started: list[str] = field(default_factory=list)  # labels of runs not started: too little time, or a signal
+
+    @property
+    def interrupted(self) -> bool:
+        """Whether the same command has more to do for a reason of time (a time limit, a signal)."""
+        return bool(self.stopped or self.not_started)
 
 
 def outputs(run_dir: Path) -> list[Path]:
@@ -60,47 +74,56 @@ def outputs(run_dir: Path) -> list[Path]:
     return sorted({path for pattern in OUTPUTS for path in Path(run_dir).glob(pattern) if path.is_file()})
 
 
-def run_job(job: Job, gpu: int | None = None, runner: str = "notebook") -> bool:
-    """Train the job in a fresh process (its own GPUs, its own failures); True if it succeeded.
+def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=None) -> str:
+    """Train the job in a fresh process (its own GPUs, its own failures); returns "done", "stopped" (early, its
+    checkpoints written: StoppedError's exit code) or "failed".
 
     runner "notebook": execute train.ipynb, the executed notebook landing in every run directory;
     "python": ``python -m mmlib.jobs`` (no notebook kernel needed). The log lands in the first run
-    directory. A run another process is training (e.g. a second sweep over the same folder) is left
-    alone: its files are that process's.
+    directory. ``started(process)``, if given, receives the job's process as it starts (to stop it at
+    once). A run another process is training (e.g. a second sweep over the same folder) is left alone:
+    its files are that process's.
     """
     check_runner(runner)
     if any(rundir.lock_owner(d) is not None for d in job.run_dirs):
-        return False
+        return "failed"
     first = job.run_dirs[0]
     first.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if runner == "notebook":
-        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env=env)
+        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env, started=started)
     else:
-        done = mmlib.notebook.run_module("mmlib.jobs", [], job.notebook_parameters(), env)
+        done = mmlib.notebook.run_module("mmlib.jobs", [], job.notebook_parameters(), env, started=started)
     rundir.write_text(first / RUNNERS[runner], done.stdout + done.stderr)
     for other in job.run_dirs[1:]:
         other.mkdir(parents=True, exist_ok=True)
         if (first / OUTPUT_NOTEBOOK).exists():
             shutil.copyfile(first / OUTPUT_NOTEBOOK, other / OUTPUT_NOTEBOOK)
-    return done.returncode == 0
+    return {0: "done", errors.StoppedError.exit_code: "stopped"}.get(done.returncode, "failed")
 
 
 def check_runner(runner: str) -> None:
     """Refuse an unknown runner, and the notebook runner where the repository's notebook is not (a wheel install)."""
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; valid: {', '.join(RUNNERS)}")
-    if runner == "notebook" and not TRAIN_NOTEBOOK.exists():
+    if runner != "notebook":
+        return
+    if not TRAIN_NOTEBOOK.exists():
         raise FileNotFoundError(f"{TRAIN_NOTEBOOK} not found: the notebook runner executes the repository's notebooks, "
-                                "so install mmlib from a checkout (pip install -e .), or use the python runner")
+                                "so install mmlib from a checkout (pip install -e .), or use --runner python")
+    try:
+        import papermill  # noqa: F401  (the notebook runner's; a machine without Jupyter has none)
+    except ImportError:
+        raise ValueError("the notebook runner needs papermill and a Jupyter kernel (pip install -e .); on a machine "
+                         "without them use --runner python") from None
 
 
 def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
     """A job's parameters (``Job.notebook_parameters``, as train.ipynb receives them) as its runs' configs and
     run directories: the first run's parameters, each fused run's overriding them."""
-    first = {k: v for k, v in parameters.items() if k not in ("run_dir", "fused_runs")}
+    first = {k: v for k, v in parameters.items() if k not in ("run_dir", "fused_runs", "deadline", "stop_file")}
     runs = [{"run_dir": parameters["run_dir"]}] + list(parameters.get("fused_runs", []))
     configs = [RunConfig.from_dict({**first, **{k: v for k, v in run.items() if k != "run_dir"}}) for run in runs]
     return configs, [Path(run["run_dir"]) for run in runs]
@@ -126,60 +149,25 @@ def failure_reason(run_dir: Path) -> str:
     return "no error recorded (the job did not run)"
 
 
-def record_outcome(job: Job, ok: bool, seconds: float, done, total: int, log) -> list[tuple[str, Path]]:
-    """Log one line per run of a finished job (``done`` counts runs); returns its unfinished runs and their notebooks.
-
-    A run is judged by its own files: in a fused job one run can fail (diverge) while the others finish.
-    """
-    failures = []
+def record_outcome(job: Job, status: str, seconds: float, done, total: int, log, outcome: Outcome) -> None:
+    """Log one line per run of a job that ended with ``status`` (run_job's; ``done`` counts runs), and add its
+    unfinished runs to ``outcome``. A run is judged by its own files: in a fused job one run can fail
+    (diverge) while the others finish."""
     for label, run_dir in zip(job.labels, job.run_dirs):
         line = f"[{next(done)}/{total}] {label}: "
         if rundir.is_finished(run_dir):
             metrics = rundir.read_json(run_dir / rundir.METRICS)
             line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
-            if not ok and not any(rundir.failure(d) for d in job.run_dirs):  # not because a fused run diverged
+            if status == "failed" and not any(rundir.failure(d) for d in job.run_dirs):  # not a fused run diverging
                 line += f"; its notebook then failed: {failure_reason(job.run_dirs[0])}"
+        elif status == "stopped" and rundir.failure(run_dir) is None:
+            outcome.stopped.append(label)
+            info = rundir.checkpoint_info(run_dir)
+            line += f"stopped early after epoch {info['epoch'] if info else 0}; it resumes ({seconds:.0f} s)"
         else:
-            failures.append((label, run_dir / OUTPUT_NOTEBOOK))
+            outcome.failed.append((label, run_dir / OUTPUT_NOTEBOOK))
             line += f"FAILED: {failure_reason(run_dir)} (see {run_dir / OUTPUT_NOTEBOOK})"
         log(line)
-    return failures
-
-
-class LocalExecutor:
-    """Jobs on this machine: one worker thread per GPU of ``gpus`` (each job seeing only its GPU), or one;
-    each job run by ``runner`` (run_job)."""
-
-    def __init__(self, gpus: list[int] | None = None, runner: str = "notebook"):
-        check_runner(runner)
-        self.gpus, self.runner = gpus or [None], runner
-
-    def run(self, jobs: list[Job], log=print) -> list[tuple[str, Path]]:
-        """Run the jobs; returns the failed runs and their notebooks."""
-        todo = queue.Queue()
-        for job in jobs:
-            todo.put(job)
-        failures, lock = [], threading.Lock()
-        total, done = sum(len(j.run_dirs) for j in jobs), itertools.count(1)
-
-        def worker(gpu: int | None):
-            while True:
-                try:
-                    job = todo.get_nowait()
-                except queue.Empty:
-                    return
-                start = time.perf_counter()
-                ok = run_job(job, gpu, self.runner)
-                seconds = time.perf_counter() - start
-                with lock:
-                    failures.extend(record_outcome(job, ok, seconds, done, total, log))
-
-        workers = [threading.Thread(target=worker, args=(gpu,)) for gpu in self.gpus]
-        for w in workers:
-            w.start()
-        for w in workers:
-            w.join()
-        return failures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -194,8 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m mmlib.jobs PARAMETERS.yaml", file=sys.stderr)
         return 2
     try:
-        configs, run_dirs = configs_of(yaml.safe_load(Path(args[0]).read_text()))
-        results = training.run_many(configs, run_dirs)
+        parameters = yaml.safe_load(Path(args[0]).read_text())
+        configs, run_dirs = configs_of(parameters)
+        results = training.run_many(configs, run_dirs, Stop(parameters.get("deadline"), parameters.get("stop_file")))
     except Exception as err:
         code = errors.exit_code(err)
         if code is None:

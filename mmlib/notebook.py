@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 
 from mmlib.config import did_you_mean
+from mmlib.errors import StoppedError
 
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
 
@@ -122,28 +123,35 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict | None = 
 
 
 def run(notebook: str | Path, output: str | Path, parameters: dict, env: dict | None = None,
-        cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+        cwd: str | Path | None = None, started=None) -> subprocess.CompletedProcess:
     """``python -m mmlib.notebook`` in a fresh process (its own GPUs, its own failures)."""
-    return run_module("mmlib.notebook", [str(notebook), str(output)], parameters, env, cwd)
+    return run_module("mmlib.notebook", [str(notebook), str(output)], parameters, env, cwd, started)
 
 
 def run_module(module: str, args: list[str], parameters: dict, env: dict | None = None,
-               cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+               cwd: str | Path | None = None, started=None) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS PARAMS.yaml`` in a fresh process, its output captured; the parameters are passed in
-    a YAML file in the system's temp folder, so that a killed run leaves nothing beside its outputs."""
+    a YAML file in the system's temp folder, so that a killed run leaves nothing beside its outputs.
+    ``started(process)``, if given, receives the process (subprocess.Popen) once it runs."""
     import yaml
 
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="mmlib-params-", delete=False) as f:
         yaml.safe_dump(parameters, f)
+    command = [sys.executable, "-m", module, *args, f.name]
     try:
-        return subprocess.run([sys.executable, "-m", module, *args, f.name], env=env, cwd=cwd, capture_output=True,
-                              text=True)
+        with subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) as process:
+            if started is not None:
+                started(process)
+            stdout, stderr = process.communicate()
+        return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     finally:
         os.unlink(f.name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m mmlib.notebook IN OUT [PARAMS.yaml]: execute IN into OUT; a failure is one line and exit 1."""
+    """python -m mmlib.notebook IN OUT [PARAMS.yaml]: execute IN into OUT; a failure is one line and exit 1 (75 for a
+    run stopped early by a time limit or signal, StoppedError's)."""
     import papermill
     import yaml
 
@@ -156,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         execute(args[0], args[1], parameters)
     except papermill.PapermillExecutionError as err:
         print(f"error: {args[1]} failed in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr)
-        return 1
+        return StoppedError.exit_code if err.ename == StoppedError.__name__ else 1  # the same command resumes it
     return 0
 
 

@@ -47,8 +47,8 @@ def scratch_root(out: Path) -> Path:
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
-             lock_wait: float) -> tuple[bool, float, list[dict] | None]:
-    """Run one job on a worker; returns (notebook succeeded, seconds, each run's files or None if shared)."""
+             lock_wait: float) -> tuple[str, float, list[dict] | None]:
+    """Run one job on a worker; returns (run_job's status, seconds, each run's files or None if shared)."""
     if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
                              "every node mounts, or give --no-shared-fs")
@@ -60,15 +60,15 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
     # lease; still held after lock_wait, a run is another live process's: run_job leaves it alone and says so.
     _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), lock_wait)
     start = time.perf_counter()
-    ok = jobs.run_job(local, runner=runner)
+    status = jobs.run_job(local, runner=runner)
     seconds = time.perf_counter() - start
     if marker is not None:
-        return ok, seconds, None
+        return status, seconds, None
     records = [_output_files(d) for d in local.run_dirs]
     for run_dir in local.run_dirs:
         if rundir.is_finished(run_dir):  # its files are on their way to the driver
             shutil.rmtree(run_dir)
-    return ok, seconds, records
+    return status, seconds, records
 
 
 def _wait_for(condition, seconds: float) -> bool:
@@ -109,8 +109,10 @@ class RayExecutor:
         self.out, self.address, self.gpus_per_job, self.shared_fs = Path(out).resolve(), address, gpus_per_job, shared_fs
         self.runner, self.lock_wait = runner, lock_wait
 
-    def run(self, planned: list[jobs.Job], log=print) -> list[tuple[str, Path]]:
-        """Run the jobs; returns the failed runs and their notebooks."""
+    def run(self, planned: list[jobs.Job], log=print, deadline: float | None = None, times=None) -> jobs.Outcome:
+        """Run the jobs; with ``deadline`` (time.time(), the nodes' clocks agreeing) each job stops before it, its
+        checkpoint written (one starting too late stops before its first epoch). ``times`` goes unused: Ray
+        schedules every task at once."""
         started = not ray.is_initialized()
         if started:
             try:
@@ -123,19 +125,21 @@ class RayExecutor:
             task = _run_job.options(num_gpus=self._gpus_per_job())
             if marker is not None:
                 rundir.write_text(marker, "a sweep's workers check that they see this file\n")
+            for job in planned:
+                job.deadline = deadline
             pending = {task.remote(job, self.out, marker, self.runner, self.lock_wait): job for job in planned}
-            failures, total, done = [], sum(len(j.run_dirs) for j in planned), itertools.count(1)
+            outcome, total, done = jobs.Outcome(), sum(len(j.run_dirs) for j in planned), itertools.count(1)
             with tqdm(total=total, unit="run", desc="runs", disable=None) as bar:
                 while pending:
                     [ref], _ = ray.wait(list(pending), num_returns=1)
                     job = pending.pop(ref)
-                    ok, seconds, records = _outcome(ref, job, log)
+                    status, seconds, records = _outcome(ref, job, log)
                     for run_dir, files in zip(job.run_dirs, records or []):
                         _write_records(run_dir, files)
                     with tqdm.external_write_mode():
-                        failures += jobs.record_outcome(job, ok, seconds, done, total, log)
+                        jobs.record_outcome(job, status, seconds, done, total, log, outcome)
                     bar.update(len(job.run_dirs))
-            return failures
+            return outcome
         except KeyboardInterrupt:
             log(f"interrupted: cancelled {len(pending)} notebooks; finished runs are kept, and the same command resumes")
             raise
@@ -158,7 +162,7 @@ class RayExecutor:
         return self.gpus_per_job
 
 
-def _outcome(ref, job: jobs.Job, log) -> tuple[bool, float, list[dict] | None]:
+def _outcome(ref, job: jobs.Job, log) -> tuple[str, float, list[dict] | None]:
     """A finished task's result; a task that Ray gave up on (its worker died every try) counts as failed."""
     try:
         return ray.get(ref)
@@ -170,4 +174,4 @@ def _outcome(ref, job: jobs.Job, log) -> tuple[bool, float, list[dict] | None]:
         reason = f"its worker died on each of {MAX_RETRIES + 1} tries ({str(err).splitlines()[0]})"
     with tqdm.external_write_mode():
         log(f"{' | '.join(job.labels)}: {reason}")
-    return False, 0.0, None
+    return "failed", 0.0, None

@@ -203,13 +203,15 @@ def _identity(path: Path) -> list[int]:
 def save_checkpoint(folder: Path, state: dict) -> None:
     """Write ``state`` (holding "epoch", and "config" for a run) as the folder's checkpoint.
 
-    The checkpoint before stays as checkpoint.prev.pt; checkpoint.json then records the new one's epoch
-    and config with the file's identity, so that a stale checkpoint.json is recognised as such.
+    The checkpoint before stays as checkpoint.prev.pt; checkpoint.json then records the new one's epoch,
+    config and last epoch's seconds (for sweeps' time estimates) with the file's identity, so that a stale
+    checkpoint.json is recognised as such.
     """
     folder = Path(folder)
     atomic_write(folder / CHECKPOINT, lambda f: torch.save(state, f), keep_previous=folder / PREVIOUS_CHECKPOINT)
     write_json(folder / CHECKPOINT_INFO, {
         "epoch": state["epoch"], "config": state.get("config"), "file": _identity(folder / CHECKPOINT),
+        "seconds": state["history"][-1]["seconds"] if state.get("history") else None,  # its last epoch's
     })
 
 

@@ -4,7 +4,7 @@ Each run lands in <out>/<table>/<setting>/<run name>/seed<k>/ with the executed 
 results (the notebook is the provenance). Finished runs are skipped, interrupted ones resume from
 their checkpoints (the trainer does that), a failed run does not stop the others. Runs of one
 setting that can train as one fused model (mmlib.training.fusion_key) are grouped, up to ``fuse``
-runs a job. The executor (mmlib.jobs.LocalExecutor: worker threads, one per GPU; or
+runs a job. The executor (mmlib.local_backend.LocalExecutor: worker threads, one per GPU; or
 mmlib.ray_backend.RayExecutor: Ray tasks) runs the jobs.
 """
 
@@ -13,9 +13,10 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlib import identity, jobs, paper, rundir
+from mmlib import identity, jobs, paper, rundir, timing
 from mmlib.config import RunConfig, did_you_mean
 from mmlib.errors import CorruptFileError
+from mmlib.local_backend import LocalExecutor
 from mmlib.training import fusion_key
 
 # The README's main job: a few minutes offline on a CPU, into a folder of its own.
@@ -130,12 +131,17 @@ def check_overrides(overrides: dict, cells: list[paper.Cell]) -> None:
 
 def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, methods=None, mm_variants=("equations",),
           mm_scale=None, data_roots=None, overrides=None, fuse: int = 1, executor=None, dry_run=False,
-          rerun_changed: bool = False, retry_failed: bool = False, log=print) -> list:
-    """Plan, then run a table's cells with ``executor`` (default: mmlib.jobs.LocalExecutor, one worker);
-    returns the runs that are not finished at the end (label, notebook path): failed now, or before and not retried.
+          rerun_changed: bool = False, retry_failed: bool = False, deadline: float | None = None,
+          log=print) -> jobs.Outcome:
+    """Plan, then run a table's cells with ``executor`` (default: mmlib.local_backend.LocalExecutor, one worker);
+    returns what did not finish (jobs.Outcome): failed runs (now, or before and not retried), and runs stopped
+    early or not started (a time limit, a signal), which the same call resumes.
 
     Runs of other parameters in the planned folders stop the sweep before anything trains, unless
     ``rerun_changed``: each is then moved aside (<run>.replaced-<UTC time>, never deleted) and trained anew.
+    ``deadline`` (time.time(), --time-limit after the process started): every job stops, checkpoint written,
+    before it, and no job starts that could not reach its first checkpoint in the time left (mmlib.timing).
+    The dry run prints the plan's estimated wall time from what was measured.
     """
     planned = plan(table, out, seeds, settings, methods, mm_variants, mm_scale, data_roots, overrides, fuse, retry_failed)
     if planned.changed and not rerun_changed:
@@ -146,22 +152,48 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
                "them anew"]))
     runs = sum(len(j.run_dirs) for j in planned.jobs)
     log(f"{table}: {runs} runs to do in {len(planned.jobs)} notebooks, {len(planned.finished)} finished runs skipped")
-    left = [] if retry_failed else planned.failed
     for label, run_dir, why in planned.failed:
         log(f"{label}: failed before ({why}); " + ("retried from its last checkpoint" if retry_failed else
                                                    "not retried (--retry-failed retries it)"))
+    times = timing.EpochTimes(out) if dry_run or deadline is not None else None
     if dry_run:
         for job in planned.jobs:
             log(("fused: " if len(job.labels) > 1 else "") + " | ".join(job.labels))
-        return []
+        log(estimate(planned.jobs, times, getattr(executor, "workers", 1)))
+        return jobs.Outcome()
     for _, run_dir, _ in planned.changed:
         log(f"moved {run_dir} aside to {rundir.set_aside(run_dir, 'replaced')}: it was trained with other parameters")
     for _, run_dir, _ in planned.failed if retry_failed else ():
         rundir.set_aside(run_dir / rundir.FAILED, "retried")
-    failures = (executor or jobs.LocalExecutor()).run(planned.jobs, log=log)
-    failures += [(label, run_dir / jobs.OUTPUT_NOTEBOOK) for label, run_dir, _ in left]
-    if failures:
-        log(f"{len(failures)} runs are not finished:")
-        for label, notebook in failures:
-            log(f"  {label}: {jobs.failure_reason(notebook.parent)} (see {notebook})")
-    return failures
+    outcome = (executor or LocalExecutor()).run(planned.jobs, log=log, deadline=deadline, times=times)
+    outcome.failed += [] if retry_failed else [(label, run_dir / jobs.OUTPUT_NOTEBOOK) for label, run_dir, _ in planned.failed]
+    for line in summary(outcome):
+        log(line)
+    return outcome
+
+
+def estimate(planned: list[jobs.Job], times: timing.EpochTimes, workers: int) -> str:
+    """One line: the plan's estimated wall time over ``workers``, from the epoch times measured so far."""
+    seconds = [times.job_seconds(job) for job in planned]
+    known = [s for s in seconds if s is not None]
+    if not planned:
+        return "estimated wall time: nothing to do"
+    if not known:
+        return ("estimated wall time: unknown (no epoch measured yet for these jobs: on a GPU run "
+                "benchmarks/throughput.py --save-curve once, or run a job first)")
+    unknown = len(seconds) - len(known)
+    return (f"estimated wall time: {timing.describe(sum(known) / workers)} for {len(known)} of {len(planned)} jobs "
+            f"on {workers} worker{'s' if workers > 1 else ''}, from the epoch times measured so far"
+            + (f"; {unknown} jobs of no measured rate not counted" if unknown else ""))
+
+
+def summary(outcome: jobs.Outcome) -> list[str]:
+    """What is left to do after a sweep, and why: failed runs with their reasons, runs to resume."""
+    lines = []
+    if outcome.interrupted:
+        lines.append(f"stopped early: {len(outcome.stopped)} runs stopped with their checkpoints written and "
+                     f"{len(outcome.not_started)} not started; the same command resumes them")
+    if outcome.failed:
+        lines.append(f"{len(outcome.failed)} runs failed:")
+        lines += [f"  {label}: {jobs.failure_reason(notebook.parent)} (see {notebook})" for label, notebook in outcome.failed]
+    return lines

@@ -26,7 +26,7 @@ import mmlib
 from mmlib import identity, rundir
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
-from mmlib.errors import CorruptFileError, NonFiniteLossError
+from mmlib.errors import CorruptFileError, NonFiniteLossError, StoppedError
 from mmlib.imbalance import ImbalancedDataset
 from mmlib.losses import build_loss, class_balanced_weights, log_prior
 from mmlib.methods import active, get_method
@@ -36,6 +36,7 @@ from mmlib.records import Records, TensorBoard
 from mmlib.schedule import due, learning_rate
 from mmlib.ssp import ssp_backbone
 from mmlib.step import TrainStep, resolve_compile
+from mmlib.stopping import Stop
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two settings that make cuBLAS deterministic (CUDA's docs)
 
@@ -54,17 +55,19 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(config: RunConfig | dict, run_dir: str | Path) -> dict:
+def run(config: RunConfig | dict, run_dir: str | Path, stop: Stop | None = None) -> dict:
     """Train one run into ``run_dir`` (resuming it if interrupted) and return its results."""
-    return run_many([config], [run_dir])[0]
+    return run_many([config], [run_dir], stop)[0]
 
 
-def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> list[dict]:
+def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: Stop | None = None) -> list[dict]:
     """Train several runs as one fused model; finished runs are skipped, interrupted ones resumed.
 
     Each unfinished run directory is locked (rundir.locked) before anything is written into it. A run whose
     loss goes non-finite is marked failed (rundir.FAILED) and the others train to the end; then
     NonFiniteLossError names the failed ones. A run marked failed is refused until its marker is removed.
+    ``stop`` (mmlib.stopping.Stop: a deadline, a sweep's stop file; SIGTERM and SIGUSR1 are caught while the
+    runs train) ends the training early, checkpoint written, with StoppedError.
     """
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
     configs = [c.resolve() for c in configs]
@@ -78,7 +81,9 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
         if failure is not None:
             raise NonFiniteLossError(f"{d} failed before: {failure['reason']}. To retry it from its last checkpoint, "
                                      f"delete {d / rundir.FAILED} (a sweep: --retry-failed)")
+    stop = stop or Stop()
     with contextlib.ExitStack() as locks:
+        locks.enter_context(stop.catching_signals())
         for d in run_dirs:
             if not rundir.is_finished(d):
                 locks.enter_context(rundir.locked(d))
@@ -94,7 +99,7 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path]) -> lis
             diverged = []
             for group in by_epoch.values():
                 try:
-                    _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device).train()
+                    _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device, stop).train()
                 except NonFiniteLossError as err:  # the other groups train all the same
                     diverged.append(str(err))
             if diverged:
@@ -260,17 +265,20 @@ class _Progress:
 class _Group:
     """K runs (K >= 1) of one setting, trained together as one model."""
 
-    def __init__(self, configs: list[RunConfig], run_dirs: list[Path], dataset: ImbalancedDataset, device):
-        self.configs, self.run_dirs, self.dataset, self.device = configs, run_dirs, dataset, device
+    def __init__(self, configs: list[RunConfig], run_dirs: list[Path], dataset: ImbalancedDataset, device,
+                 stop: Stop):
+        self.configs, self.run_dirs, self.dataset, self.device, self.stop = configs, run_dirs, dataset, device, stop
         self.first = configs[0]
         self.methods = [get_method(c.method) for c in configs]
         self.counts = dataset.cls_num_list
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.first.bf16)
         self.channels_last = self.first.channels_last
         self.diverged: dict[int, str] = {}  # run -> why it stopped (FAILED): it trains on, unrecorded
+        self.checkpoint_seconds = 0.0  # the last checkpoint's write time, for the stop's estimate
 
     def train(self) -> None:
-        """Train the runs to their last epoch; raises NonFiniteLossError, once the others are finished, if any diverged."""
+        """Train the runs to their last epoch; raises NonFiniteLossError, once the others are finished, if any
+        diverged, and StoppedError, its checkpoint written, when ``stop`` says so before an epoch."""
         first = self.first
         with _determinism(first.deterministic, self.device):
             self._build()
@@ -280,23 +288,42 @@ class _Group:
             tensorboard = TensorBoard(self.configs, self.run_dirs)
             progress = _Progress(self.configs, self.records.epoch, len(self.step.sizes()),
                                  len(self.dataset.train_labels) * len(self.configs))
-            for epoch in range(self.records.epoch, first.epochs):
-                start = time.perf_counter()
-                lr = self._schedule(epoch)
-                losses, train_errors, bad_steps = self.step.epoch(progress.step)
-                self.records.note_step(self.step.paths)
-                self._drop_diverged(epoch, losses, bad_steps)
-                confusions, plain = self._evaluate() if due(epoch, first.eval_every, first.epochs) else (None, None)
-                entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, confusions, plain)
-                tensorboard.add(entries)
-                if due(epoch, first.checkpoint_every, first.epochs):
-                    self._checkpoint()
-                progress.epoch_done(lr, losses, entries)
-            progress.close()
-            tensorboard.close()
+            try:
+                for epoch in range(self.records.epoch, first.epochs):
+                    self._stop_if_asked(epoch)
+                    start = time.perf_counter()
+                    lr = self._schedule(epoch)
+                    losses, train_errors, bad_steps = self.step.epoch(progress.step)
+                    self.records.note_step(self.step.paths)
+                    self._drop_diverged(epoch, losses, bad_steps)
+                    evaluated = self._evaluate() if due(epoch, first.eval_every, first.epochs) else (None, None)
+                    entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, *evaluated)
+                    tensorboard.add(entries)
+                    if due(epoch, first.checkpoint_every, first.epochs):
+                        self._checkpoint()
+                    progress.epoch_done(lr, losses, entries)
+            finally:
+                progress.close()
+                tensorboard.close()
             self.records.write(self.run_dirs, self.dataset, skip=set(self.diverged))
         if self.diverged:
             raise NonFiniteLossError("; ".join(self.diverged.values()))
+
+    def _stop_if_asked(self, epoch: int) -> None:
+        """Before ``epoch``: if the stop says so (a signal, the sweep, or too little time for another epoch and its
+        checkpoint, as long as the last ones took), write the checkpoint and raise StoppedError."""
+        history = self.records.history[0]
+        why = self.stop.reason((history[-1]["seconds"] if history else 0.0) + self.checkpoint_seconds)
+        if why is None:
+            return
+        runs = ", ".join(map(str, self.run_dirs))
+        if epoch == 0:
+            raise StoppedError(f"{runs}: stopped before the first epoch because {why}; nothing was trained, and the "
+                               "same command starts it")
+        if self.checkpointed_epoch != self.records.epoch:
+            self._checkpoint()
+        raise StoppedError(f"{runs}: stopped after epoch {epoch} of {self.first.epochs} because {why}; the checkpoint "
+                           "is written, and the same command resumes from it")
 
     def _build(self) -> None:
         """Data on the device; the fused model from each run's own initialisation; optimizer, streams, losses."""
@@ -377,6 +404,7 @@ class _Group:
             })
 
     def _checkpoint(self) -> None:
+        start = time.perf_counter()
         runs = len(self.configs)
         models = split_state_dict(self.model.state_dict(), runs)
         optimizers = split_optimizer_state(self.optimizer.state_dict(), runs)
@@ -393,6 +421,7 @@ class _Group:
                 **self.records.of_run(k),
             })
         self.checkpointed_epoch = self.records.epoch
+        self.checkpoint_seconds = time.perf_counter() - start
 
     def _drop_diverged(self, epoch: int, losses: list[float], bad_steps: list[int]) -> None:
         """Mark each run whose loss went non-finite this epoch failed (its FAILED marker says where; its last

@@ -55,7 +55,7 @@ def ray_instance(tmp_path_factory):
 def local_runs(ray_instance, tmp_path_factory):
     """erm and mm-drw seed 0 by the local backend, unfused (as the Ray sweeps below run them)."""
     out = tmp_path_factory.mktemp("local")
-    assert sweeps.sweep("quick", out, [0], **ERM_MM, log=print) == []
+    assert sweeps.sweep("quick", out, [0], **ERM_MM, log=print).failed == []
     return out
 
 
@@ -115,7 +115,7 @@ def test_ray_backend_gives_the_local_results_skips_resumes_and_isolates_failures
     (erm1 / rundir.CHECKPOINT).write_bytes(os.urandom(4096))
 
     lines = []
-    failures = sweeps.sweep("quick", out, [0, 1], **ERM_MM, executor=on_ray(out), log=lines.append)
+    failures = sweeps.sweep("quick", out, [0, 1], **ERM_MM, executor=on_ray(out), log=lines.append).failed
     assert failures == [("quick digits-step-10 erm seed1", erm1 / "train.ipynb")]
     assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
     assert sum("final" in line and "best" in line for line in lines) == 3
@@ -156,8 +156,7 @@ def test_without_a_shared_filesystem_the_driver_writes_the_records_notebooks_and
 
     out = (tmp_path / "runs").resolve()
     options = {**ERM_MM, "overrides": {**TINY, "tensorboard": True}}  # how a run logs, not what it computes
-    failures = sweeps.sweep("quick", out, [0], **options, executor=on_ray(out, shared_fs=False), log=print)
-    assert failures == []
+    assert sweeps.sweep("quick", out, [0], **options, executor=on_ray(out, shared_fs=False), log=print).failed == []
     record = {"config.json", "class_counts.json", "metrics.json", "per_class.csv", "FINISHED"}  # what collect takes
     figures = {f"{name}.{kind}" for name in ("curves", "per_class", "confusion") for kind in ("png", "pdf")}
     for method in ("erm", "mm-drw"):
@@ -215,7 +214,7 @@ def test_a_killed_worker_is_retried_and_its_run_resumes_and_finishes_once(ray_in
     killer.start()
     lines = []
     failures = sweeps.sweep("quick", out, [0], ["digits-step-10"], ["erm"], overrides={**TINY, "epochs": 4},
-                            executor=on_ray(out), log=lines.append)
+                            executor=on_ray(out), log=lines.append).failed
     killer.join(timeout=1)
     assert "worker" in killed and killed["kernels"]
     assert failures == []

@@ -25,7 +25,7 @@ from mmlib import __main__ as cli
 from mmlib import errors, losses, rundir, sweeps, training
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
-from mmlib.jobs import LocalExecutor
+from mmlib.local_backend import LocalExecutor
 
 TINY = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", batch_size=128, quiet=True,
             eval_batch_size=512, checkpoint_every=1)
@@ -298,7 +298,7 @@ def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
     assert holder.stdout.readline() == "held\n"
     lines = []
     try:
-        failures = LocalExecutor().run(jobs, log=lines.append)
+        failures = LocalExecutor().run(jobs, log=lines.append).failed
     finally:
         kill(holder)
     assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import mmlib.step
-from mmlib import fusion, reports, results, rundir, training
+from mmlib import fusion, results, rundir, training
 from mmlib.config import RunConfig
 from mmlib.errors import StepCheckError
 from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
@@ -320,7 +320,7 @@ def test_a_run_through_a_failed_check_finishes_and_records_its_step(tmp_path, cp
     assert path["path"] == "eager" and "at buffer " in path["reason"]
     assert torch.load(tmp_path / "run" / rundir.CHECKPOINT, weights_only=False)["step"] == [path]
     assert json.loads(results.record_files(tmp_path / "run")[rundir.METRICS])["step"] == [path]
-    assert reports.summarize_runs([result])["step"].tolist() == ["eager"]  # train.ipynb's summary
+    assert results.summarize_runs([result])["step"].tolist() == ["eager"]  # train.ipynb's summary
 
 
 # --- the device check's environment -------------------------------------------------------
@@ -330,23 +330,28 @@ JUPYTER = ("nbformat", "papermill", "jupyter_client")
 
 
 @pytest.mark.slow
-def test_the_device_checks_modules_import_without_jupyter():
+def test_the_device_check_and_a_sweep_run_without_jupyter(tmp_path):
     """The GPU machine has no papermill, nbformat or Jupyter: the step, the trainer, fusion, the device check's
-    benchmarks and the test files it runs import without them (and the blocker does block: sweeps cannot)."""
-    code = "\n".join([
-        "import sys",
-        *(f"sys.modules[{name!r}] = None" for name in JUPYTER),
-        "import mmlib.step, mmlib.training, mmlib.fusion, gpu_check, throughput, test_step, test_losses, test_models",
-        "try:",
-        "    import mmlib.sweeps",
-        "except ImportError as error:",
-        "    print(error)",
-    ])
-    path = os.pathsep.join(str(ROOT / d) for d in ("", "benchmarks", "tests"))
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "PYTHONPATH": path})
+    benchmarks and the test files it runs import without them, and a sweep trains with --runner python (its
+    notebook runner refused in one line). A sitecustomize blocks them in every process started here."""
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in JUPYTER))
+    path = os.pathsep.join([str(blocker)] + [str(ROOT / d) for d in ("", "benchmarks", "tests")])
+    env = {**os.environ, "PYTHONPATH": path}
+    code = ("import mmlib.step, mmlib.training, mmlib.fusion, mmlib.sweeps, mmlib.jobs, gpu_check, throughput, "
+            "test_step, test_losses, test_models\ntry:\n    import nbformat\nexcept ImportError as error:\n    print(error)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "import of nbformat halted; None in sys.modules"
+    assert done.stdout.strip() == "import of nbformat halted; None in sys.modules"  # the blocker does block
+    sweep = [sys.executable, "-m", "mmlib", "sweep", "quick", "--settings", "digits-exp-10", "--methods", "erm",
+             "--epochs", "1", "--set", "arch=resnet8", "--out", str(tmp_path / "runs")]
+    refused = subprocess.run(sweep, capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and refused.stderr.endswith("without them use --runner python\n")
+    done = subprocess.run(sweep + ["--runner", "python"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    run_dir = tmp_path / "runs" / "quick" / "digits-exp-10" / "erm" / "seed0"
+    assert rundir.is_finished(run_dir) and "final" in (run_dir / "train.log").read_text()
 
 
 def load_benchmark(name: str):

@@ -11,7 +11,8 @@ import torch
 
 import mmlib.notebook
 from mmlib import rundir, sweeps, training
-from mmlib.jobs import LocalExecutor
+from mmlib.jobs import Outcome
+from mmlib.local_backend import LocalExecutor
 
 TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}
 
@@ -97,8 +98,8 @@ def test_sweep_runs_notebooks_skips_finished_resumes_interrupted_and_isolates_fa
     (mm1 / rundir.CHECKPOINT).write_bytes(bytes(range(256)) * 8)
 
     lines = []
-    failures = sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY, log=lines.append)
-    assert failures == [("quick digits-step-10 mm-drw seed1", mm1 / "train.ipynb")]
+    outcome = sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY, log=lines.append)
+    assert outcome.failed == [("quick digits-step-10 mm-drw seed1", mm1 / "train.ipynb")] and not outcome.interrupted
     assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
     assert sum("final" in line and "best" in line for line in lines) == 3
     reason = f"CorruptFileError: no usable checkpoint in {mm1}: {mm1 / rundir.CHECKPOINT} (UnpicklingError"
@@ -119,8 +120,7 @@ def test_sweep_runs_notebooks_skips_finished_resumes_interrupted_and_isolates_fa
 
 def test_fused_sweep_lands_in_each_runs_own_directory(tmp_path):
     out = tmp_path / "runs"
-    failures = sweeps.sweep("quick", out, [0, 1], ["digits-exp-10"], ["mm-drw"], overrides=TINY, fuse=2, log=print)
-    assert failures == []
+    assert sweeps.sweep("quick", out, [0, 1], ["digits-exp-10"], ["mm-drw"], overrides=TINY, fuse=2, log=print).failed == []
     for seed in (0, 1):
         run_dir = out / "quick" / "digits-exp-10" / "mm-drw" / f"seed{seed}"
         assert rundir.is_finished(run_dir) and (run_dir / "train.ipynb").exists()
@@ -130,16 +130,16 @@ def test_fused_sweep_lands_in_each_runs_own_directory(tmp_path):
 def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     seen = []
 
-    def fake_run(command, env, **kwargs):
+    def fake_run_module(module, args, parameters, env=None, cwd=None, started=None):
         seen.append(env.get("CUDA_VISIBLE_DEVICES"))
         time.sleep(0.2)  # long enough for both workers to take jobs
-        return subprocess.CompletedProcess(command, 0, "", "")
+        return subprocess.CompletedProcess([module], 0, "", "")
 
-    monkeypatch.setattr(mmlib.notebook.subprocess, "run", fake_run)  # the notebook runner sweeps call
+    monkeypatch.setattr(mmlib.notebook, "run_module", fake_run_module)  # what every runner starts its process with
     jobs = quick_plan(tmp_path, seeds=[0, 1, 2]).jobs
-    failures = LocalExecutor([0, 1]).run(jobs, log=lambda line: None)
+    outcome = LocalExecutor([0, 1]).run(jobs, log=lambda line: None)
     assert set(seen) == {"0", "1"} and len(seen) == len(jobs)
-    assert len(failures) == len(jobs)  # the fake ran nothing, so no run finished
+    assert len(outcome.failed) == len(jobs)  # the fake ran nothing, so no run finished
     seen.clear()
     LocalExecutor().run(jobs, log=lambda line: None)
     assert seen == [None] * len(jobs)
@@ -171,7 +171,7 @@ IN_PROCESS = LocalExecutor(runner="python")  # python -m mmlib.jobs: the same tr
 def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed_replaces_the_old_runs(tmp_path):
     out = tmp_path / "runs"
     smoke = {**TINY, "epochs": 1}
-    assert sweeps.sweep("quick", out, [0, 1], **ERM, overrides=smoke, executor=IN_PROCESS, log=print) == []
+    assert sweeps.sweep("quick", out, [0, 1], **ERM, overrides=smoke, executor=IN_PROCESS, log=print) == Outcome()
     seed0, seed1 = (out / "quick" / "digits-step-10" / "erm" / f"seed{k}" for k in (0, 1))
     (seed1 / rundir.FINISHED).unlink()  # seed 1 now reads as interrupted after its one epoch: resumable
     before = {p: p.read_bytes() for d in (seed0, seed1) for p in d.rglob("*") if p.is_file()}
@@ -191,7 +191,7 @@ def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed
 
     lines.clear()
     assert sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, executor=IN_PROCESS, rerun_changed=True,
-                        log=lines.append) == []
+                        log=lines.append) == Outcome()
     for run_dir in (seed0, seed1):
         [old] = run_dir.parent.glob(f"{run_dir.name}.replaced-*")
         assert any(line == f"moved {run_dir} aside to {old}: it was trained with other parameters" for line in lines)
@@ -210,7 +210,7 @@ def test_a_diverging_run_fails_alone_and_is_left_alone_until_retried(tmp_path):
     both = dict(settings=["digits-exp-10"], methods=["ldam-drw", "mm-drw"], mm_scale=1e39, overrides={**TINY, "epochs": 1},
                 fuse=2, executor=IN_PROCESS)
     lines = []
-    failures = sweeps.sweep("quick", out, [0], **both, log=lines.append)
+    failures = sweeps.sweep("quick", out, [0], **both, log=lines.append).failed
     ldam, mm = out / "quick" / "digits-exp-10" / "ldam-drw" / "seed0", out / "quick" / "digits-exp-10" / "mm-drw-s1e+39" / "seed0"
     assert lines[0] == "quick: 2 runs to do in 1 notebooks, 0 finished runs skipped"
     assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.ipynb")]
@@ -223,7 +223,7 @@ def test_a_diverging_run_fails_alone_and_is_left_alone_until_retried(tmp_path):
     assert lines[-1] == f"  quick digits-exp-10 mm-drw-s1e+39 seed0: {reason} (see {mm / 'train.ipynb'})"
 
     lines.clear()
-    failures = sweeps.sweep("quick", out, [0], **both, log=lines.append)
+    failures = sweeps.sweep("quick", out, [0], **both, log=lines.append).failed
     assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.ipynb")]
     assert lines[:2] == ["quick: 0 runs to do in 0 notebooks, 1 finished runs skipped",
                          f"quick digits-exp-10 mm-drw-s1e+39 seed0: failed before ({reason}); not retried "

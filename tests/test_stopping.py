@@ -1,0 +1,182 @@
+"""Stopping cleanly: a time limit, SIGTERM and SIGUSR1 for real train and sweep processes, resumed exactly; the
+sweep's time estimates and the jobs it does not start."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmlib import rundir, stopping, sweeps, timing
+from mmlib.errors import StoppedError
+from mmlib.local_backend import LocalExecutor
+from tiny import quick
+
+EPOCHS = 24
+RUN = quick(method="erm", epochs=EPOCHS, checkpoint_every=100)  # checkpoints only when stopped, and after the last
+TINY = {"arch": "resnet8", "epochs": EPOCHS, "checkpoint_every": 100, "eval_batch_size": 512}  # RUN, as a sweep's
+
+
+def train(run_dir, *options) -> subprocess.Popen:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items() if k != "quiet"] + ["--quiet"]
+    return subprocess.Popen([sys.executable, "-m", "mmlib", "train", "--run-dir", str(run_dir), *args, *options],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def checkpointed_epoch(run_dir) -> int:
+    info = rundir.checkpoint_info(run_dir)
+    return 0 if info is None else info["epoch"]
+
+
+def same_run(run_dir, reference) -> None:
+    """Byte-identical results but for the clock: metrics less seconds, per-class file, final weights."""
+    def metrics(d):
+        found = rundir.read_json(Path(d) / rundir.METRICS)
+        for entry in found["history"]:
+            del entry["seconds"]
+        for key in ("seconds", "finished_at", "step"):
+            found.pop(key, None)
+        return found
+
+    assert metrics(run_dir) == metrics(reference)
+    assert (Path(run_dir) / rundir.PER_CLASS).read_bytes() == (Path(reference) / rundir.PER_CLASS).read_bytes()
+    ours, theirs = (torch.load(Path(d) / rundir.CHECKPOINT, weights_only=False)["model"] for d in (run_dir, reference))
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The run trained without interruption, and how long its process took to start and to train."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    start = time.monotonic()
+    process = train(run_dir)
+    assert process.wait() == 0, process.communicate()
+    wall = time.monotonic() - start
+    training = sum(entry["seconds"] for entry in rundir.read_json(run_dir / rundir.METRICS)["history"])
+    return run_dir, wall - training, training
+
+
+def test_durations_and_when_a_stop_says_to_stop(tmp_path):
+    assert [stopping.parse_duration(t) for t in ("90s", "14m", "2h", "30", "1.5m")] == [90, 840, 7200, 30, 90]
+    for bad in ("abc", "0m", "-5s", "3d"):
+        with pytest.raises(ValueError, match=rf"--time-limit '{bad}': give a duration such as 90s, 14m or 2h"):
+            stopping.parse_duration(bad)
+    stop = stopping.Stop(deadline=time.time() + 10, stop_file=str(tmp_path / "stop"))
+    assert stop.reason(5.0) is None  # 6 s (5 s and its 20% margin) fit in the 10 s left
+    assert stop.reason(9.0).startswith("the time limit is ") and stop.reason(9.0).endswith("(9 s)")
+    (tmp_path / "stop").touch()
+    assert stop.reason(0.0) == f"its sweep asked it to ({tmp_path / 'stop'})"
+    stop.signalled = "SIGTERM"
+    assert stop.reason(0.0) == "it received SIGTERM"
+    with pytest.raises(StoppedError, match="stopped at once by a second signal"):
+        stop._on_signal(signal.SIGUSR1, None)
+
+
+@pytest.mark.slow
+def test_a_train_process_stopped_by_its_time_limit_and_by_signals_resumes_to_the_uninterrupted_run(reference, tmp_path):
+    reference_dir, startup, training = reference
+    run_dir = tmp_path / "run"
+    # 1. a time limit reached about a third of the way through training (the start-up as measured for the reference)
+    limited = train(run_dir, f"--time-limit={startup + training / 3:.1f}s")
+    _, err = limited.communicate()
+    assert limited.returncode == StoppedError.exit_code, err
+    stopped = checkpointed_epoch(run_dir)
+    assert err.startswith(f"error: {run_dir}: stopped ") and "the time limit is " in err
+    assert err.rstrip().endswith("the same command resumes from it" if stopped else "the same command starts it")
+    assert stopped < EPOCHS and not rundir.is_finished(run_dir)
+    # 2. SIGTERM after a few epochs: the run finishes its epoch, checkpoints and stops
+    resumed = train(run_dir)
+    time.sleep(startup + training / 6)
+    resumed.send_signal(signal.SIGTERM)
+    _, err = resumed.communicate()
+    assert resumed.returncode == StoppedError.exit_code, err
+    assert "because it received SIGTERM; the checkpoint is written" in err
+    assert stopped < checkpointed_epoch(run_dir) < EPOCHS
+    stopped = checkpointed_epoch(run_dir)
+    # 3. SIGUSR1, then SIGTERM (two of one kind may arrive as one): the second stops it at once, the last
+    # checkpoint kept whole
+    again = train(run_dir)
+    time.sleep(startup + training / 6)
+    again.send_signal(signal.SIGUSR1)
+    again.send_signal(signal.SIGTERM)
+    _, err = again.communicate()
+    assert again.returncode == StoppedError.exit_code, err
+    assert "stopped at once by a second signal (SIGTERM)" in err
+    assert checkpointed_epoch(run_dir) == stopped and torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
+    # 4. to the end: the uninterrupted run's results, bit for bit
+    last = train(run_dir)
+    assert last.wait() == 0, last.communicate()
+    same_run(run_dir, reference_dir)
+
+
+def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp_path, monkeypatch):
+    planned = sweeps.plan("quick", tmp_path, seeds=[0, 1], settings=["digits-exp-10"], methods=["erm"],
+                          overrides=TINY).jobs
+    started = []
+    monkeypatch.setattr("mmlib.jobs.run_job", lambda *args, **kwargs: started.append(args) or "done")
+
+    class Measured:  # an epoch of 60 s measured: with 30 s of start-up, 90 s before a first checkpoint
+        def first_checkpoint_seconds(self, job):
+            return timing.STARTUP + 60.0
+
+        def learn_job(self, job):
+            pass
+
+    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 80, times=Measured())
+    assert started == [] and outcome.not_started == [label for job in planned for label in job.labels]
+    assert outcome.interrupted and sweeps.summary(outcome) == [
+        "stopped early: 0 runs stopped with their checkpoints written and 2 not started; the same command resumes them"]
+    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 100, times=Measured())
+    assert len(started) == 2 and outcome.not_started == []
+
+
+def test_the_dry_run_estimates_the_wall_time_from_the_epochs_measured(tmp_path, capsys):
+    from fixture_runs import write_run
+
+    out = tmp_path / "runs"
+    done = sweeps.plan("quick", out, seeds=[0], settings=["digits-exp-10"], methods=["erm"], overrides=TINY).jobs[0]
+    write_run(done.run_dirs[0], done.params[0], 10, [5] * 10)  # epochs of 1.5 s each, as the fixture writes them
+    sweeps.sweep("quick", out, [0, 1, 2], ["digits-exp-10", "digits-step-10"], ["erm"], overrides=TINY, dry_run=True)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "quick: 5 runs to do in 5 notebooks, 1 finished runs skipped"
+    # the 2 jobs left on digits-exp-10 (a run of the same setting and fusion measured): 30 s of start-up and
+    # EPOCHS epochs of 1.5 s each; the 3 on digits-step-10: nothing measured
+    assert lines[-1] == (f"estimated wall time: {timing.describe(2 * (timing.STARTUP + EPOCHS * 1.5))} for 2 of 5 jobs "
+                         "on 1 worker, from the epoch times measured so far; 3 jobs of no measured rate not counted")
+
+
+@pytest.mark.slow
+def test_a_sweep_stopped_by_signals_stops_its_jobs_cleanly_and_resumes_them(reference, tmp_path):
+    out = tmp_path / "runs"
+    command = [sys.executable, "-m", "mmlib", "sweep", "quick", "--settings", "digits-exp-10", "--methods", "erm",
+               "--seeds", "0", "1", "--runner", "python", "--out", str(out),
+               "--set", *(f"{k}={v}" for k, v in TINY.items())]
+    seed0, seed1 = (out / "quick" / "digits-exp-10" / "erm" / f"seed{k}" for k in (0, 1))
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (seed0 / rundir.CONFIG).exists():  # its first job trains
+        assert sweep.poll() is None, sweep.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)
+    sweep.send_signal(signal.SIGUSR1)
+    stdout, stderr = sweep.communicate()
+    assert sweep.returncode == StoppedError.exit_code, stdout + stderr
+    assert "SIGUSR1: no job starts any more; the running ones stop at the end of their epoch" in stdout
+    assert ("stopped early: 1 runs stopped with their checkpoints written and 1 not started; the same command resumes "
+            "them") in stdout
+    assert 0 < checkpointed_epoch(seed0) < EPOCHS and not seed1.exists()
+
+    sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = checkpointed_epoch(seed0)
+    time.sleep(reference[1] + reference[2] / 6)
+    sweep.send_signal(signal.SIGUSR1)
+    sweep.send_signal(signal.SIGTERM)  # the second kills the job at once: its last checkpoint stays
+    stdout, stderr = sweep.communicate()
+    assert sweep.returncode == StoppedError.exit_code, stdout + stderr
+    assert checkpointed_epoch(seed0) >= first and torch.load(seed0 / rundir.CHECKPOINT, weights_only=False)
+
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    same_run(seed0, reference[0])  # the same configuration as the reference run, trained in three pieces
