@@ -38,7 +38,8 @@ TITLES = {
     "table2": "Table 2: MM-DRW's top-1 error (%) over beta and delta- on CIFAR-10",
     "table3": "Table 3: MM-DRW's top-1 error (%) over beta and delta- on CIFAR-100",
     "quick": "Quick check: top-1 error (%) on imbalanced digits",
-    "beyond": "Beyond the paper: logit adjustment (Menon et al. 2021), top-1 error (%) under the same protocol",
+    "beyond": "Beyond the paper: logit adjustment (Menon et al. 2021) and SAM on DRW (Rangwani et al. 2022), "
+              "top-1 error (%) under the same protocol",
     "ablation": "Ablation: the released MM code's two departures one at a time, top-1 error (%)",
 }
 EPOCH_TITLES = {"final": "final epoch", "best": "best epoch (optimistic: chosen on the test set)"}
@@ -111,7 +112,7 @@ def _summary(cell: paper.Cell, runs: list[dict]) -> dict:
         "table": cell.table,
         "setting": cell.setting.name,
         "setting_label": cell.setting.label,
-        "method": cell.method,
+        "method": cell.name,
         "row": row_label(cell),
         "variant": cell.variant,
         "run_name": cell.run_name,
@@ -315,12 +316,12 @@ def per_class(table: str, results_root=None, settings=None, methods=None, epoch:
     wanted = {method for method, _ in specs} or None
     cells = paper.cells(table, settings, wanted, MM_VARIANTS)
     for method, variant in specs:
-        if not any(c.method == method and c.variant == variant for c in cells):
+        if not any(c.name == method and c.variant == variant for c in cells):
             raise ValueError(f"{method}@{variant}: {table} has no such cell (only MM methods have a released variant)")
     classes, groups, missing = [], [], []
     for cell in cells:
-        spec = cell.method + ("@released" if cell.variant == "released" else "")
-        if specs and (cell.method, cell.variant) not in specs:
+        spec = cell.name + ("@released" if cell.variant == "released" else "")
+        if specs and (cell.name, cell.variant) not in specs:
             continue
         runs = finished_runs(cell, root)
         if runs:

@@ -1,5 +1,5 @@
 """Sharpness-aware minimization (mmlib.step, run parameter sam_rho): the step against its formula, fused runs
-against runs trained apart, resume after a kill."""
+against runs trained apart, resume after a kill, and the beyond table's SAM rows."""
 
 import copy
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmlib import rundir, training
+from mmlib import paper, rundir, sweeps, training
 from mmlib.config import RunConfig
 from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
 from mmlib.models import build_model, merge_state_dicts, split_state_dict
@@ -192,3 +192,27 @@ def test_sam_rho_is_fixed_for_a_run_and_fuses_only_with_other_sam_runs(tmp_path)
         training.run_many([quick(sam_rho=0.0), quick(sam_rho=0.5)], [tmp_path / "a", tmp_path / "b"])
     assert training.fusion_key(RunConfig(**quick(sam_rho=0.5))) == training.fusion_key(
         RunConfig(**quick(method="ldam-drw", seed=3, sam_rho=0.8)))
+    jobs, _ = sweeps.plan("beyond", tmp_path / "runs", seeds=[0, 1], settings=["cifar10-exp-100"],
+                          methods=["ldam-drw-sam", "mm-drw-sam", "la"], fuse=8, data_roots={None: str(tmp_path)})
+    assert sorted(len(job.run_dirs) for job in jobs) == [2, 4]  # LA apart (linear head, no SAM); the SAM rows fused
+    assert {p["sam_rho"] for job in jobs for p in job.params if p["method"] != "la"} == {0.8}
+
+
+# --- the beyond table's SAM rows (their cells: tests/test_paper.py) ----------------------------------
+
+
+def test_the_sam_rows_render_beside_the_published_numbers(tmp_path):
+    """Finished LDAM-DRW + SAM runs in the beyond table, against Rangwani et al.'s 18.1 on CIFAR-10-LT-100."""
+    from fixture_runs import write_run
+
+    from mmlib import reports
+
+    cell = paper.cells("beyond", ["cifar10-exp-100"], ["ldam-drw-sam"])[0]
+    for seed, correct in enumerate([[9] * 9 + [0], [8] * 10]):  # 10 test images a class: errors 19 and 20
+        write_run(cell.path(tmp_path) / f"seed{seed}", cell.run_params(seed=seed), 10, correct)
+    df = reports.collect("beyond", tmp_path)
+    md = reports.render(df, "beyond")["md"]
+    assert df.loc[df["method"] == "ldam-drw-sam", "seeds"].tolist() == [2, 0, 0, 0, 0, 0, 0, 0]
+    assert "| LDAM-DRW + SAM | 19.50 ± 0.71 (n=2) [18.10, +1.40] | missing |" in md
+    assert "| MM-DRW (ours) + SAM [equations] | missing |" in md
+    assert "no published number: MM with SAM is not in Rangwani et al." in md
