@@ -10,16 +10,22 @@
 Each measures whole epochs over the first --images training images (all by default), after one
 warm-up epoch (which includes a graph path's capture), and prints the aggregate images/s, the ratio
 to (a), peak memory, and the time a 200-epoch run of each of the K runs would take at that rate.
+--sam-rho RHO also times each (b)/(c) with sharpness-aware minimization (sam_rho: two forward and backward
+passes a step) against the same plain step, epochs of the two taken in turn (so that a load changing
+meanwhile falls on both), and prints the ratios of their fastest and of their median epoch times (on a
+machine shared with other jobs the fastest epochs are the least disturbed: short epochs, many of them).
 --save-curve keeps the curve of the last --compile path (with --fuse 1 2 4 8 16 32 and the sweep's
 settings, e.g. --bf16) for `sweep --fuse auto`.
 
     python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560                          # CPU
+    python benchmarks/throughput.py --data-root /path/to/cifar10 --images 256 --epochs 20 --fuse 1 --sam-rho 0.8  # SAM
     python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile off graphs --save-curve  # GPU
 """
 
 import argparse
 import gc
 import resource
+import statistics
 import time
 
 import torch
@@ -85,6 +91,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels-last in (b) and (c), as a run's default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sam-rho", type=float,
+                        help="also time (b)/(c) with SAM at this rho against the plain step (epochs in turn)")
     parser.add_argument("--save-curve", action="store_true",
                         help="save the last path's K curve for sweep --fuse auto (CUDA only)")
     args = parser.parse_args()
@@ -114,7 +122,7 @@ def main() -> None:
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     x, y = to_device(train_images, train_labels, device)
 
-    def mmlib_rate(runs: int, path: str) -> tuple[float, float]:
+    def mmlib_step(runs: int, path: str, sam_rho: float = 0.0) -> TrainStep:
         singles = []
         for seed in range(runs):
             torch.manual_seed(seed)
@@ -124,9 +132,27 @@ def main() -> None:
         fused.to(device, memory_format=memory_format)
         streams = [TrainStream(x, y, BATCH_SIZE, seed) for seed in range(runs)]
         criteria = [LDAMLoss(counts).to(device) for _ in range(runs)]
-        step = TrainStep(fused, streams, criteria, sgd(fused), args.bf16, args.channels_last, path)
-        rate, memory = timed(step.epoch, n, args.epochs, device)
+        return TrainStep(fused, streams, criteria, sgd(fused), args.bf16, args.channels_last, path,
+                         sam_rho=[sam_rho] * runs)
+
+    def mmlib_rate(runs: int, path: str) -> tuple[float, float]:
+        rate, memory = timed(mmlib_step(runs, path).epoch, n, args.epochs, device)
         return rate * runs, memory
+
+    def sam_ratio(runs: int, path: str) -> tuple[float, float, float]:
+        """SAM epoch time / plain epoch time of the fastest and of the median epochs, and SAM images/s (fastest)."""
+        steps = {"plain": mmlib_step(runs, path), "sam": mmlib_step(runs, path, args.sam_rho)}
+        seconds = {name: [] for name in steps}
+        for epoch in range(args.epochs + 1):  # the first: warm-up (and a graph path's capture)
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step.epoch()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                if epoch:
+                    seconds[name].append(time.perf_counter() - start)
+        fastest, median = ({name: f(times) for name, times in seconds.items()} for f in (min, statistics.median))
+        return fastest["sam"] / fastest["plain"], median["sam"] / median["plain"], n * runs / fastest["sam"]
 
     memory_unit = "MiB peak allocated" if cuda else "MiB peak process RSS"
     full_run = len(dataset.train_labels) * 200
@@ -149,6 +175,11 @@ def main() -> None:
             curve.append({"runs": runs, "images_per_second": rate, "peak_mib": memory})
             print(f"{name:<34} {rate:10,.0f} images/s  {rate / reference:6.2f}x (a)  {memory:8,.0f} {memory_unit}  "
                   f"200 epochs on the whole set: {full_run * runs / rate / 60:7.1f} min for {runs} run(s)")
+            if args.sam_rho:
+                fastest, median, sam_rate = sam_ratio(runs, path)
+                print(f"{'    with SAM, rho ' + f'{args.sam_rho:g}':<34} {sam_rate:10,.0f} images/s  "
+                      f"{sam_rate / reference:6.2f}x (a)  epoch time: {fastest:.2f}x the plain step's "
+                      f"(fastest epochs), {median:.2f}x (median), {args.epochs} epochs each in turn")
     if args.save_curve:
         settings = {"arch": args.arch, "batch_size": BATCH_SIZE, "bf16": args.bf16, "channels_last": args.channels_last,
                     "compile": paths[-1], "images": n}
