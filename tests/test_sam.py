@@ -125,7 +125,6 @@ class _Float64(torch.nn.Module):
         return self.model(x.double())
 
 
-@pytest.mark.slow
 def test_fused_runs_of_different_rho_equal_the_runs_trained_apart(digits):
     """Two runs (LDAM at rho 0.5, MM at 0.8) fused as one model, each with its own gradient norm over its slice of
     the fused parameters and its own rho, against each run stepped alone: two epochs, the second at a lower lr and
