@@ -237,3 +237,15 @@ def test_sam_in_a_captured_graph_equals_the_eager_step(tmp_path):
         reference = torch.load(tmp_path / "off" / "ab"[k] / rundir.CHECKPOINT, weights_only=False)["model"]
         for name, tensor in state.items():
             torch.testing.assert_close(tensor, reference[name], rtol=1e-2, atol=1e-3, msg=name)
+
+
+def test_a_sam_runs_figures_say_sam_and_its_rho():
+    from mmlib import figures
+
+    result = {"config": {"config": {"method": "ldam-drw", "mm_variant": "equations", "seed": 1, "arch": "resnet8",
+                                    "epochs": 2, "sam_rho": 0.8}},
+              "class_counts": {"description": "digits exp ratio 10: 10 classes"},
+              "history": [{"epoch": e, "lr": 0.1, "train_loss": 1.0 / e, "train_error": 50.0 / e, "test_error": 60.0 / e,
+                           "seconds": 1.0} for e in (1, 2)]}
+    title = figures.plot_history(result)._suptitle.get_text()
+    assert title == "Learning curves of ldam-drw + SAM rho=0.8, seed 1, resnet8, 2 epochs: digits exp ratio 10"
