@@ -12,10 +12,15 @@ warm-up epoch (which includes a graph path's captures and their checks) and one 
 and prints the aggregate images/s, the ratio to (a), peak memory, and the time a 200-epoch run of
 each of the K runs would take at that rate. On CUDA the peak is of reserved memory over all of it: a
 graph's activations live in its private pool, reserved but not allocated between replays.
+--sam-rho RHO also times each (b)/(c) with sharpness-aware minimization (sam_rho: two forward and backward
+passes a step) against the same plain step, epochs of the two taken in turn (so that a load changing
+meanwhile falls on both), and prints the ratios of their fastest and of their median epoch times (on a
+machine shared with other jobs the fastest epochs are the least disturbed: short epochs, many of them).
 --save-curve keeps the graph path's curve (with --fuse 1 2 4 8 16 32 and the sweep's settings, e.g.
 --bf16) for `sweep --fuse auto`; --json writes the rows measured so far after each one.
 
     python benchmarks/throughput.py --data-root /path/to/cifar10 --images 2560                          # CPU
+    python benchmarks/throughput.py --data-root /path/to/cifar10 --images 256 --epochs 20 --fuse 1 --sam-rho 0.8  # SAM
     python benchmarks/throughput.py --data-root /path/to/cifar10 --bf16 --compile graphs off --save-curve  # GPU
 """
 
@@ -23,6 +28,7 @@ import argparse
 import gc
 import json
 import resource
+import statistics
 import time
 from pathlib import Path
 
@@ -118,6 +124,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels-last in (b) and (c), as a run's default")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--sam-rho", type=float,
+                        help="also time (b)/(c) with SAM at this rho against the plain step (epochs in turn)")
     parser.add_argument("--save-curve", action="store_true",
                         help="save the graph path's K curve for sweep --fuse auto (CUDA only)")
     parser.add_argument("--json", help="write the rows measured so far to this file, after each")
@@ -144,7 +152,7 @@ def main() -> None:
     x, y = to_device(train_images, train_labels, device)
     test_x, test_y = to_device(dataset.test_images, dataset.test_labels, device)
 
-    def mmlib_rate(runs: int, path: str) -> tuple[float, float]:
+    def mmlib_step(runs: int, path: str, sam_rho: float = 0.0) -> TrainStep:
         singles = []
         for seed in range(runs):
             torch.manual_seed(seed)
@@ -156,12 +164,31 @@ def main() -> None:
         criteria = [LDAMLoss(counts).to(device) for _ in range(runs)]
         for criterion in criteria:  # as the trainer builds them: weighted from the start, for DRW
             criterion.weight = torch.ones(dataset.num_classes, device=device)
-        step = TrainStep(fused, streams, criteria, sgd(fused), args.bf16, args.channels_last, path)
+        return TrainStep(fused, streams, criteria, sgd(fused), args.bf16, args.channels_last, path,
+                         sam_rho=[sam_rho] * runs)
+
+    def mmlib_rate(runs: int, path: str) -> tuple[float, float]:
+        step = mmlib_step(runs, path)
         rate, memory = timed(step.epoch, n, args.epochs, device,
-                             lambda: evaluate(fused, runs, test_x, test_y, args.bf16, memory_format))
+                             lambda: evaluate(step.model, runs, test_x, test_y, args.bf16, memory_format))
         if step.paths[-1]["path"] != ("graphs" if path == "graphs" else "eager"):
             print(f"  ({path}, {runs} runs: {step.paths[-1]['reason']})")
         return rate * runs, memory
+
+    def sam_ratio(runs: int, path: str) -> tuple[float, float, float]:
+        """SAM epoch time / plain epoch time of the fastest and of the median epochs, and SAM images/s (fastest)."""
+        steps = {"plain": mmlib_step(runs, path), "sam": mmlib_step(runs, path, args.sam_rho)}
+        seconds = {name: [] for name in steps}
+        for epoch in range(args.epochs + 1):  # the first: warm-up (and a graph path's capture)
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step.epoch()
+                if cuda:
+                    torch.cuda.synchronize(device)
+                if epoch:
+                    seconds[name].append(time.perf_counter() - start)
+        fastest, median = ({name: f(times) for name, times in seconds.items()} for f in (min, statistics.median))
+        return fastest["sam"] / fastest["plain"], median["sam"] / median["plain"], n * runs / fastest["sam"]
 
     memory_unit = "MiB peak reserved" if cuda else "MiB peak process RSS"
     full_run = len(dataset.train_labels) * 200
@@ -190,6 +217,11 @@ def main() -> None:
                 Path(args.json).write_text(json.dumps({
                     "dataset": dataset.description, "training_images": len(dataset.train_labels), "settings": settings,
                     "reference_images_per_second": reference, "rows": rows}, indent=1) + "\n")
+            if args.sam_rho:
+                fastest, median, sam_rate = sam_ratio(runs, path)
+                print(f"{'    with SAM, rho ' + f'{args.sam_rho:g}':<34} {sam_rate:10,.0f} images/s  "
+                      f"{sam_rate / reference:6.2f}x (a)  epoch time: {fastest:.2f}x the plain step's "
+                      f"(fastest epochs), {median:.2f}x (median), {args.epochs} epochs each in turn")
     if args.save_curve:
         curve = [{k: row[k] for k in ("runs", "images_per_second", "peak_mib")} for row in rows if row["path"] == "graphs"]
         path = fusion.save_fuse_curve(torch.cuda.get_device_name(device), {**settings, "compile": "graphs"}, curve)

@@ -111,7 +111,7 @@ def _summary(cell: paper.Cell, found: CellRuns) -> dict:
         "table": cell.table,
         "setting": cell.setting.name,
         "setting_label": cell.setting.label,
-        "method": cell.method,
+        "method": cell.name,
         "row": row_label(cell),
         "variant": cell.variant,
         "run_name": cell.run_name,
@@ -188,12 +188,12 @@ def per_class(table: str, results_root=None, settings=None, methods=None, epoch:
     wanted = {method for method, _ in specs} or None
     cells = paper.cells(table, settings, wanted, MM_VARIANTS)
     for method, variant in specs:
-        if not any(c.method == method and c.variant == variant for c in cells):
+        if not any(c.name == method and c.variant == variant for c in cells):
             raise ValueError(f"{method}@{variant}: {table} has no such cell (only MM methods have a released variant)")
     classes, groups, missing = [], [], []
     for cell in cells:
-        spec = cell.method + ("" if cell.variant == "equations" else f"@{cell.variant}")
-        if specs and (cell.method, cell.variant) not in specs:
+        spec = cell.name + ("" if cell.variant == "equations" else f"@{cell.variant}")
+        if specs and (cell.name, cell.variant) not in specs:
             continue
         runs = finished_runs(cell, root, protocol)
         if runs:

@@ -9,8 +9,9 @@ gives mean(d), its sample std s, and the 95% interval mean(d) ± t_{0.975, n-1} 
 there is no interval, and the table and the plot say so.
 
 A method is written as in cells.per_class: "mm-drw", or "mm-drw@released" (any MM variant after
-the @). Its runs are looked up in the tables given, in order (default: table1, then beyond, then
-ablation); the first cell of the method on the setting that has finished runs is used.
+the @), or a row's name ("ldam-drw-sam", "mm-drw-sam@released": the beyond table's SAM rows). Its
+runs are looked up in the tables given, in order (default: table1, then beyond, then ablation); the
+first cell of the method on the setting that has finished runs is used.
 """
 
 import math
@@ -31,6 +32,8 @@ DEFAULT_PAIRS = (
     ("mm-drw@released", "mm-drw"),
     ("mm-ldam-drw@released", "mm-ldam-drw"),
     ("la", "mm-drw"),
+    ("mm-drw", "ldam-drw-sam"),  # is MM better than a change of optimizer? (Rangwani et al. 2022)
+    ("mm-drw-sam", "mm-drw"),  # does SAM add to MM?
 )
 DEFAULT_TABLES = ("table1", "beyond", "ablation")
 CONFIDENCE = 0.95
@@ -76,7 +79,7 @@ def paired_differences(results_root, pairs=None, settings=None, tables=None, epo
 
 def _matching(searched: list[paper.Cell], spec: str) -> list[paper.Cell]:
     method, variant = cells.parse_method(spec)
-    found = [c for c in searched if c.method == method and c.variant == variant]
+    found = [c for c in searched if c.name == method and c.variant == variant]
     if not found:
         raise ValueError(f"{spec}: no such cell in the tables searched (a method, optionally @{'/@'.join(MM_VARIANTS[1:])})")
     return found

@@ -50,6 +50,9 @@ class RunConfig:
     lr: float = _param(0.1, "base learning rate")
     momentum: float = _param(0.9, "SGD momentum")
     weight_decay: float = _param(2e-4, "weight decay, on all parameters")
+    sam_rho: float = _param(0.0, "sharpness-aware minimization's radius rho (Foret et al. 2021, as Rangwani et al. 2022 "
+                                 "use it with DRW; mmlib.step): each step's gradient is taken at w + rho g / ||g||, "
+                                 "which costs a second forward and backward pass; 0: plain SGD")
     warmup_epochs: int | None = _param(None, "linear warm-up epochs (default: 5; a tenth of a shorter run, at least 2; none under 5 epochs)")
     lr_milestones: list[int] | None = _param(None, "epochs where the lr is multiplied by lr_decay (default: 0.8 and 0.9 of the run, each phase at least one epoch)")
     lr_decay: float = _param(0.01, "lr factor at each milestone")
@@ -215,7 +218,7 @@ def validate(config: RunConfig) -> None:
         at_least(name, 1)
     for name in ("lr", "s"):
         at_least(name, 0, strict=True)
-    for name in ("weight_decay", "max_m", "margin", "delta_neg", "beta", "tau", "focal_gamma", "warmup_epochs"):
+    for name in ("weight_decay", "sam_rho", "max_m", "margin", "delta_neg", "beta", "tau", "focal_gamma", "warmup_epochs"):
         at_least(name, 0)
     at_least("ratio", 1)
     if not 0 <= config.momentum < 1:

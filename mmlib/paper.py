@@ -2,8 +2,9 @@
 
 Besides table1, table2 and table3 there is "quick": ERM, LDAM-DRW and MM-DRW on the offline digits
 dataset (long-tailed and step, ratio 10), no paper numbers, for the quick preset and the tests; and two
-tables beyond the paper: "beyond" (logit adjustment, Menon et al. ICLR 2021, on Table 1's 8 settings)
-and "ablation" (MM-DRW and MM-LDAM-DRW with each of the released code's departures alone).
+tables beyond the paper: "beyond" (logit adjustment, Menon et al. ICLR 2021, and sharpness-aware
+minimization on DRW, Rangwani et al. NeurIPS 2022, on Table 1's 8 settings) and "ablation" (MM-DRW and
+MM-LDAM-DRW with each of the released code's departures alone).
 
 Table 1 holds the 14 rows of the paper plus Cao et al.'s ERM-DRW and ERM-DRS (their Table 5);
 cells the paper leaves blank (HG rows on CIFAR-100) are absent. The MM rows take (beta, delta^-) of
@@ -119,6 +120,33 @@ BEYOND_NOTE = (
     "their tables could not be read here to check the numbers"
 )
 
+# Beyond the paper: sharpness-aware minimization (SAM, mmlib.step) on top of DRW, the strongest simple method
+# published on this protocol (ResNet-32, 200 epochs, batch 128, LDAM-DRW's schedule and subsets): Rangwani et al.,
+# "Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data", NeurIPS 2022. A row runs its base
+# method with the run parameter sam_rho; its name (the run folder's) says SAM.
+SAM_ROWS = {"ce-drw-sam": "erm-drw", "ldam-drw-sam": "ldam-drw", "mm-drw-sam": "mm-drw"}  # row: base method
+# rho per dataset: github.com/val-iisc/Saddle-LongTail, run.sh (CIFAR-10-LT-100: CE-DRW 0.5, LDAM-DRW 0.8;
+# CIFAR-100-LT-100: both 0.8; constant over training, --rho_schedule none). MM-DRW, a margin loss on the same
+# cosine head, takes LDAM-DRW's; the dataset's other settings take its long-tailed 100 values.
+SAM_RHO = {
+    "cifar10": {"ce-drw-sam": 0.5, "ldam-drw-sam": 0.8, "mm-drw-sam": 0.8},
+    "cifar100": {"ce-drw-sam": 0.8, "ldam-drw-sam": 0.8, "mm-drw-sam": 0.8},
+}
+# Published top-1 errors (%): 100 minus the top-1 accuracy in the repository's README ("Results and Checkpoints":
+# CIFAR-10 LT IF=100: LDAM+DRW+SAM 81.9, CE+DRW+SAM 80.6; CIFAR-100 LT IF=100: 45.4, 44.6).
+SAM_ERRORS = {
+    "ce-drw-sam": {"cifar10-exp-100": 19.4, "cifar100-exp-100": 55.4},
+    "ldam-drw-sam": {"cifar10-exp-100": 18.1, "cifar100-exp-100": 54.6},
+}
+SAM_PUBLISHED_NOTE = (
+    "paper: Rangwani et al. (NeurIPS 2022), 100 minus the top-1 accuracy in github.com/val-iisc/Saddle-LongTail "
+    "README.md; rho from its run.sh; their cifar_train_sam.py keeps the best test accuracy over epochs, and which "
+    "epoch the README reports is not stated"
+)
+SAM_UNPUBLISHED_NOTE = ("no published number: Rangwani et al. report CE-DRW + SAM and LDAM-DRW + SAM on the "
+                        "long-tailed 100 settings only; rho: the dataset's long-tailed 100 value")
+SAM_MM_NOTE = "no published number: MM with SAM is not in Rangwani et al.; rho: LDAM-DRW + SAM's on the dataset"
+
 # The released MM code's departures one at a time (mm_variant), on these settings by default.
 ABLATION_METHODS = ("mm-drw", "mm-ldam-drw")
 ABLATION_SETTINGS = ("cifar10-exp-100", "cifar100-exp-100")
@@ -138,6 +166,12 @@ class Cell:
     params: dict = field(default_factory=dict, hash=False)  # run parameters beyond the setting's
     paper_error: float | None = None
     notes: tuple[str, ...] = ()  # caveats: unpublished values, what the released scripts used
+    row: str = ""  # the row's name where it is not the method's (ldam-drw-sam: ldam-drw with sam_rho)
+
+    @property
+    def name(self) -> str:
+        """The row's name: what --methods, compare's pairs and the run folder call it."""
+        return self.row or self.method
 
     @property
     def variant(self) -> str:
@@ -146,7 +180,7 @@ class Cell:
     @property
     def run_name(self) -> str:
         """The cell's folder under runs/<table>/<setting>/."""
-        name = self.method
+        name = self.name
         if self.table in ("table2", "table3"):
             name += f"-beta{self.params['beta']:g}-dneg{self.params['delta_neg']:g}"
         if "s" in self.params and self.params["s"] != PAPER_SCALE and self.method.startswith("mm"):
@@ -156,7 +190,7 @@ class Cell:
     @property
     def label(self) -> str:
         """The row as the paper writes it, with the MM variant when it is not the equations."""
-        label = get_method(self.method).label
+        label = get_method(self.method).label + (" + SAM" if self.params.get("sam_rho") else "")
         if self.table in ("table2", "table3"):
             label += f" beta={self.params['beta']:g} / delta-={self.params['delta_neg']:g}"
         return label + (f" {VARIANT_LABELS[self.variant]}" if self.variant in VARIANT_LABELS else "")
@@ -236,6 +270,7 @@ def cells(table: str, settings=None, methods=None, mm_variants=("equations",), m
         for method, errors in BEYOND_ERRORS.items():
             for setting, error in zip(_COLUMNS, errors):
                 out.append(Cell(table, SETTINGS[setting], method, {}, error, () if error is not None else (BEYOND_NOTE,)))
+        out += _sam_cells(mm_variants, mm_scale)
     elif table == "ablation":
         unknown = sorted(set(settings or ()) - set(SETTINGS))
         if unknown:
@@ -250,12 +285,31 @@ def cells(table: str, settings=None, methods=None, mm_variants=("equations",), m
         for setting, grid in BETA_GRIDS[table].items():
             for beta, delta_neg, error in grid:
                 out += _mm_cells(table, SETTINGS[setting], "mm-drw", beta, delta_neg, error, mm_variants, mm_scale)
-    available = {c.setting.name for c in out}, {c.method for c in out}
+    available = {c.setting.name for c in out}, {c.name for c in out}
     for name, chosen, valid in (("settings", settings, available[0]), ("methods", methods, available[1])):
         unknown = sorted(set(chosen or ()) - valid)
         if unknown:
             raise ValueError(f"{table} has no {name} {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    return [c for c in out if (not settings or c.setting.name in settings) and (not methods or c.method in methods)]
+    return [c for c in out if (not settings or c.setting.name in settings) and (not methods or c.name in methods)]
+
+
+def _sam_cells(mm_variants, mm_scale) -> list[Cell]:
+    """The beyond table's SAM rows on Table 1's settings: each base method's cell with sam_rho, named as the row."""
+    out = []
+    for row, method in SAM_ROWS.items():
+        for name in _COLUMNS:
+            setting, error = SETTINGS[name], SAM_ERRORS.get(row, {}).get(name)
+            if error is not None:
+                note = SAM_PUBLISHED_NOTE
+            else:
+                note = SAM_UNPUBLISHED_NOTE if row in SAM_ERRORS else SAM_MM_NOTE
+            if method.startswith("mm"):
+                base = _mm_cells("beyond", setting, method, *_best_mm(name), error, mm_variants, mm_scale)
+            else:
+                base = [Cell("beyond", setting, method, {"s": LDAM_SCALE} if method == "ldam-drw" else {}, error)]
+            rho = SAM_RHO[setting.dataset][row]
+            out += [replace(c, params={**c.params, "sam_rho": rho}, notes=(note, *c.notes), row=row) for c in base]
+    return out
 
 
 def cell_at(table: str, setting: str, run_name: str) -> Cell | None:

@@ -20,6 +20,20 @@ each epoch instead: class weights and optimizer state must change in place.
 The K losses stay K module calls (mmlib.losses, one formula each): batching them over
 (batch, K, classes) would need every formula written a second time over per-run parameter tensors,
 and inside a CUDA graph the K calls cost no Python or launch time anyway.
+
+Sharpness-aware minimization (SAM; Foret et al., ICLR 2021), as Rangwani et al. (NeurIPS 2022,
+"Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data") train it on this
+protocol (github.com/val-iisc/Saddle-LongTail: cifar_train_sam.py with its sam.py, davda54/sam's
+SAM over torch.optim.SGD). With sam_rho > 0 a step takes the gradient g at w, moves each run to
+w + rho g / (||g|| + 1e-12) (||g||: the L2 norm over every parameter's gradient, each run its own
+norm and rho), takes the gradient at those weights, restores w exactly (a saved copy), then makes
+the SGD update (momentum, weight decay) with the second gradient. As in their code: weight decay
+enters only the update (at w), not the perturbation's gradient; both passes run in train mode, so
+BatchNorm normalises each pass by its own batch statistics and its running statistics are updated
+twice a step (at w, then at the perturbed weights); rho is constant from the first epoch (their
+run.sh uses --rho_schedule none), before and after the DRW switch. The loss and error a step
+records are the first pass's (at w); their code logs the second pass's. Both passes are in the one
+step, so a captured CUDA graph holds the two. Every rho 0 leaves the plain one-pass step.
 """
 
 import math
@@ -35,6 +49,7 @@ COMPILE_MODES = ("auto", "off", "graphs", "default", "reduce-overhead", "max-aut
 """auto: graphs on CUDA, off on the CPU; graphs: the whole step captured as CUDA graphs;
 default / reduce-overhead / max-autotune: torch.compile of the model (with this mode) inside the eager step."""
 
+SAM_EPSILON = 1e-12  # added to the gradient norm, as the SAM code of Rangwani et al. does
 GRAPH_WARMUP_STEPS = 3  # steps run (and undone) before a capture: cuDNN autotuning and lazy allocations
 
 # How far a captured step's first replay may differ from the eager step from the same state, as a fraction of
@@ -110,6 +125,22 @@ def sgd_update(params, grads, momentum_buffers, neg_lr: torch.Tensor, momentum: 
     torch._foreach_add_(params, torch._foreach_mul(direction, neg_lr))
 
 
+@torch.no_grad()
+def sam_ascent(params, grads, saved, rho: torch.Tensor) -> None:
+    """SAM's ascent for K fused runs: w saved into ``saved``, then each run moved to w + rho_k g_k / (||g_k|| + eps).
+
+    Every parameter holds the K runs' tensors concatenated along dim 0 (mmlib.models), so run k's
+    slice of p is p.unflatten(0, (K, -1))[k], and ||g_k|| is the L2 norm of run k's slices of all the
+    gradients together. rho: (K,) on the device, so nothing here waits for the host.
+    """
+    runs = len(rho)
+    squares = sum(g.unflatten(0, (runs, -1)).pow(2).sum(dim=tuple(range(1, g.dim() + 1))) for g in grads)
+    scale = rho / (squares.sqrt() + SAM_EPSILON)
+    torch._foreach_copy_(saved, params)
+    for p, g in zip(params, grads):
+        p.unflatten(0, (runs, -1)).add_(g.unflatten(0, (runs, -1)) * scale.view(runs, *[1] * g.dim()))
+
+
 class TrainStep:
     """K runs' training steps over their streams, with an SGD optimizer's parameters and state.
 
@@ -117,15 +148,23 @@ class TrainStep:
     K runs' TrainStreams over the same images; criteria: the K losses; optimizer: a torch.optim.SGD
     with one parameter group, which holds the learning rate and momentum buffers (so checkpoints keep
     its state_dict format) but is never stepped. transform(x, y, generator) -> (x, y) changes each run's
-    batch (SSP's rotations); it draws random numbers every step, so it runs eager only.
+    batch (SSP's rotations); it draws random numbers every step, so it runs eager only. sam_rho: each
+    run's SAM radius (None: every run plain SGD); runs of rho 0 and of rho > 0 do not share a step.
     Build it after loading a checkpoint into the optimizer (it takes the momentum buffers it finds) and after
     setting the losses' class weights (all ones for none): both then change in place only, and each epoch
     refuses replaced ones, which a captured graph would never see.
     """
 
     def __init__(self, model: torch.nn.Module, streams: list[TrainStream], criteria: list, optimizer: torch.optim.SGD,
-                 bf16: bool, channels_last: bool, compile: str = "off", transform=None):
+                 bf16: bool, channels_last: bool, compile: str = "off", transform=None,
+                 sam_rho: list[float] | None = None):
         device = streams[0].labels.device
+        sam_rho = [0.0] * len(streams) if sam_rho is None else list(sam_rho)
+        if len(sam_rho) != len(streams) or not all(r >= 0 for r in sam_rho):
+            raise ValueError(f"sam_rho must be one value >= 0 per run ({len(streams)}), got {sam_rho}")
+        if 0 < sum(r > 0 for r in sam_rho) < len(sam_rho):
+            raise ValueError(f"runs with sam_rho 0 and > 0 cannot share a step (SAM's second pass would also update "
+                             f"the plain runs' BatchNorm statistics), got {sam_rho}")
         self.mode = resolve_compile(compile, device)
         if self.mode == "graphs" and transform is not None:
             raise ValueError("compile='graphs' cannot capture a batch transform that draws random numbers every step")
@@ -146,6 +185,9 @@ class TrainStep:
         self.momentum_buffers = [optimizer.state[p].setdefault("momentum_buffer", torch.zeros_like(p))
                                  for p in self.params] if self.momentum else []
         self.neg_lr = torch.tensor(-group["lr"], device=device)
+        self.sam = sam_rho[0] > 0  # fixed for the step's life, so a captured graph holds one path
+        self.sam_rho = torch.tensor(sam_rho, device=device)
+        self.saved_params = [torch.empty_like(p) for p in self.params] if self.sam else []  # w during SAM's second pass
         runs, n = len(streams), len(streams[0].labels)
         self.batch_size, self.samples = streams[0].batch_size, n
         # This epoch's draws of the K runs, the step index and the metrics: fixed addresses for the graphs.
@@ -217,19 +259,29 @@ class TrainStep:
         # (B, 3K, H, W): run k's images in channels 3k..3k+2, as the fused model's grouped convolutions expect
         x = x.transpose(0, 1).reshape(size, -1, *x.shape[3:]).contiguous(memory_format=self.memory_format)
         y = y.t()
+        logits, losses = self._backward(x, y)
+        finite = torch.isfinite(losses.detach())
+        if self.sam:  # SAM: the update takes the gradient at w + rho g / ||g|| (module docstring)
+            sam_ascent(self.params, [p.grad for p in self.params], self.saved_params, self.sam_rho)
+            finite &= torch.isfinite(self._backward(x, y)[1].detach())
+            with torch.no_grad():
+                torch._foreach_copy_(self.params, self.saved_params)  # back to w, exactly
+        sgd_update(self.params, [p.grad for p in self.params], self.momentum_buffers, self.neg_lr,
+                   self.momentum, self.weight_decay)
+        self.loss_sum += losses.detach() * size
+        self.wrong += (logits.detach().argmax(-1) != y).sum(0)
+        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~finite, self.step_index, self.first_bad))
+        self.step_index += 1
+
+    def _backward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused forward, the K runs' losses and their gradients (into .grad): logits (B, K, C), losses (K,)."""
         with self.autocast:
-            logits = self.forward(x).view(size, runs, -1)
+            logits = self.forward(x).view(len(y), len(self.criteria), -1)
         losses = torch.stack([criterion(logits[:, k], y[:, k]) for k, criterion in enumerate(self.criteria)])
         for p in self.params:
             p.grad = None
         losses.sum().backward()
-        sgd_update(self.params, [p.grad for p in self.params], self.momentum_buffers, self.neg_lr,
-                   self.momentum, self.weight_decay)
-        losses = losses.detach()
-        self.loss_sum += losses * size
-        self.wrong += (logits.detach().argmax(-1) != y).sum(0)
-        self.first_bad.copy_(torch.where((self.first_bad < 0) & ~torch.isfinite(losses), self.step_index, self.first_bad))
-        self.step_index += 1
+        return logits, losses
 
     def _refuse_replaced_inputs(self) -> None:
         """The step reads the tensors it was built with (a captured graph can read no others): refuse replaced ones."""

@@ -20,7 +20,8 @@ TITLES = {
     "table2": "Table 2: MM-DRW's top-1 error (%) over beta and delta- on CIFAR-10",
     "table3": "Table 3: MM-DRW's top-1 error (%) over beta and delta- on CIFAR-100",
     "quick": "Quick check: top-1 error (%) on imbalanced digits",
-    "beyond": "Beyond the paper: logit adjustment (Menon et al. 2021), top-1 error (%) under the same protocol",
+    "beyond": "Beyond the paper: logit adjustment (Menon et al. 2021) and SAM on DRW (Rangwani et al. 2022), "
+              "top-1 error (%) under the same protocol",
     "ablation": "Ablation: the released MM code's two departures one at a time, top-1 error (%)",
 }
 EPOCH_TITLES = {"final": "final epoch", "best": "best epoch (optimistic: chosen on the test set)"}

@@ -43,7 +43,7 @@ CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two settings that make cuBLAS 
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {
     "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
-    "focal_gamma", "cb_beta", "quiet", "tensorboard",
+    "focal_gamma", "cb_beta", "sam_rho", "quiet", "tensorboard",
 }
 
 
@@ -108,11 +108,11 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
 
 
 def fusion_key(config: RunConfig) -> tuple:
-    """What runs must share to train as one fused model."""
+    """What runs must share to train as one fused model (SAM runs fuse with SAM runs of any rho only)."""
     resolved = config.resolve()
     method = get_method(config.method)
     shared = {k: v for k, v in resolved.to_dict().items() if k not in FUSABLE}
-    return (json.dumps(shared, sort_keys=True), method.head, method.ssp)
+    return (json.dumps(shared, sort_keys=True), method.head, method.ssp, resolved.sam_rho > 0)
 
 
 def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
@@ -128,7 +128,7 @@ def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
             differ = [k for k in a if k not in FUSABLE and a[k] != b[k]]
             raise ValueError(
                 f"runs {configs[0].method} and {config.method} cannot train fused: they differ in "
-                f"{', '.join(differ) or 'head or SSP pre-training'}"
+                f"{', '.join(differ) or 'head, SSP pre-training or SAM (sam_rho 0 and > 0)'}"
             )
 
 
@@ -284,7 +284,7 @@ class _Group:
             self._build()
             self._resume()
             self.step = TrainStep(self.model, self.streams, self.criteria, self.optimizer, first.bf16,
-                                  self.channels_last, first.compile)
+                                  self.channels_last, first.compile, sam_rho=[c.sam_rho for c in self.configs])
             tensorboard = TensorBoard(self.configs, self.run_dirs)
             progress = _Progress(self.configs, self.records.epoch, len(self.step.sizes()),
                                  len(self.dataset.train_labels) * len(self.configs))

@@ -101,3 +101,17 @@ def test_bad_requests_name_the_problem(runs, tmp_path):
         compare.paired_differences(tmp_path / "nowhere", tables=["quick"])
     with pytest.raises(ValueError, match="epoch must be one of"):
         compare.paired_differences(runs, tables=["quick"], epoch="last")
+
+
+def test_mm_drw_is_paired_with_ldam_drw_plus_sam_of_the_beyond_table(tmp_path):
+    """The default pairs hold MM-DRW against LDAM-DRW + SAM (Rangwani et al. 2022), looked up in table1 and beyond."""
+    mm = paper.cells("table1", ["cifar10-exp-100"], ["mm-drw"])[0]
+    sam = paper.cells("beyond", ["cifar10-exp-100"], ["ldam-drw-sam"])[0]
+    for seed, (a, b) in enumerate([(22.0, 18.5), (21.0, 18.0)]):
+        write_run(mm.path(tmp_path) / f"seed{seed}", a)
+        write_run(sam.path(tmp_path) / f"seed{seed}", b)
+    df = compare.paired_differences(tmp_path, settings=["cifar10-exp-100"])
+    found = row(df, "mm-drw − ldam-drw-sam", "cifar10-exp-100")
+    assert (found.n, found.b_run) == (2, "beyond/cifar10-exp-100/ldam-drw-sam")
+    assert found.mean_diff == pytest.approx(3.25) and found.std_diff == pytest.approx(math.sqrt(0.125))
+    assert row(df, "mm-drw-sam − mm-drw", "cifar10-exp-100").note == compare.NO_RUNS

@@ -132,3 +132,25 @@ def test_cli_lists_cells_with_the_papers_numbers():
     table, setting, run_name, params, error = out[1].split("\t")
     assert (table, setting, run_name, error) == ("table1", "cifar10-exp-100", "mm-drw-released", "21.98")
     assert "beta=1.5" in params and "delta_neg=0.6" in params and "mm_variant=released" in params
+
+
+def test_the_beyond_table_holds_the_sam_rows_with_the_published_errors():
+    cells = [c for c in paper.cells("beyond") if c.name.endswith("-sam")]
+    assert [(c.name, c.setting.name) for c in cells] == [
+        (row, s) for row in ("ce-drw-sam", "ldam-drw-sam", "mm-drw-sam") for s in paper.SETTINGS]
+    published = {(c.name, c.setting.name): c.paper_error for c in cells if c.paper_error is not None}
+    # Rangwani et al.'s README: top-1 accuracy 80.6 / 44.6 (CE+DRW+SAM), 81.9 / 45.4 (LDAM+DRW+SAM)
+    assert published == pytest.approx({
+        ("ce-drw-sam", "cifar10-exp-100"): 100 - 80.6, ("ce-drw-sam", "cifar100-exp-100"): 100 - 44.6,
+        ("ldam-drw-sam", "cifar10-exp-100"): 100 - 81.9, ("ldam-drw-sam", "cifar100-exp-100"): 100 - 45.4}, abs=1e-9)
+    rho = {(c.name, c.setting.dataset): c.params["sam_rho"] for c in cells}
+    assert rho == {("ce-drw-sam", "cifar10"): 0.5, ("ldam-drw-sam", "cifar10"): 0.8, ("mm-drw-sam", "cifar10"): 0.8,
+                   ("ce-drw-sam", "cifar100"): 0.8, ("ldam-drw-sam", "cifar100"): 0.8, ("mm-drw-sam", "cifar100"): 0.8}
+    for cell in cells:
+        base = paper.cells("table1", [cell.setting.name], [cell.method])[0]
+        assert cell.method == paper.SAM_ROWS[cell.name]
+        assert cell.params == {**base.params, "sam_rho": rho[cell.name, cell.setting.dataset]}
+        assert cell.run_name == cell.name and cell.label == base.label + " + SAM"
+        assert ("Rangwani" in cell.notes[0]) and (cell.paper_error is None) == ("no published number" in cell.notes[0])
+    released = paper.cells("beyond", methods=["mm-drw-sam"], mm_variants=("equations", "released"))
+    assert [c.run_name for c in released[:2]] == ["mm-drw-sam", "mm-drw-sam-released"]
