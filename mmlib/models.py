@@ -71,7 +71,8 @@ class Head(nn.Module):
         # z_y - max_j z_j would be exactly 0 (no margin) far more often than in the paper's float32
         # training. The head is K (C x F) products: float32 costs nothing measurable.
         with torch.autocast(features.device.type, enabled=False):
-            features, weight = features.float(), self.weight.view(self.runs, self.num_classes, -1)
+            dtype = torch.promote_types(features.dtype, self.weight.dtype)  # float32 under autocast; float64 stays
+            features, weight = features.to(dtype), self.weight.view(self.runs, self.num_classes, -1)
             if self.normed:
                 features, weight = F.normalize(features, dim=-1), F.normalize(weight, dim=-1)
             logits = torch.einsum("bkf,kcf->bkc", features, weight)

@@ -142,6 +142,8 @@ def test_fused_runs_of_different_rho_equal_the_runs_trained_apart(digits):
     def train(model, runs: list[int]):
         model = _Float64(model)
         criteria = [LDAMLoss(counts) if k != 1 else build_loss("mm", counts, **mm) for k in runs]
+        for criterion in criteria:  # as the trainer builds them: weighted from the start, the DRW switch copied in
+            criterion.weight = torch.ones(len(counts), dtype=torch.float64)
         step = TrainStep(model, [TrainStream(x, y, 64, seeds[k]) for k in runs], criteria,
                          torch.optim.SGD(model.parameters(), 0.05, momentum=0.9, weight_decay=2e-4), bf16=False,
                          channels_last=False, sam_rho=[rhos[k] for k in runs])
@@ -191,8 +193,8 @@ def test_sam_rho_is_fixed_for_a_run_and_fuses_only_with_other_sam_runs(tmp_path)
         training.run_many([quick(sam_rho=0.0), quick(sam_rho=0.5)], [tmp_path / "a", tmp_path / "b"])
     assert training.fusion_key(RunConfig(**quick(sam_rho=0.5))) == training.fusion_key(
         RunConfig(**quick(method="ldam-drw", seed=3, sam_rho=0.8)))
-    jobs, _ = sweeps.plan("beyond", tmp_path / "runs", seeds=[0, 1], settings=["cifar10-exp-100"],
-                          methods=["ldam-drw-sam", "mm-drw-sam", "la"], fuse=8, data_roots={None: str(tmp_path)})
+    jobs = sweeps.plan("beyond", tmp_path / "runs", seeds=[0, 1], settings=["cifar10-exp-100"],
+                       methods=["ldam-drw-sam", "mm-drw-sam", "la"], fuse=8, data_roots={None: str(tmp_path)}).jobs
     assert sorted(len(job.run_dirs) for job in jobs) == [2, 4]  # LA apart (linear head, no SAM); the SAM rows fused
     assert {p["sam_rho"] for job in jobs for p in job.params if p["method"] != "la"} == {0.8}
 
@@ -204,13 +206,13 @@ def test_the_sam_rows_render_beside_the_published_numbers(tmp_path):
     """Finished LDAM-DRW + SAM runs in the beyond table, against Rangwani et al.'s 18.1 on CIFAR-10-LT-100."""
     from fixture_runs import write_run
 
-    from mmlib import reports
+    from mmlib import cells, tables
 
     cell = paper.cells("beyond", ["cifar10-exp-100"], ["ldam-drw-sam"])[0]
     for seed, correct in enumerate([[9] * 9 + [0], [8] * 10]):  # 10 test images a class: errors 19 and 20
         write_run(cell.path(tmp_path) / f"seed{seed}", cell.run_params(seed=seed), 10, correct)
-    df = reports.collect("beyond", tmp_path)
-    md = reports.render(df, "beyond")["md"]
+    df = cells.gather("beyond", tmp_path)
+    md = tables.render(df, "beyond")["md"]
     assert df.loc[df["method"] == "ldam-drw-sam", "seeds"].tolist() == [2, 0, 0, 0, 0, 0, 0, 0]
     assert "| LDAM-DRW + SAM | 19.50 ± 0.71 (n=2) [18.10, +1.40] | missing |" in md
     assert "| MM-DRW (ours) + SAM [equations] | missing |" in md
