@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from mmlib import rundir
-from mmlib.models import ARCHS, build_model, split_state_dict
-from mmlib.models import split_optimizer_state
+from mmlib.config import ARCHS
+from mmlib.models import build_model, split_optimizer_state, split_state_dict
 
 
 def main() -> None:

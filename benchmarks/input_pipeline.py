@@ -11,12 +11,12 @@ import argparse
 import time
 
 import torch
+from reference import ReferenceDataset
 from torch.utils.data import DataLoader
 
 from mmlib.data import DATASETS, load_dataset
 from mmlib.imbalance import IMBALANCE_TYPES
 from mmlib.pipeline import TrainStream, to_device
-from reference import ReferenceDataset
 
 BATCH_SIZE = 128
 

@@ -33,15 +33,16 @@ import time
 from pathlib import Path
 
 import torch
+from reference import ReferenceDataset
 from torch.utils.data import DataLoader
 
 from mmlib import fusion
+from mmlib.config import ARCHS, COMPILE_MODES
 from mmlib.data import DATASETS, load_dataset
 from mmlib.losses import LDAMLoss
-from mmlib.models import ARCHS, build_model, merge_state_dicts
+from mmlib.models import build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, eval_batches, to_device
-from mmlib.step import COMPILE_MODES, TrainStep
-from reference import ReferenceDataset
+from mmlib.step import TrainStep
 
 BATCH_SIZE = 128
 

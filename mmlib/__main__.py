@@ -21,8 +21,8 @@ import sys
 import warnings
 
 import mmlib
-from mmlib import config as run_config
 from mmlib import cache, data, errors, jobs, paper, rundir, stopping
+from mmlib import config as run_config
 from mmlib.methods import METHODS
 
 

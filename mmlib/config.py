@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 from mmlib import data
 from mmlib.imbalance import IMBALANCE_TYPES
 from mmlib.methods import METHODS, get_method
-from mmlib.models import ARCHS
-from mmlib.step import COMPILE_MODES
 
 MM_VARIANTS = ("equations", "first-label", "mask-zero", "released")  # mmlib.losses.MM_VARIANTS
 # Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
 RESUMABLE_CHANGES = {
     "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic", "checkpoint_every",
 }
+
+ARCHS = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}  # name: depth
+COMPILE_MODES = ("auto", "off", "graphs", "default", "reduce-overhead", "max-autotune")
+"""The training step (mmlib.step): auto: graphs on CUDA, off on the CPU; graphs: the whole step captured as CUDA
+graphs; default / reduce-overhead / max-autotune: torch.compile of the model (with this mode) inside the eager step."""
 
 DEFAULT_SCALE = {"ldam": 30.0, "am": 30.0, "hinge": 30.0, "ldam-hinge": 30.0, "mm": 10.0, "mm-ldam": 10.0}
 

@@ -1,14 +1,24 @@
-"""How many runs a sweep fuses into one model on a GPU (sweep --fuse auto), from a measured K curve.
+"""Fusing runs into one model: which runs can (``fusion_key``), and how many on a GPU (sweep --fuse auto).
 
-benchmarks/throughput.py --save-curve measures images/s and peak reserved memory for K = 1, 2, 4, ...
-fused runs on one GPU and saves the curve here; ``auto_fuse`` takes the fastest K that fits the
-GPUs' free memory. Nothing here imports Jupyter: the GPU machine's benchmarks use it without it.
+Runs fuse when they share every parameter outside FUSABLE, their head and SSP pre-training, and
+whether they use SAM. benchmarks/throughput.py --save-curve measures images/s and peak reserved memory
+for K = 1, 2, 4, ... fused runs on one GPU and saves the curve here; ``auto_fuse`` takes the fastest K
+that fits the GPUs' free memory. Nothing here imports Jupyter or, at import, torch.
 """
 
+import json
 from pathlib import Path
 
 from mmlib import rundir
 from mmlib.cache import cache_dir
+from mmlib.config import RunConfig
+from mmlib.methods import get_method
+
+# Parameters that may differ between runs trained as one fused model.
+FUSABLE = {
+    "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
+    "focal_gamma", "cb_beta", "sam_rho", "quiet", "tensorboard",
+}
 
 FUSE_CURVE = "fuse_curve.json"  # in mmlib.cache.cache_dir(), written by benchmarks/throughput.py --save-curve
 FUSE_MEMORY_SHARE = 0.8  # of a GPU's free memory, what --fuse auto lets a job's measured peak take
@@ -57,3 +67,11 @@ def fuse_from_curve(points: list[dict], free_bytes: int) -> int:
     """The K of the curve with the most images/s among those whose peak fits FUSE_MEMORY_SHARE of free_bytes (else 1)."""
     fits = [p for p in points if p["peak_mib"] * 2**20 <= FUSE_MEMORY_SHARE * free_bytes]
     return max(fits, key=lambda p: p["images_per_second"])["runs"] if fits else 1
+
+
+def fusion_key(config: RunConfig) -> tuple:
+    """What runs must share to train as one fused model (SAM runs fuse with SAM runs of any rho only)."""
+    resolved = config.resolve()
+    method = get_method(config.method)
+    shared = {k: v for k, v in resolved.to_dict().items() if k not in FUSABLE}
+    return (json.dumps(shared, sort_keys=True), method.head, method.ssp, resolved.sam_rho > 0)

@@ -27,8 +27,6 @@ import time
 import warnings
 from pathlib import Path
 
-import torch
-
 from mmlib.errors import CorruptFileError, NoSpaceError, RunDirBusyError, is_no_space
 
 # Defaults of the notebooks and the CLI, the same wherever they are started from: the checkout's folders.
@@ -110,6 +108,8 @@ def write_json(path: Path, obj) -> None:
 
 
 def save_torch(path: Path, obj) -> None:
+    import torch  # here, not at the top: reading records and planning need no torch (a second's import)
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -207,6 +207,8 @@ def save_checkpoint(folder: Path, state: dict) -> None:
     config and last epoch's seconds (for sweeps' time estimates) with the file's identity, so that a stale
     checkpoint.json is recognised as such.
     """
+    import torch
+
     folder = Path(folder)
     atomic_write(folder / CHECKPOINT, lambda f: torch.save(state, f), keep_previous=folder / PREVIOUS_CHECKPOINT)
     write_json(folder / CHECKPOINT_INFO, {
@@ -224,6 +226,8 @@ def load_checkpoint(folder: Path, set_aside_corrupt: bool = False) -> dict | Non
     so that the next save keeps checkpoint.prev.pt, the good copy, and a warning names both files and
     where the corrupt one went. Without it (planning, reports) nothing is moved and nothing is said.
     """
+    import torch
+
     folder = Path(folder)
     present = [p for p in (folder / CHECKPOINT, folder / PREVIOUS_CHECKPOINT) if p.exists()]
     problems = []

@@ -42,12 +42,9 @@ from collections.abc import Callable
 
 import torch
 
+from mmlib.config import COMPILE_MODES
 from mmlib.errors import StepCheckError
 from mmlib.pipeline import TrainStream
-
-COMPILE_MODES = ("auto", "off", "graphs", "default", "reduce-overhead", "max-autotune")
-"""auto: graphs on CUDA, off on the CPU; graphs: the whole step captured as CUDA graphs;
-default / reduce-overhead / max-autotune: torch.compile of the model (with this mode) inside the eager step."""
 
 SAM_EPSILON = 1e-12  # added to the gradient norm, as the SAM code of Rangwani et al. does
 GRAPH_WARMUP_STEPS = 3  # steps run (and undone) before a capture: cuDNN autotuning and lazy allocations

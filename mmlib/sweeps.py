@@ -3,7 +3,7 @@
 Each run lands in <out>/<table>/<setting>/<run name>/seed<k>/ with the executed notebook beside its
 results (the notebook is the provenance). Finished runs are skipped, interrupted ones resume from
 their checkpoints (the trainer does that), a failed run does not stop the others. Runs of one
-setting that can train as one fused model (mmlib.training.fusion_key) are grouped, up to ``fuse``
+setting that can train as one fused model (mmlib.fusion.fusion_key) are grouped, up to ``fuse``
 runs a job. The executor (mmlib.local_backend.LocalExecutor: worker threads, one per GPU; or
 mmlib.ray_backend.RayExecutor: Ray tasks) runs the jobs.
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 from mmlib import identity, jobs, paper, rundir, timing
 from mmlib.config import RunConfig, did_you_mean
 from mmlib.errors import CorruptFileError
+from mmlib.fusion import fusion_key
 from mmlib.local_backend import LocalExecutor
-from mmlib.training import fusion_key
 
 # The README's main job: a few minutes offline on a CPU, into a folder of its own.
 QUICK_PRESET = {"table": "quick", "seeds": [0, 1], "fuse": 2, "overrides": paper.PROTOCOLS["quick"]}

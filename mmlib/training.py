@@ -11,7 +11,6 @@ losses and errors accumulate on the device and are read once an epoch.
 """
 
 import contextlib
-import json
 import math
 import os
 import platform
@@ -27,6 +26,7 @@ from mmlib import identity, rundir
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError, StoppedError
+from mmlib.fusion import FUSABLE, fusion_key
 from mmlib.imbalance import ImbalancedDataset
 from mmlib.losses import build_loss, class_balanced_weights, log_prior
 from mmlib.methods import active, get_method
@@ -39,13 +39,6 @@ from mmlib.step import TrainStep, resolve_compile
 from mmlib.stopping import Stop
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two settings that make cuBLAS deterministic (CUDA's docs)
-
-# Parameters that may differ between runs trained as one fused model.
-FUSABLE = {
-    "method", "seed", "data_seed", "s", "max_m", "margin", "delta_neg", "beta", "mm_variant", "tau",
-    "focal_gamma", "cb_beta", "sam_rho", "quiet", "tensorboard",
-}
-
 
 def select_device(name: str) -> torch.device:
     if name == "auto":
@@ -105,14 +98,6 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
             if diverged:
                 raise NonFiniteLossError("; ".join(diverged))
     return [rundir.load_results(d) for d in run_dirs]
-
-
-def fusion_key(config: RunConfig) -> tuple:
-    """What runs must share to train as one fused model (SAM runs fuse with SAM runs of any rho only)."""
-    resolved = config.resolve()
-    method = get_method(config.method)
-    shared = {k: v for k, v in resolved.to_dict().items() if k not in FUSABLE}
-    return (json.dumps(shared, sort_keys=True), method.head, method.ssp, resolved.sam_rho > 0)
 
 
 def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:

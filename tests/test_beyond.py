@@ -1,8 +1,10 @@
 """Beyond the paper: logit adjustment as methods, the MM ablation table, and paired runs over seeds."""
 
 import math
+
 import pytest
 import torch
+from tiny import quick
 
 from mmlib import cells, paper, rundir, tables, training
 from mmlib.__main__ import main
@@ -10,8 +12,6 @@ from mmlib.config import MM_VARIANTS, RunConfig
 from mmlib.data import load_dataset
 from mmlib.models import build_model
 from mmlib.pipeline import TrainStream, eval_batches, to_device
-from tiny import quick
-
 
 # --- post-hoc logit adjustment --------------------------------------------------------------
 

@@ -6,8 +6,8 @@ import matplotlib
 import matplotlib.image
 import pandas as pd
 import pytest
-
 from fixture_runs import protocol_config
+
 from mmlib import compare, paper, rundir
 
 matplotlib.use("Agg")

@@ -7,6 +7,7 @@ import torch
 
 from mmlib.losses import (
     LOSSES,
+    MM_VARIANTS,
     AdditiveMarginLoss,
     CrossEntropyLoss,
     FocalLoss,
@@ -18,7 +19,6 @@ from mmlib.losses import (
     class_balanced_weights,
     ldam_margins,
 )
-from mmlib.losses import MM_VARIANTS
 
 # Cosine logits of four samples over three classes, and their labels.
 Z = [

@@ -7,8 +7,8 @@ import matplotlib.image
 import numpy as np
 import pandas as pd
 import pytest
-
 from fixture_runs import cell_of, write_run
+
 from mmlib import paper, results, rundir, tables
 
 SETTING = "cifar10-step-100"

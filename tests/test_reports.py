@@ -5,11 +5,11 @@ import math
 
 import matplotlib
 import numpy as np
-from matplotlib.container import BarContainer
 import pandas as pd
 import pytest
-
 from fixture_runs import protocol_config
+from matplotlib.container import BarContainer
+
 from mmlib import cells, compare, data, figures, imbalance, paper, reproduction, rundir, tables, training
 from mmlib.config import MM_VARIANTS
 

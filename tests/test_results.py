@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from fixture_runs import cell_of, confusion, write_run
+
 from mmlib import results, rundir, training
 
 CELL = cell_of("table1", "cifar10-exp-100", "mm-drw")

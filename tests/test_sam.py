@@ -6,15 +6,15 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from test_reliability import checkpointed, cli_args, finish, kill, same_results, start, wait_for
+from tiny import quick
 
-from mmlib import paper, rundir, sweeps, training
+from mmlib import fusion, paper, rundir, sweeps, training
 from mmlib.config import RunConfig
 from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
 from mmlib.models import build_model, merge_state_dicts, split_state_dict
 from mmlib.pipeline import TrainStream, to_device
 from mmlib.step import TrainStep
-from test_reliability import checkpointed, cli_args, finish, kill, same_results, start, wait_for
-from tiny import quick
 
 
 def test_one_sam_step_equals_the_two_pass_formula_in_float64(digits):
@@ -191,7 +191,7 @@ def test_sam_rho_is_fixed_for_a_run_and_fuses_only_with_other_sam_runs(tmp_path)
         training.run(quick(sam_rho=0.8), run_dir)
     with pytest.raises(ValueError, match=r"cannot train fused: they differ in head, SSP pre-training or SAM"):
         training.run_many([quick(sam_rho=0.0), quick(sam_rho=0.5)], [tmp_path / "a", tmp_path / "b"])
-    assert training.fusion_key(RunConfig(**quick(sam_rho=0.5))) == training.fusion_key(
+    assert fusion.fusion_key(RunConfig(**quick(sam_rho=0.5))) == fusion.fusion_key(
         RunConfig(**quick(method="ldam-drw", seed=3, sam_rho=0.8)))
     jobs = sweeps.plan("beyond", tmp_path / "runs", seeds=[0, 1], settings=["cifar10-exp-100"],
                        methods=["ldam-drw-sam", "mm-drw-sam", "la"], fuse=8, data_roots={None: str(tmp_path)}).jobs

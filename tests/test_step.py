@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import quick
 
 import mmlib.step
 from mmlib import fusion, results, rundir, training
@@ -23,7 +24,7 @@ from mmlib.models import build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, to_device
 from mmlib.records import Records
 from mmlib.step import TrainStep, resolve_compile, sgd_update, step_difference
-from tiny import quick
+
 
 def cuda(test):
     return pytest.mark.cuda(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")(test))

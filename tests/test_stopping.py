@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import quick
 
 from mmlib import rundir, stopping, sweeps, timing
 from mmlib.errors import StoppedError
 from mmlib.local_backend import LocalExecutor
-from tiny import quick
 
 EPOCHS = 24
 RUN = quick(method="erm", epochs=EPOCHS, checkpoint_every=100)  # checkpoints only when stopped, and after the last

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from tiny import quick
 
 from mmlib import rundir, schedule, ssp, training
 from mmlib.config import RunConfig
@@ -14,7 +15,6 @@ from mmlib.data import load_dataset
 from mmlib.losses import class_balanced_weights
 from mmlib.methods import METHODS
 from mmlib.step import TrainStep
-from tiny import quick
 
 
 def spy_epochs(monkeypatch) -> list[dict]:
