@@ -59,7 +59,7 @@ class Job:
 class Outcome:
     """What a sweep's runs came to, beyond those that finished."""
 
-    failed: list[tuple[str, Path]] = field(default_factory=list)  # (label, its notebook): failed, say why
+    failed: list[tuple[str, Path]] = field(default_factory=list)  # (label, its notebook or log): failed, see why
     stopped: list[str] = field(default_factory=list)  # labels of runs stopped early, checkpointed: they resume
     not_started: list[str] = field(default_factory=list)  # labels of runs not started: too little time, or a signal
 
@@ -78,9 +78,8 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
     """Train the job in a fresh process (its own GPUs, its own failures); returns "done", "stopped" (early, its
     checkpoints written: StoppedError's exit code) or "failed".
 
-    runner "notebook": execute train.ipynb, the executed notebook landing in every run directory;
-    "python": ``python -m mmlib.jobs`` (no notebook kernel needed). The log lands in the first run
-    directory. ``started(process)``, if given, receives the job's process as it starts (to stop it at
+    runner "notebook": execute train.ipynb; "python": ``python -m mmlib.jobs`` (no notebook kernel needed).
+    The executed notebook and the job's log land in every run directory of the job. ``started(process)``, if given, receives the job's process as it starts (to stop it at
     once). A run another process is training (e.g. a second sweep over the same folder) is left alone:
     its files are that process's.
     """
@@ -97,10 +96,11 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
     else:
         done = mmlib.notebook.run_module("mmlib.jobs", [], job.notebook_parameters(), env, started=started)
     rundir.write_text(first / RUNNERS[runner], done.stdout + done.stderr)
-    for other in job.run_dirs[1:]:
+    for other in job.run_dirs[1:]:  # every run of the job keeps its record of what happened
         other.mkdir(parents=True, exist_ok=True)
-        if (first / OUTPUT_NOTEBOOK).exists():
-            shutil.copyfile(first / OUTPUT_NOTEBOOK, other / OUTPUT_NOTEBOOK)
+        for name in (OUTPUT_NOTEBOOK, RUNNERS[runner]):
+            if (first / name).exists():
+                shutil.copyfile(first / name, other / name)
     return {0: "done", errors.StoppedError.exit_code: "stopped"}.get(done.returncode, "failed")
 
 
@@ -127,6 +127,13 @@ def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
     runs = [{"run_dir": parameters["run_dir"]}] + list(parameters.get("fused_runs", []))
     configs = [RunConfig.from_dict({**first, **{k: v for k, v in run.items() if k != "run_dir"}}) for run in runs]
     return configs, [Path(run["run_dir"]) for run in runs]
+
+
+def evidence(run_dir: Path) -> Path:
+    """Where a run's job tells what happened: the executed notebook, else the job's log (the python runner's)."""
+    run_dir = Path(run_dir)
+    found = [run_dir / name for name in (OUTPUT_NOTEBOOK, *RUNNERS.values()) if (run_dir / name).exists()]
+    return found[0] if found else run_dir / OUTPUT_NOTEBOOK
 
 
 def failure_reason(run_dir: Path) -> str:
@@ -165,8 +172,8 @@ def record_outcome(job: Job, status: str, seconds: float, done, total: int, log,
             info = rundir.checkpoint_info(run_dir)
             line += f"stopped early after epoch {info['epoch'] if info else 0}; it resumes ({seconds:.0f} s)"
         else:
-            outcome.failed.append((label, run_dir / OUTPUT_NOTEBOOK))
-            line += f"FAILED: {failure_reason(run_dir)} (see {run_dir / OUTPUT_NOTEBOOK})"
+            outcome.failed.append((label, evidence(run_dir)))
+            line += f"FAILED: {failure_reason(run_dir)} (see {evidence(run_dir)})"
         log(line)
 
 

@@ -22,7 +22,7 @@ from mmlib.losses import CrossEntropyLoss
 from mmlib.models import build_model
 from mmlib.pipeline import TrainStream, to_device
 from mmlib.schedule import due, learning_rate
-from mmlib.step import TrainStep
+from mmlib.step import SGDState, TrainStep
 
 
 def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
@@ -67,7 +67,7 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
     torch.manual_seed(pretrain.seed)
     memory_format = torch.channels_last if pretrain.channels_last else torch.preserve_format
     model = build_model(pretrain.arch, 4).to(device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), pretrain.lr, momentum=pretrain.momentum, weight_decay=pretrain.weight_decay)
+    optimizer = SGDState(model.parameters(), pretrain.lr, pretrain.momentum, pretrain.weight_decay)
     train_x, train_y = to_device(dataset.train_images, dataset.train_labels, device)
     stream = TrainStream(train_x, train_y, pretrain.batch_size, pretrain.data_seed)
     start = 0

@@ -138,13 +138,47 @@ def sam_ascent(params, grads, saved, rho: torch.Tensor) -> None:
         p.unflatten(0, (runs, -1)).add_(g.unflatten(0, (runs, -1)) * scale.view(runs, *[1] * g.dim()))
 
 
+class SGDState:
+    """SGD's hyper-parameters and momentum buffers as torch.optim.SGD holds them, without torch.optim.
+
+    The step makes SGD's update itself (sgd_update), so an optimizer would only hold its state, and building a
+    torch.optim.SGD imports torch's compiler (torch._dynamo: two seconds a process). This keeps the same
+    ``param_groups`` and ``state`` and the same state_dict format, so checkpoints load into either.
+    """
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0):
+        self.param_groups = [{"params": list(params), "lr": lr, "momentum": momentum, "dampening": 0,
+                              "weight_decay": weight_decay, "nesterov": False, "maximize": False}]
+        self.state: dict[torch.Tensor, dict] = {p: {} for p in self.param_groups[0]["params"]}
+
+    def state_dict(self) -> dict:
+        group = self.param_groups[0]
+        return {"state": {i: dict(self.state[p]) for i, p in enumerate(group["params"]) if self.state[p]},
+                "param_groups": [{**{k: v for k, v in group.items() if k != "params"},
+                                  "params": list(range(len(group["params"])))}]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Take a state_dict's hyper-parameters and state, each tensor on its parameter's device and dtype. As
+        torch.optim.SGD does, the group and the state are new objects (TrainStep refuses to run on replaced ones)."""
+        params = self.param_groups[0]["params"]
+        [saved] = state_dict["param_groups"]
+        if len(saved["params"]) != len(params):
+            raise ValueError(f"the optimizer state holds {len(saved['params'])} parameters, the model {len(params)}")
+        self.param_groups = [{**{k: v for k, v in saved.items() if k != "params"}, "params": params}]
+        self.state = {p: {} for p in params}
+        for i, values in state_dict["state"].items():
+            p = params[int(i)]
+            self.state[p] = {k: v.to(device=p.device, dtype=p.dtype) if torch.is_tensor(v) else v
+                             for k, v in values.items()}
+
+
 class TrainStep:
     """K runs' training steps over their streams, with an SGD optimizer's parameters and state.
 
     model: the fused model (input (B, 3K, H, W), output (B, K, C), or (B, C) for K = 1); streams: the
-    K runs' TrainStreams over the same images; criteria: the K losses; optimizer: a torch.optim.SGD
-    with one parameter group, which holds the learning rate and momentum buffers (so checkpoints keep
-    its state_dict format) but is never stepped. transform(x, y, generator) -> (x, y) changes each run's
+    K runs' TrainStreams over the same images; criteria: the K losses; optimizer: an SGDState (or a
+    torch.optim.SGD) with one parameter group, which holds the learning rate and momentum buffers (so
+    checkpoints keep SGD's state_dict format) but is never stepped. transform(x, y, generator) -> (x, y) changes each run's
     batch (SSP's rotations); it draws random numbers every step, so it runs eager only. sam_rho: each
     run's SAM radius (None: every run plain SGD); runs of rho 0 and of rho > 0 do not share a step.
     Build it after loading a checkpoint into the optimizer (it takes the momentum buffers it finds) and after
@@ -152,7 +186,7 @@ class TrainStep:
     refuses replaced ones, which a captured graph would never see.
     """
 
-    def __init__(self, model: torch.nn.Module, streams: list[TrainStream], criteria: list, optimizer: torch.optim.SGD,
+    def __init__(self, model: torch.nn.Module, streams: list[TrainStream], criteria: list, optimizer: "SGDState",
                  bf16: bool, channels_last: bool, compile: str = "off", transform=None,
                  sam_rho: list[float] | None = None):
         device = streams[0].labels.device

@@ -166,7 +166,7 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
     for _, run_dir, _ in planned.failed if retry_failed else ():
         rundir.set_aside(run_dir / rundir.FAILED, "retried")
     outcome = (executor or LocalExecutor()).run(planned.jobs, log=log, deadline=deadline, times=times)
-    outcome.failed += [] if retry_failed else [(label, run_dir / jobs.OUTPUT_NOTEBOOK) for label, run_dir, _ in planned.failed]
+    outcome.failed += [] if retry_failed else [(label, jobs.evidence(run_dir)) for label, run_dir, _ in planned.failed]
     for line in summary(outcome):
         log(line)
     return outcome

@@ -35,7 +35,7 @@ from mmlib.pipeline import TrainStream, eval_batches, to_device
 from mmlib.records import Records, TensorBoard
 from mmlib.schedule import due, learning_rate
 from mmlib.ssp import ssp_backbone
-from mmlib.step import TrainStep, resolve_compile
+from mmlib.step import SGDState, TrainStep, resolve_compile
 from mmlib.stopping import Stop
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two settings that make cuBLAS deterministic (CUDA's docs)
@@ -177,14 +177,17 @@ def deterministic_cublas(deterministic: bool, device: torch.device) -> None:
 
 @contextlib.contextmanager
 def _determinism(deterministic: bool, device: torch.device):
-    """Deterministic algorithms (or cuDNN autotuning) for the run, restored afterwards."""
+    """Deterministic algorithms (or cuDNN autotuning) for the run, restored afterwards. The switch is set only
+    where it changes: setting it imports torch's compiler configuration, a second and more a process."""
     before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    torch.use_deterministic_algorithms(deterministic)
+    if deterministic != before[0]:
+        torch.use_deterministic_algorithms(deterministic)
     torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before[0])
+        if deterministic != before[0]:
+            torch.use_deterministic_algorithms(before[0])
         torch.backends.cudnn.benchmark = before[1]
 
 
@@ -320,8 +323,7 @@ class _Group:
         self.model = build_model(first.arch, self.dataset.num_classes, self.methods[0].normed, runs)
         self.model.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), first.lr, momentum=first.momentum,
-                                         weight_decay=first.weight_decay)
+        self.optimizer = SGDState(self.model.parameters(), first.lr, first.momentum, first.weight_decay)
         self.streams = [TrainStream(train_x, train_y, first.batch_size, c.data_seed) for c in self.configs]
         self.criteria = [build_loss(m.loss, self.counts, **c.loss_params()).to(device)
                          for m, c in zip(self.methods, self.configs)]

@@ -1,8 +1,8 @@
-"""Every notebook runs through papermill with the tiny parameters of tests/notebooks/<name>.yaml.
+"""The notebooks as papermill runs them: train.ipynb with the tiny parameters of tests/notebooks/train.yaml
+("{out}" becomes an empty output folder), and the parameters every notebook refuses in its first code cell.
 
-Placeholders in those files: "{runs}" becomes a runs root holding finished tiny runs of the quick
-table (digits-step-10, erm and mm-drw, seeds 0 and 1; its other cells are missing), "{out}" an
-empty output folder.
+The report's notebooks (tables, Fig. 1-3, compare) are executed by tests/test_report.py, as ``report``
+runs them, on a fixture tree of records, and the quick preset's by its test there, on real runs.
 """
 
 import json
@@ -19,29 +19,10 @@ import yaml
 from papermill.translators import PythonTranslator
 
 import mmlib.notebook
-from mmlib import paper, training
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 PARAMETERS = ROOT / "tests" / "notebooks"
-
-
-@pytest.fixture(scope="module")
-def quick_runs(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("runs")
-    for cell in paper.cells("quick", settings=["digits-step-10"], methods=["erm", "mm-drw"]):
-        for seed in (0, 1):
-            params = cell.run_params(seed=seed, arch="resnet8", epochs=2, quiet=True)
-            training.run(params, cell.path(root) / f"seed{seed}")
-    return root
-
-
-def substitute(value, places: dict[str, str]):
-    if isinstance(value, str):
-        return value.format(**places)
-    if isinstance(value, list):
-        return [substitute(v, places) for v in value]
-    return value
 
 
 def test_every_notebook_has_parameters_papermill_can_read():
@@ -53,16 +34,15 @@ def test_every_notebook_has_parameters_papermill_can_read():
         names = [p.name for p in PythonTranslator.inspect(tagged[0])]
         assert names == [line.split(" =")[0] for line in tagged[0].source.splitlines() if " = " in line and not line.startswith("#")], path.name
         assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{path.name} holds outputs"
-        assert (PARAMETERS / f"{path.stem}.yaml").exists(), f"no tiny parameters for {path.name}"
 
 
-@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_executes_and_writes_readable_outputs(notebook, quick_runs, tmp_path, monkeypatch, capfd):
+def test_the_train_notebook_executes_and_writes_readable_outputs(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     out.mkdir()
-    params = yaml.safe_load((PARAMETERS / f"{notebook.stem}.yaml").read_text()) or {}
-    params = {k: substitute(v, {"runs": str(quick_runs), "out": str(out)}) for k, v in params.items()}
+    notebook = ROOT / "notebooks" / "train.ipynb"
+    params = yaml.safe_load((PARAMETERS / "train.yaml").read_text())
+    params = {k: v.format(out=out) if isinstance(v, str) else v for k, v in params.items()}
     mmlib.notebook.execute(notebook, tmp_path / notebook.name, params, kernel_name="python3", cwd=str(ROOT))
     executed = nbformat.read(tmp_path / notebook.name, as_version=4)
     outputs = [o for c in executed.cells for o in c.get("outputs", [])]

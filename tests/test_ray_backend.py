@@ -62,6 +62,7 @@ def local_runs(ray_instance, tmp_path_factory):
 HOLD = """
 import sys, time
 from mmlib import rundir
+
 with rundir.locked(sys.argv[1]):
     print("held", flush=True)
     time.sleep(300)

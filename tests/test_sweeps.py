@@ -15,6 +15,7 @@ from mmlib.jobs import Outcome
 from mmlib.local_backend import LocalExecutor
 
 TINY = {"arch": "resnet8", "epochs": 2, "checkpoint_every": 1}
+IN_PROCESS = LocalExecutor(runner="python")  # python -m mmlib.jobs: the same training, no notebook kernel
 
 
 def quick_plan(out, **kwargs):
@@ -74,7 +75,8 @@ def test_data_roots_per_dataset(tmp_path):
     assert {j.params[0]["dataset"]: j.params[0]["data_root"] for j in jobs} == roots
 
 
-def test_sweep_runs_notebooks_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path, monkeypatch):
+def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path, monkeypatch):
+    """Through the python runner (the notebook runner: the fused sweep below)."""
     out = tmp_path / "runs"
     jobs = quick_plan(out, seeds=[0, 1]).jobs
     erm0, erm1, mm0, mm1 = sorted((d for j in jobs for d in j.run_dirs), key=str)
@@ -93,37 +95,39 @@ def test_sweep_runs_notebooks_skips_finished_resumes_interrupted_and_isolates_fa
         training.run(next(j.params[0] for j in jobs if j.run_dirs[0] == erm0), erm0)
     monkeypatch.setattr(rundir, "save_checkpoint", real_save)
     first_epoch = torch.load(erm0 / rundir.CHECKPOINT, weights_only=False)["history"][0]
-    # mm-drw seed 1's folder holds a checkpoint of random bytes: planning goes on, its notebook fails, alone.
+    # mm-drw seed 1's folder holds a checkpoint of random bytes: planning goes on, its job fails, alone.
     mm1.mkdir(parents=True)
     (mm1 / rundir.CHECKPOINT).write_bytes(bytes(range(256)) * 8)
 
     lines = []
-    outcome = sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY, log=lines.append)
-    assert outcome.failed == [("quick digits-step-10 mm-drw seed1", mm1 / "train.ipynb")] and not outcome.interrupted
+    outcome = sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY,
+                           executor=IN_PROCESS, log=lines.append)
+    assert outcome.failed == [("quick digits-step-10 mm-drw seed1", mm1 / "train.log")] and not outcome.interrupted
     assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
     assert sum("final" in line and "best" in line for line in lines) == 3
-    reason = f"CorruptFileError: no usable checkpoint in {mm1}: {mm1 / rundir.CHECKPOINT} (UnpicklingError"
+    reason = f"error: no usable checkpoint in {mm1}: {mm1 / rundir.CHECKPOINT} (UnpicklingError"
     assert any(f"mm-drw seed1: FAILED: {reason}" in line for line in lines)
     assert any(line.startswith(f"  quick digits-step-10 mm-drw seed1: {reason}") for line in lines)  # the summary
+    assert "Delete checkpoint.pt there to train this run from scratch" in (mm1 / "train.log").read_text()
     for run_dir in (erm0, erm1, mm0):
-        assert rundir.is_finished(run_dir)
-        notebook = nbformat.read(run_dir / "train.ipynb", as_version=4)  # the executed notebook is the provenance
-        assert any("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells)
-    assert "Delete checkpoint.pt there to train this run from scratch" in (mm1 / "train.ipynb").read_text()
+        assert rundir.is_finished(run_dir) and "final" in (run_dir / "train.log").read_text()
     resumed = rundir.load_results(erm0)["history"]
     assert len(resumed) == 2 and resumed[0] == first_epoch
 
     lines.clear()
-    sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY, log=lines.append)
+    sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY, executor=IN_PROCESS,
+                 log=lines.append)
     assert lines[0] == "quick: 1 runs to do in 1 notebooks, 3 finished runs skipped"
 
 
-def test_fused_sweep_lands_in_each_runs_own_directory(tmp_path):
+def test_a_fused_sweep_through_the_notebook_lands_in_each_runs_own_directory(tmp_path):
     out = tmp_path / "runs"
     assert sweeps.sweep("quick", out, [0, 1], ["digits-exp-10"], ["mm-drw"], overrides=TINY, fuse=2, log=print).failed == []
     for seed in (0, 1):
         run_dir = out / "quick" / "digits-exp-10" / "mm-drw" / f"seed{seed}"
-        assert rundir.is_finished(run_dir) and (run_dir / "train.ipynb").exists()
+        assert rundir.is_finished(run_dir)
+        notebook = nbformat.read(run_dir / "train.ipynb", as_version=4)  # the executed notebook is the provenance
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells)
         assert rundir.load_results(run_dir)["config"]["config"]["seed"] == seed
 
 
@@ -165,7 +169,6 @@ def test_cli_sweep_without_data_is_one_clear_error(tmp_path):
 # --- a run's identity is its configuration; failed runs stay failed until retried ---------------------------
 
 ERM = dict(settings=["digits-step-10"], methods=["erm"])
-IN_PROCESS = LocalExecutor(runner="python")  # python -m mmlib.jobs: the same training, no notebook kernel
 
 
 def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed_replaces_the_old_runs(tmp_path):
@@ -213,18 +216,18 @@ def test_a_diverging_run_fails_alone_and_is_left_alone_until_retried(tmp_path):
     failures = sweeps.sweep("quick", out, [0], **both, log=lines.append).failed
     ldam, mm = out / "quick" / "digits-exp-10" / "ldam-drw" / "seed0", out / "quick" / "digits-exp-10" / "mm-drw-s1e+39" / "seed0"
     assert lines[0] == "quick: 2 runs to do in 1 notebooks, 0 finished runs skipped"
-    assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.ipynb")]
+    assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.log")]
     assert rundir.is_finished(ldam) and not rundir.is_finished(mm)
     reason = rundir.failure(mm)["reason"]
     assert reason.startswith(f"non-finite loss in run {mm} (mm-drw) at epoch 1, step 1 of ")
     assert any(line.startswith("[1/2] quick digits-exp-10 ldam-drw seed0: final ") and "notebook" not in line
                for line in lines)
-    assert f"[2/2] quick digits-exp-10 mm-drw-s1e+39 seed0: FAILED: {reason} (see {mm / 'train.ipynb'})" in lines
-    assert lines[-1] == f"  quick digits-exp-10 mm-drw-s1e+39 seed0: {reason} (see {mm / 'train.ipynb'})"
+    assert f"[2/2] quick digits-exp-10 mm-drw-s1e+39 seed0: FAILED: {reason} (see {mm / 'train.log'})" in lines
+    assert lines[-1] == f"  quick digits-exp-10 mm-drw-s1e+39 seed0: {reason} (see {mm / 'train.log'})"
 
     lines.clear()
     failures = sweeps.sweep("quick", out, [0], **both, log=lines.append).failed
-    assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.ipynb")]
+    assert failures == [("quick digits-exp-10 mm-drw-s1e+39 seed0", mm / "train.log")]
     assert lines[:2] == ["quick: 0 runs to do in 0 notebooks, 1 finished runs skipped",
                          f"quick digits-exp-10 mm-drw-s1e+39 seed0: failed before ({reason}); not retried "
                          "(--retry-failed retries it)"]
