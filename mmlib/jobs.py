@@ -15,7 +15,10 @@ it with ``record_outcome``, so a run's files and lines are the same whichever ra
 import contextlib
 import os
 import shutil
+import signal
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -188,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m mmlib.jobs PARAMETERS.yaml", file=sys.stderr)
         return 2
+    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         parameters = yaml.safe_load(Path(args[0]).read_text())
         configs, run_dirs = configs_of(parameters)
@@ -201,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(f"{result['run_dir']}: final {result['final']['error']:.2f}%, best {result['best']['error']:.2f}%")
     return 0
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """Stop this job, as SIGTERM does (checkpoint at the end of the epoch), once the process that started it is gone:
+    a killed sweep or Ray worker must not leave it training on (a notebook's kernel does the same)."""
+    while os.getppid() == parent:
+        time.sleep(1)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

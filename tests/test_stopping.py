@@ -15,7 +15,7 @@ from mmlib import rundir, stopping, sweeps, timing
 from mmlib.errors import StoppedError
 from mmlib.local_backend import LocalExecutor
 
-EPOCHS = 24
+EPOCHS = 16
 RUN = quick(method="erm", epochs=EPOCHS, checkpoint_every=100)  # checkpoints only when stopped, and after the last
 TINY = {"arch": "resnet8", "epochs": EPOCHS, "checkpoint_every": 100, "eval_batch_size": 512}  # RUN, as a sweep's
 
