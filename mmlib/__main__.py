@@ -177,11 +177,11 @@ def _fuse(value: str):
 
 
 def _train(args) -> int:
-    from mmlib.training import run
-
     deadline = None if args.time_limit is None else mmlib.STARTED + args.time_limit
     with data.download_option("--download"):
-        config = run_config.from_args(args)
+        config = run_config.from_args(args)  # a bad parameter or missing data is said before torch is imported
+        from mmlib.training import run
+
         finished = rundir.is_finished(args.run_dir)
         results = run(config, args.run_dir, stopping.Stop(deadline))
     if finished:
@@ -308,7 +308,12 @@ def main(argv: list[str] | None = None) -> int:
                "report": _report, "cache": _cache}[args.command]
     warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
     try:
-        return command(args)
+        code = command(args)
+        sys.stdout.flush()  # a reader that left shows here rather than at exit
+        return code
+    except BrokenPipeError:  # the reader left (python -m mmlib list table1 | head): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout once more at exit
+        return 0
     except Exception as err:
         code = errors.exit_code(err)
         if code is None or args.debug or os.environ.get("MMLIB_DEBUG") == "1":

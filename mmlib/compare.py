@@ -160,7 +160,8 @@ def plot(df: pd.DataFrame):
     heights = [max(1, (df["pair"] == p).sum()) for p in pairs]
     with sns.axes_style("whitegrid"):
         fig, axes = plt.subplots(len(pairs), 1, figsize=(8.5, 1.0 + 0.45 * sum(heights) + 0.6 * len(pairs)),
-                                 sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights})
+                                 sharex=True, squeeze=False, gridspec_kw={"height_ratios": heights},
+                                 layout="constrained")  # which, unlike tight_layout, leaves the title its room
     for ax, pair in zip(axes[:, 0], pairs):
         rows = df[df["pair"] == pair].reset_index(drop=True)
         y = list(range(len(rows)))[::-1]
@@ -179,7 +180,6 @@ def plot(df: pd.DataFrame):
         ax.set_title(pair, fontsize=10, loc="left")
     axes[-1, 0].set_xlabel(f"difference of {df['epoch'].iloc[0]}-epoch top-1 error, A − B (percentage points)")
     fig.suptitle(f"Paired differences over seeds, mean and {CONFIDENCE:.0%} t-interval", x=0.02, ha="left")
-    fig.tight_layout()
     return fig
 
 

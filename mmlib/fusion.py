@@ -52,10 +52,12 @@ def auto_fuse(gpus: list[int] | None = None) -> int:
 
 def curve_here() -> dict[int, float] | None:
     """{K: images/s} of the curve measured on this machine's GPU, None without a GPU or such a curve."""
+    path = cache_dir() / FUSE_CURVE
+    if not path.exists():
+        return None
     import torch
 
-    path = cache_dir() / FUSE_CURVE
-    if not torch.cuda.is_available() or not path.exists():
+    if not torch.cuda.is_available():
         return None
     curve = rundir.read_json(path)
     if curve["device_name"] != torch.cuda.get_device_name(0):

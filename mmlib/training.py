@@ -12,17 +12,13 @@ losses and errors accumulate on the device and are read once an epoch.
 
 import contextlib
 import math
-import os
-import platform
-import subprocess
 import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-import mmlib
-from mmlib import identity, rundir
+from mmlib import identity, provenance, rundir
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError, StoppedError
@@ -38,7 +34,6 @@ from mmlib.ssp import ssp_backbone
 from mmlib.step import SGDState, TrainStep, resolve_compile
 from mmlib.stopping import Stop
 
-CUBLAS_WORKSPACE_CONFIG = ":4096:8"  # one of the two settings that make cuBLAS deterministic (CUDA's docs)
 
 def select_device(name: str) -> torch.device:
     if name == "auto":
@@ -68,7 +63,7 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
     _check_group(configs, run_dirs)
     device = select_device(configs[0].device)
     resolve_compile(configs[0].compile, device)  # a mode this device cannot run fails before anything is written
-    deterministic_cublas(configs[0].deterministic, device)
+    provenance.deterministic_cublas(configs[0].deterministic, device)
     for d in run_dirs:
         failure = rundir.failure(d)
         if failure is not None:
@@ -142,53 +137,6 @@ def _refuse_other_parameters(before: dict, config: RunConfig, source: Path) -> N
         raise ValueError(f"{source.parent} holds a run with other parameters ({identity.describe(changed)}; recorded "
                          f"in {source.name}); give another run_dir (only {', '.join(sorted(identity.INCIDENTAL))} may "
                          "change on resume)")
-
-
-def _environment(device: torch.device) -> dict:
-    """What besides the parameters determines a run's results: versions, device, commit."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(mmlib.__file__).parent, capture_output=True, text=True, timeout=10
-        ).stdout.strip() or None
-    except OSError:
-        commit = None
-    return {
-        "mmlib_version": mmlib.__version__,
-        "torch_version": torch.__version__,
-        "cuda_version": torch.version.cuda,
-        "python_version": platform.python_version(),
-        "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-        "git_commit": commit,
-    }
-
-
-def deterministic_cublas(deterministic: bool, device: torch.device) -> None:
-    """deterministic=True on CUDA: cuBLAS is deterministic only with CUBLAS_WORKSPACE_CONFIG set before its first
-    use (torch refuses its matrix products otherwise). Set it while CUDA has not started, else refuse with the remedy."""
-    if not deterministic or device.type != "cuda" or os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
-        return
-    if torch.cuda.is_initialized():
-        raise ValueError(f"deterministic=True on CUDA needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE_CONFIG} set before "
-                         f"CUDA starts, and this process has started it: export CUBLAS_WORKSPACE_CONFIG="
-                         f"{CUBLAS_WORKSPACE_CONFIG} and start it again (or train with deterministic=False)")
-    os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
-
-
-@contextlib.contextmanager
-def _determinism(deterministic: bool, device: torch.device):
-    """Deterministic algorithms (or cuDNN autotuning) for the run, restored afterwards. The switch is set only
-    where it changes: setting it imports torch's compiler configuration, a second and more a process."""
-    before = torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark
-    if deterministic != before[0]:
-        torch.use_deterministic_algorithms(deterministic)
-    torch.backends.cudnn.benchmark = device.type == "cuda" and not deterministic
-    try:
-        yield
-    finally:
-        if deterministic != before[0]:
-            torch.use_deterministic_algorithms(before[0])
-        torch.backends.cudnn.benchmark = before[1]
 
 
 def _init_model(config: RunConfig, num_classes: int, backbone: dict | None) -> torch.nn.Module:
@@ -268,7 +216,7 @@ class _Group:
         """Train the runs to their last epoch; raises NonFiniteLossError, once the others are finished, if any
         diverged, and StoppedError, its checkpoint written, when ``stop`` says so before an epoch."""
         first = self.first
-        with _determinism(first.deterministic, self.device):
+        with provenance.determinism(first.deterministic, self.device):
             self._build()
             self._resume()
             self.step = TrainStep(self.model, self.streams, self.criteria, self.optimizer, first.bf16,
@@ -380,7 +328,7 @@ class _Group:
                 torch.cuda.set_rng_state_all(saved[0]["cuda_rng"])
             self.records.load(saved)
             self.checkpointed_epoch = self.records.epoch
-        environment = _environment(self.device)
+        environment = provenance.environment(self.device)
         for config, run_dir in zip(self.configs, self.run_dirs):
             rundir.write_json(run_dir / rundir.CONFIG, {**environment, "config": config.to_dict()})
             rundir.write_json(run_dir / rundir.COUNTS, {

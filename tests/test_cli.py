@@ -97,3 +97,17 @@ def test_cache_lists_and_clears_only_mmlibs_entries(tmp_path):
     assert sorted(p.name for p in cache.rglob("*")) == ["notes.txt", "ssp"]
     assert str(cache) in "".join(mmlib("cache", "--help", cache=cache).stdout.split())  # argparse wraps lines
     assert "python -m mmlib cache --clear deletes them" in mmlib("train", "--help", cache=cache).stdout
+
+
+def test_a_reader_that_leaves_early_ends_the_listing_quietly(tmp_path):
+    """python -m mmlib list table1 | head: the pipe (made small, 4 KiB) closes after the first line."""
+    import fcntl
+
+    read, write = os.pipe()
+    fcntl.fcntl(read, 1031, 4096)  # F_SETPIPE_SZ: the listing no longer fits in the pipe at once
+    listing = subprocess.Popen([sys.executable, "-m", "mmlib", "list", "table1"], stdout=write, stderr=subprocess.PIPE,
+                               text=True)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        assert pipe.readline().startswith("table1\tcifar10-exp-100\term\t")
+    assert listing.wait() == 0 and listing.stderr.read() == ""

@@ -1,11 +1,14 @@
-"""`python -m mmlib report` on a fixture results tree, and the quick preset's report on partial runs."""
+"""`python -m mmlib report` on a fixture results tree, on the committed results/ (which must render the committed
+figures/), and the quick preset's report on partial runs."""
 
 import subprocess
 import sys
 
+import matplotlib
 import matplotlib.image
 import numpy as np
 import pandas as pd
+import PIL.Image
 import pytest
 from fixture_runs import cell_of, write_run
 
@@ -103,7 +106,7 @@ def test_reproduction_counts_cells_near_the_paper_and_the_rank_order(results_tre
 def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
     out = tmp_path / "runs"
     done = subprocess.run([sys.executable, "-m", "mmlib", "sweep", "--preset", "quick", "--settings", "digits-exp-10",
-                           "--methods", "mm-drw", "--seeds", "0", "--epochs", "4", "--out", str(out)],
+                           "--methods", "mm-drw", "--seeds", "0", "--epochs", "2", "--out", str(out)],
                           capture_output=True, text=True)
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -116,3 +119,29 @@ def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
     assert "table1.ipynb {'table': 'quick'}: quick.md, quick.csv, quick.tex" in done.stdout
     assert sorted(p.name for p in (figures / "notebooks").iterdir()) == ["fig3_quick.ipynb", "quick.ipynb"]
     assert not (rundir.FIGURES / "quick.md").exists()
+
+
+@pytest.mark.slow
+def test_the_committed_figures_are_what_report_renders_from_the_committed_results(tmp_path):
+    """figures/ is `python -m mmlib report` of results/, byte for byte: run it again (and commit what it writes)
+    whenever the records or the code that renders them change. Images are compared where this matplotlib is
+    the one that drew the committed ones (its version is in each file); another draws other bytes."""
+    done = subprocess.run([sys.executable, "-m", "mmlib", "report", "--out", str(tmp_path)], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    committed = {p.name for p in rundir.FIGURES.iterdir() if p.is_file()}
+    assert committed == {p.name for p in tmp_path.iterdir() if p.is_file()}
+    for name in sorted(committed):
+        ours, theirs = (tmp_path / name).read_bytes(), (rundir.FIGURES / name).read_bytes()
+        if not _drawn_by_this_matplotlib(rundir.FIGURES / name):
+            continue
+        assert ours == theirs, f"figures/{name} is not what report renders now: run python -m mmlib report"
+
+
+def _drawn_by_this_matplotlib(path) -> bool:
+    """Whether a committed file is text, or an image this matplotlib drew (the version its metadata names)."""
+    if path.suffix == ".png":
+        return PIL.Image.open(path).info.get("Software", "").startswith(f"Matplotlib version{matplotlib.__version__},")
+    if path.suffix == ".pdf":
+        return f"(Matplotlib pdf backend v{matplotlib.__version__})".encode() in path.read_bytes()
+    return True

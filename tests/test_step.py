@@ -15,7 +15,7 @@ import torch
 from tiny import quick
 
 import mmlib.step
-from mmlib import fusion, results, rundir, training
+from mmlib import fusion, provenance, results, rundir, training
 from mmlib.config import RunConfig
 from mmlib.errors import StepCheckError
 from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
@@ -567,17 +567,17 @@ def test_deterministic_cuda_sets_the_cublas_workspace_or_refuses_with_the_remedy
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     cuda_device = torch.device("cuda")
-    training.deterministic_cublas(False, cuda_device)
-    training.deterministic_cublas(True, torch.device("cpu"))
+    provenance.deterministic_cublas(False, cuda_device)
+    provenance.deterministic_cublas(True, torch.device("cpu"))
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
     with pytest.raises(ValueError, match=r"^deterministic=True on CUDA needs CUBLAS_WORKSPACE_CONFIG=:4096:8 set before "
                                          r"CUDA starts, .*: export CUBLAS_WORKSPACE_CONFIG=:4096:8 and start it again"):
-        training.deterministic_cublas(True, cuda_device)
+        provenance.deterministic_cublas(True, cuda_device)
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
-    training.deterministic_cublas(True, cuda_device)
+    provenance.deterministic_cublas(True, cuda_device)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # the user's own setting stands
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
-    training.deterministic_cublas(True, cuda_device)
+    provenance.deterministic_cublas(True, cuda_device)
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

@@ -78,8 +78,8 @@ def test_data_roots_per_dataset(tmp_path):
 def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path, monkeypatch):
     """Through the python runner (the notebook runner: the fused sweep below)."""
     out = tmp_path / "runs"
-    jobs = quick_plan(out, seeds=[0, 1]).jobs
-    erm0, erm1, mm0, mm1 = sorted((d for j in jobs for d in j.run_dirs), key=str)
+    erm = dict(settings=["digits-step-10"], methods=["erm"], overrides=TINY, executor=IN_PROCESS)
+    erm0, erm1 = (out / "quick" / "digits-step-10" / "erm" / f"seed{k}" for k in (0, 1))
 
     # erm seed 0 was interrupted after one of its two epochs.
     real_save, saves = rundir.save_checkpoint, []
@@ -92,32 +92,29 @@ def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path
 
     monkeypatch.setattr(rundir, "save_checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
-        training.run(next(j.params[0] for j in jobs if j.run_dirs[0] == erm0), erm0)
+        training.run(quick_plan(out, methods=["erm"]).jobs[0].params[0], erm0)
     monkeypatch.setattr(rundir, "save_checkpoint", real_save)
     first_epoch = torch.load(erm0 / rundir.CHECKPOINT, weights_only=False)["history"][0]
-    # mm-drw seed 1's folder holds a checkpoint of random bytes: planning goes on, its job fails, alone.
-    mm1.mkdir(parents=True)
-    (mm1 / rundir.CHECKPOINT).write_bytes(bytes(range(256)) * 8)
+    # erm seed 1's folder holds a checkpoint of random bytes: planning goes on, its job fails, alone.
+    erm1.mkdir(parents=True)
+    (erm1 / rundir.CHECKPOINT).write_bytes(bytes(range(256)) * 8)
 
     lines = []
-    outcome = sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY,
-                           executor=IN_PROCESS, log=lines.append)
-    assert outcome.failed == [("quick digits-step-10 mm-drw seed1", mm1 / "train.log")] and not outcome.interrupted
-    assert lines[0] == "quick: 4 runs to do in 4 notebooks, 0 finished runs skipped"
-    assert sum("final" in line and "best" in line for line in lines) == 3
-    reason = f"error: no usable checkpoint in {mm1}: {mm1 / rundir.CHECKPOINT} (UnpicklingError"
-    assert any(f"mm-drw seed1: FAILED: {reason}" in line for line in lines)
-    assert any(line.startswith(f"  quick digits-step-10 mm-drw seed1: {reason}") for line in lines)  # the summary
-    assert "Delete checkpoint.pt there to train this run from scratch" in (mm1 / "train.log").read_text()
-    for run_dir in (erm0, erm1, mm0):
-        assert rundir.is_finished(run_dir) and "final" in (run_dir / "train.log").read_text()
+    outcome = sweeps.sweep("quick", out, [0, 1], log=lines.append, **erm)
+    assert outcome.failed == [("quick digits-step-10 erm seed1", erm1 / "train.log")] and not outcome.interrupted
+    assert lines[0] == "quick: 2 runs to do in 2 notebooks, 0 finished runs skipped"
+    reason = f"error: no usable checkpoint in {erm1}: {erm1 / rundir.CHECKPOINT} (UnpicklingError"
+    assert lines[1].startswith("[1/2] quick digits-step-10 erm seed0: final ")
+    assert lines[2].startswith(f"[2/2] quick digits-step-10 erm seed1: FAILED: {reason}")
+    assert lines[-1].startswith(f"  quick digits-step-10 erm seed1: {reason}")  # the summary
+    assert "Delete checkpoint.pt there to train this run from scratch" in (erm1 / "train.log").read_text()
+    assert rundir.is_finished(erm0) and "final" in (erm0 / "train.log").read_text()
     resumed = rundir.load_results(erm0)["history"]
-    assert len(resumed) == 2 and resumed[0] == first_epoch
+    assert len(resumed) == 2 and resumed[0] == first_epoch  # resumed, not started again
 
     lines.clear()
-    sweeps.sweep("quick", out, [0, 1], ["digits-step-10"], ["erm", "mm-drw"], overrides=TINY, executor=IN_PROCESS,
-                 log=lines.append)
-    assert lines[0] == "quick: 1 runs to do in 1 notebooks, 3 finished runs skipped"
+    sweeps.sweep("quick", out, [0, 1], log=lines.append, **erm)
+    assert lines[0] == "quick: 1 runs to do in 1 notebooks, 1 finished runs skipped"
 
 
 def test_a_fused_sweep_through_the_notebook_lands_in_each_runs_own_directory(tmp_path):
@@ -173,8 +170,8 @@ ERM = dict(settings=["digits-step-10"], methods=["erm"])
 
 def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed_replaces_the_old_runs(tmp_path):
     out = tmp_path / "runs"
-    smoke = {**TINY, "epochs": 1}
-    assert sweeps.sweep("quick", out, [0, 1], **ERM, overrides=smoke, executor=IN_PROCESS, log=print) == Outcome()
+    for job in sweeps.plan("quick", out, [0, 1], **ERM, overrides={**TINY, "epochs": 1}).jobs:  # the smoke sweep's
+        training.run(job.params[0], job.run_dirs[0])  # runs, trained here (a sweep's jobs: the tests above)
     seed0, seed1 = (out / "quick" / "digits-step-10" / "erm" / f"seed{k}" for k in (0, 1))
     (seed1 / rundir.FINISHED).unlink()  # seed 1 now reads as interrupted after its one epoch: resumable
     before = {p: p.read_bytes() for d in (seed0, seed1) for p in d.rglob("*") if p.is_file()}
