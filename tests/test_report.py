@@ -1,6 +1,7 @@
-"""`python -m mmlib report` on a fixture results tree, on the committed results/ (which must render the committed
-figures/), and the quick preset's report on partial runs."""
+"""The report: its tables and summary of a fixture results tree, `python -m mmlib report` of the committed results/
+(which must render the committed figures/, every notebook executed), and the quick preset's report on real runs."""
 
+import json
 import subprocess
 import sys
 
@@ -12,7 +13,8 @@ import PIL.Image
 import pytest
 from fixture_runs import cell_of, write_run
 
-from mmlib import paper, results, rundir, tables
+from mmlib import cells, paper, reports, results, rundir, tables
+from mmlib.reproduction import reproduction
 
 SETTING = "cifar10-step-100"
 ERRORS = {  # (method, variant): top-1 error (%) of each seed; 10 classes of 1000 test images
@@ -30,6 +32,8 @@ def correct_for(error: float) -> list[int]:
 
 @pytest.fixture(scope="module")
 def results_tree(tmp_path_factory):
+    """Runs of a few cells collected into records, and the tables and summary ``report`` renders from them (here,
+    through the functions its notebooks call: the notebooks themselves run in the two tests below)."""
     root = tmp_path_factory.mktemp("report")
     for (method, variant), errors in ERRORS.items():
         cell = cell_of("table1", SETTING, method, variant)
@@ -38,9 +42,11 @@ def results_tree(tmp_path_factory):
     [table2_cell] = [c for c in paper.cells("table2", [SETTING]) if c.params["beta"] == 1.3]
     write_run(table2_cell.path(root / "runs") / "seed0", table2_cell.run_params(seed=0), 1000, correct_for(22.50))
     assert len(results.collect(root / "runs", root / "results").written) == 6
-    done = subprocess.run([sys.executable, "-m", "mmlib", "report", "--results", str(root / "results"),
-                           "--out", str(root / "figures")], capture_output=True, text=True)
-    return root, done
+    gathered = {table: cells.gather(table, root / "results") for table in reports.REPORT_TABLES}
+    for table, rows in gathered.items():
+        tables.write_table(rows, table, root / "figures")
+    rundir.write_text(root / "figures" / reports.REPRODUCTION, reproduction(gathered))
+    return root
 
 
 def cells_of(md: str, section: str) -> dict[str, list[str]]:
@@ -50,25 +56,8 @@ def cells_of(md: str, section: str) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in rows}
 
 
-def test_every_notebook_executes_and_writes_its_outputs(results_tree):
-    root, done = results_tree
-    assert done.returncode == 0, done.stdout + done.stderr
-    out = root / "figures"
-    for table in ("table1", "table2", "table3", "beyond", "ablation"):
-        for kind in ("md", "csv", "tex"):
-            assert (out / f"{table}.{kind}").read_text().strip()
-    for figure in ("fig1_class_counts", "fig2_toy", "fig3", "compare"):
-        assert matplotlib.image.imread(out / f"{figure}.png").ndim == 3
-        assert (out / f"{figure}.pdf").read_bytes().startswith(b"%PDF")
-    assert "### mm-drw − ldam-drw" in (out / "compare.md").read_text()
-    assert sorted(p.name for p in (out / "notebooks").iterdir()) == [
-        "ablation.ipynb", "beyond.ipynb", "compare.ipynb", "fig1_class_counts.ipynb", "fig2_toy.ipynb",
-        "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb", "table3.ipynb"]
-    assert "missing: MM-DRW (ours) [released code] on CIFAR-10 step 100" in done.stdout  # fig3 says what it lacks
-
-
 def test_table_cells_show_mean_std_n_the_paper_and_the_difference(results_tree):
-    root, _ = results_tree
+    root = results_tree
     md = (root / "figures" / "table1.md").read_text()
     column = list(paper.SETTINGS).index(SETTING)
     final = cells_of(md, tables.EPOCH_TITLES["final"])
@@ -90,7 +79,7 @@ def test_table_cells_show_mean_std_n_the_paper_and_the_difference(results_tree):
 
 
 def test_reproduction_counts_cells_near_the_paper_and_the_rank_order(results_tree):
-    root, _ = results_tree
+    root = results_tree
     summary = (root / "figures" / "reproduction.md").read_text()
     column = list(paper.SETTINGS).index(SETTING)
     gaps = [abs(np.mean(e) - paper.TABLE1_ERRORS[m][column]) for (m, _), e in ERRORS.items()]
@@ -104,16 +93,23 @@ def test_reproduction_counts_cells_near_the_paper_and_the_rank_order(results_tre
 
 
 def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
+    """Two seeds of one cell, fused in pairs as the preset does: one notebook trains both runs."""
     out = tmp_path / "runs"
     done = subprocess.run([sys.executable, "-m", "mmlib", "sweep", "--preset", "quick", "--settings", "digits-exp-10",
-                           "--methods", "mm-drw", "--seeds", "0", "--epochs", "2", "--out", str(out)],
+                           "--methods", "mm-drw", "--seeds", "0", "1", "--epochs", "2", "--out", str(out)],
                           capture_output=True, text=True)
 
     assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("quick: 2 runs to do in 1 notebooks, 0 finished runs skipped\n")
+    for seed in (0, 1):  # each fused run in its own directory, the executed notebook beside it (its provenance)
+        run_dir = out / "quick" / "digits-exp-10" / "mm-drw" / f"seed{seed}"
+        assert rundir.load_results(run_dir)["config"]["config"]["seed"] == seed
+        notebook = json.loads((run_dir / "train.ipynb").read_text())
+        assert any("injected-parameters" in c["metadata"].get("tags", []) for c in notebook["cells"])
     figures = out / "quick" / "figures"
     md = (figures / "quick.md").read_text()
     assert md.count("missing") >= 5  # every cell but the one trained
-    assert "| MM-DRW (ours) [equations] | " in md and "(n=1)" in md
+    assert "| MM-DRW (ours) [equations] | " in md and "(n=2)" in md
     assert matplotlib.image.imread(figures / "fig3_quick.png").ndim == 3
     assert "missing: every method on digits step 10" in done.stdout
     assert "table1.ipynb {'table': 'quick'}: quick.md, quick.csv, quick.tex" in done.stdout
@@ -129,6 +125,10 @@ def test_the_committed_figures_are_what_report_renders_from_the_committed_result
     done = subprocess.run([sys.executable, "-m", "mmlib", "report", "--out", str(tmp_path)], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == [  # every notebook of the report ran
+        "ablation.ipynb", "beyond.ipynb", "compare.ipynb", "fig1_class_counts.ipynb", "fig2_toy.ipynb",
+        "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb", "table3.ipynb"]
+    assert "missing: MM-DRW (ours) [released code] on CIFAR-10 step 100" in done.stdout  # fig3 says what it lacks
     committed = {p.name for p in rundir.FIGURES.iterdir() if p.is_file()}
     assert committed == {p.name for p in tmp_path.iterdir() if p.is_file()}
     for name in sorted(committed):

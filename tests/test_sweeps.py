@@ -5,7 +5,6 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 import torch
 
@@ -76,7 +75,7 @@ def test_data_roots_per_dataset(tmp_path):
 
 
 def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path, monkeypatch):
-    """Through the python runner (the notebook runner: the fused sweep below)."""
+    """Through the python runner (the notebook runner: the quick preset's test, tests/test_report.py)."""
     out = tmp_path / "runs"
     erm = dict(settings=["digits-step-10"], methods=["erm"], overrides=TINY, executor=IN_PROCESS)
     erm0, erm1 = (out / "quick" / "digits-step-10" / "erm" / f"seed{k}" for k in (0, 1))
@@ -115,17 +114,6 @@ def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path
     lines.clear()
     sweeps.sweep("quick", out, [0, 1], log=lines.append, **erm)
     assert lines[0] == "quick: 1 runs to do in 1 notebooks, 1 finished runs skipped"
-
-
-def test_a_fused_sweep_through_the_notebook_lands_in_each_runs_own_directory(tmp_path):
-    out = tmp_path / "runs"
-    assert sweeps.sweep("quick", out, [0, 1], ["digits-exp-10"], ["mm-drw"], overrides=TINY, fuse=2, log=print).failed == []
-    for seed in (0, 1):
-        run_dir = out / "quick" / "digits-exp-10" / "mm-drw" / f"seed{seed}"
-        assert rundir.is_finished(run_dir)
-        notebook = nbformat.read(run_dir / "train.ipynb", as_version=4)  # the executed notebook is the provenance
-        assert any("injected-parameters" in c.metadata.get("tags", []) for c in notebook.cells)
-        assert rundir.load_results(run_dir)["config"]["config"]["seed"] == seed
 
 
 def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
