@@ -36,6 +36,8 @@ def _key_value(text: str) -> tuple[str, object]:
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    if value.lower() in ("true", "false"):  # as a shell user writes them, besides Python's True and False
+        return key, value.lower() == "true"
     try:
         return key, ast.literal_eval(value)
     except (ValueError, SyntaxError):

@@ -82,8 +82,8 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
     checkpoints written: StoppedError's exit code) or "failed".
 
     runner "notebook": execute train.ipynb; "python": ``python -m mmlib.jobs`` (no notebook kernel needed).
-    The executed notebook and the job's log land in every run directory of the job. ``started(process)``, if given, receives the job's process as it starts (to stop it at
-    once). A run another process is training (e.g. a second sweep over the same folder) is left alone:
+    The executed notebook and the job's log land in every run directory of the job. ``started(process)``, if
+    given, receives the job's process as it starts (to stop it at once). A run another process is training (e.g. a second sweep over the same folder) is left alone:
     its files are that process's.
     """
     check_runner(runner)

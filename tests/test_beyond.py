@@ -16,6 +16,7 @@ from mmlib.pipeline import TrainStream, eval_batches, to_device
 # --- post-hoc logit adjustment --------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_erm_posthoc_trains_as_erm_and_predicts_with_adjusted_logits(tmp_path):
     digits = load_dataset("digits", imb_type="exp", ratio=10.0)
     erm = training.run(quick(method="erm", seed=3), tmp_path / "erm")
@@ -62,6 +63,7 @@ def test_runs_of_two_methods_with_one_seed_share_initialisation():
     assert not torch.equal(cosine["conv1.weight"], other["conv1.weight"])
 
 
+@pytest.mark.slow
 def test_runs_of_two_methods_with_one_seed_share_data_order_until_resampling(tmp_path, monkeypatch):
     """Each epoch's draws (order, crop offsets, flips) of each run's stream; DRS draws from the switch epoch
     on with replacement, so it departs."""

@@ -16,6 +16,7 @@ def mmlib(*args, cache):
                           env={**os.environ, "MMLIB_CACHE": str(cache), "OMP_NUM_THREADS": "1"})
 
 
+@pytest.mark.slow
 def test_missing_data_names_the_download_option_of_the_command(tmp_path):
     train = mmlib("train", "--run-dir", tmp_path / "r", "--dataset", "cifar10", "--data-root", tmp_path / "none",
                   cache=tmp_path)
@@ -28,6 +29,7 @@ def test_missing_data_names_the_download_option_of_the_command(tmp_path):
                                                  tmp_path / "none", "--set", "download=True", cache=tmp_path).stderr
 
 
+@pytest.mark.slow
 def test_training_a_finished_run_again_says_so_and_how_to_start_over(tmp_path):
     args = ["train", "--run-dir", tmp_path / "r", "--dataset", "digits", "--ratio", "10", "--arch", "resnet8",
             "--epochs", "1", "--method", "erm", "--quiet"]
@@ -67,12 +69,13 @@ def test_set_keys_the_sweep_owns_or_that_do_not_exist_are_refused(tmp_path, key,
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_set_quiet_through_the_command_line(tmp_path):
     done = mmlib("sweep", "quick", "--settings", "digits-exp-10", "--methods", "erm", "--out", tmp_path, "--dry-run",
                  "--set", "quiet=True", "--set", "seed=3", cache=tmp_path)
     assert done.returncode == 2 and done.stderr == "error: --set seed: the sweep sets seed for every run; use --seeds\n"
     done = mmlib("sweep", "quick", "--settings", "digits-exp-10", "--methods", "erm", "--out", tmp_path, "--dry-run",
-                 "--set", "quiet=True", cache=tmp_path)
+                 "--set", "quiet=false", cache=tmp_path)  # a boolean as the shell writes it
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == "quick: 1 runs to do in 1 notebooks, 0 finished runs skipped"
     done = mmlib("sweep", "quick", "--epochs", "3", "--set", "epochs=4", "--out", tmp_path, "--dry-run", cache=tmp_path)

@@ -36,6 +36,7 @@ def test_every_notebook_has_parameters_papermill_can_read():
         assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{path.name} holds outputs"
 
 
+@pytest.mark.slow
 def test_the_train_notebook_executes_and_writes_readable_outputs(tmp_path, monkeypatch, capfd):
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
@@ -79,6 +80,7 @@ def test_train_notebook_rejects_a_bad_parameter_in_its_first_cells(tmp_path):
 # ---- parameters the notebooks refuse, in their first code cell -----------------------------
 
 
+@pytest.mark.slow
 def test_a_misspelled_parameter_stops_the_notebook_naming_the_closest_one(tmp_path):
     """As a user types it: the papermill command line, which on its own only warns and goes on."""
     done = subprocess.run([sys.executable, "-m", "papermill", str(ROOT / "notebooks" / "train.ipynb"),
@@ -89,6 +91,7 @@ def test_a_misspelled_parameter_stops_the_notebook_naming_the_closest_one(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_a_wrong_type_is_the_notebooks_first_failure_in_one_line(tmp_path):
     """Through python -m mmlib.notebook (the sweeps' runner), whose kernel also runs encrypted, so it does not warn."""
     params = tmp_path / "params.yaml"
@@ -107,6 +110,7 @@ def test_a_wrong_type_is_the_notebooks_first_failure_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_every_notebook_checks_its_injected_parameters(tmp_path):
     with pytest.raises(papermill.PapermillExecutionError) as failure:
         mmlib.notebook.execute(ROOT / "notebooks" / "table1.ipynb", tmp_path / "out.ipynb", {"tabel": "quick"})

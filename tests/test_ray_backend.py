@@ -270,6 +270,7 @@ def test_gpus_per_job_is_chosen_from_the_cluster_and_more_than_it_has_is_refused
     assert not (tmp_path / "quick").exists()
 
 
+@pytest.mark.slow
 def test_ray_options_are_checked_before_any_work(tmp_path):
     def cli(*options):
         return subprocess.run([sys.executable, "-m", "mmlib", "sweep", "quick", "--out", str(tmp_path), *options],

@@ -90,6 +90,7 @@ def same_results(a: Path, b: Path) -> None:
 # --- one process per run directory; kills resume exactly -------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_lock(tmp_path):
     params, run_dir = tiny(epochs=100), tmp_path / "run"  # killed long before its end
     owner = start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path)
@@ -120,6 +121,7 @@ training.run_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.ar
 """
 
 
+@pytest.mark.slow
 def test_a_killed_fused_run_resumes_exactly(tmp_path):
     code = FUSED.format(tiny=tiny(epochs=2))
     dirs, straight = [str(tmp_path / "f0"), str(tmp_path / "f1")], [str(tmp_path / "s0"), str(tmp_path / "s1")]
@@ -138,6 +140,7 @@ def test_a_killed_fused_run_resumes_exactly(tmp_path):
         same_results(Path(d), Path(s))
 
 
+@pytest.mark.slow
 def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
     params = tiny(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2)
     reference = start(cli_args(params) + ["--run-dir", str(tmp_path / "straight")], tmp_path, cache="cache_straight")
@@ -158,6 +161,7 @@ def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
 # --- checkpoints: every N epochs, previous kept, corrupt ones ----------------------------------------
 
 
+@pytest.mark.slow
 def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_path, monkeypatch):
     params = tiny(epochs=3, checkpoint_every=2)
     straight = training.run(params, tmp_path / "straight")
@@ -386,6 +390,7 @@ def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, 
         cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny(method="erm"))])
 
 
+@pytest.mark.slow
 def test_a_full_disk_is_one_error_line_and_the_run_resumes_once_space_is_free(tmp_path, monkeypatch, capsys):
     run_dir, real_write = tmp_path / "run", os.write
     writes = []

@@ -92,6 +92,7 @@ def test_reproduction_counts_cells_near_the_paper_and_the_rank_order(results_tre
             in summary)
 
 
+@pytest.mark.slow
 def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
     """Two seeds of one cell, fused in pairs as the preset does: one notebook trains both runs."""
     out = tmp_path / "runs"

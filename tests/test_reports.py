@@ -399,6 +399,7 @@ def test_plot_class_counts():
 
 # ---------------------------------------------------------------- real runs
 
+@pytest.mark.slow
 def test_reports_of_real_runs(tmp_path, monkeypatch):
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
     runs = tmp_path / "runs"

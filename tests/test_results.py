@@ -159,6 +159,7 @@ def test_a_cifar100_record_stays_under_60_kb(tmp_path):
     assert results.load(record)["final"]["confusion"] == metrics["final"]["confusion"]
 
 
+@pytest.mark.slow
 def test_a_real_run_round_trips_and_the_cli_collects(tmp_path, monkeypatch):
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
     quick = cell_of("quick", "digits-step-10", "mm-drw")

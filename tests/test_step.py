@@ -422,6 +422,7 @@ def test_fuse_from_curve_takes_the_fastest_k_that_fits_the_free_memory():
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="auto means 1 only without CUDA")
+@pytest.mark.slow
 def test_cli_fuse_auto_is_one_run_a_model_on_the_cpu(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mmlib", "sweep", "quick", "--settings", "digits-exp-10", "--seeds", "0", "1",

@@ -1,6 +1,7 @@
 """Stopping cleanly: a time limit, SIGTERM and SIGUSR1 for real train and sweep processes, resumed exactly; the
 sweep's time estimates and the jobs it does not start."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -20,10 +21,25 @@ RUN = quick(method="erm", epochs=EPOCHS, checkpoint_every=100)  # checkpoints on
 TINY = {"arch": "resnet8", "epochs": EPOCHS, "checkpoint_every": 100, "eval_batch_size": 512}  # RUN, as a sweep's
 
 
-def train(run_dir, *options) -> subprocess.Popen:
-    args = [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items() if k != "quiet"] + ["--quiet"]
+def train(run_dir, *options, quiet=True) -> subprocess.Popen:
+    args = [f"--{k.replace('_', '-')}={v}" for k, v in RUN.items() if k != "quiet"] + (["--quiet"] if quiet else [])
     return subprocess.Popen([sys.executable, "-m", "mmlib", "train", "--run-dir", str(run_dir), *args, *options],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def signal_in_epoch(run_dir, epoch: int, *signals) -> tuple[int, str]:
+    """Train, send ``signals`` once the progress bar shows ``epoch`` (1-based) begun, and return the exit code and
+    standard error: watching the bar, not the clock, keeps the signal inside training however loaded the machine."""
+    process = train(run_dir, quiet=False)
+    seen = ""
+    while not any(int(n) >= epoch for n in re.findall(r"epoch (\d+)/", seen)):
+        char = process.stderr.read(1)
+        assert char, f"the run ended before epoch {epoch}: {seen}"
+        seen += char
+    for sig in signals:
+        process.send_signal(sig)
+    _, err = process.communicate()
+    return process.returncode, seen + err
 
 
 def checkpointed_epoch(run_dir) -> int:
@@ -88,22 +104,15 @@ def test_a_train_process_stopped_by_its_time_limit_and_by_signals_resumes_to_the
     assert err.rstrip().endswith("the same command resumes from it" if stopped else "the same command starts it")
     assert stopped < EPOCHS and not rundir.is_finished(run_dir)
     # 2. SIGTERM after a few epochs: the run finishes its epoch, checkpoints and stops
-    resumed = train(run_dir)
-    time.sleep(startup + training / 6)
-    resumed.send_signal(signal.SIGTERM)
-    _, err = resumed.communicate()
-    assert resumed.returncode == StoppedError.exit_code, err
+    code, err = signal_in_epoch(run_dir, stopped + 2, signal.SIGTERM)  # one epoch done in this process
+    assert code == StoppedError.exit_code, err
     assert "because it received SIGTERM; the checkpoint is written" in err
     assert stopped < checkpointed_epoch(run_dir) < EPOCHS
     stopped = checkpointed_epoch(run_dir)
     # 3. SIGUSR1, then SIGTERM (two of one kind may arrive as one): the second stops it at once, the last
     # checkpoint kept whole
-    again = train(run_dir)
-    time.sleep(startup + training / 6)
-    again.send_signal(signal.SIGUSR1)
-    again.send_signal(signal.SIGTERM)
-    _, err = again.communicate()
-    assert again.returncode == StoppedError.exit_code, err
+    code, err = signal_in_epoch(run_dir, stopped + 1, signal.SIGUSR1, signal.SIGTERM)
+    assert code == StoppedError.exit_code, err
     assert "stopped at once by a second signal (SIGTERM)" in err
     assert checkpointed_epoch(run_dir) == stopped and torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
     # 4. to the end: the uninterrupted run's results, bit for bit
@@ -148,17 +157,22 @@ def test_the_dry_run_estimates_the_wall_time_from_the_epochs_measured(tmp_path, 
                          "on 1 worker, from the epoch times measured so far; 3 jobs of no measured rate not counted")
 
 
+def wait_for_checkpoint(sweep: subprocess.Popen, run_dir: Path, after: int) -> None:
+    """Until the run (checkpointing every epoch) has a checkpoint later than epoch ``after``."""
+    while checkpointed_epoch(run_dir) <= after:
+        assert sweep.poll() is None, sweep.communicate()
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_a_sweep_stopped_by_signals_stops_its_jobs_cleanly_and_resumes_them(reference, tmp_path):
     out = tmp_path / "runs"
     command = [sys.executable, "-m", "mmlib", "sweep", "quick", "--settings", "digits-exp-10", "--methods", "erm",
-               "--runner", "python", "--out", str(out), "--set", *(f"{k}={v}" for k, v in TINY.items()), "--seeds", "0"]
+               "--runner", "python", "--out", str(out), "--set", *(f"{k}={v}" for k, v in TINY.items()),
+               "checkpoint_every=1", "--seeds", "0"]  # a checkpoint an epoch, to see its progress
     seed0, seed1 = (out / "quick" / "digits-exp-10" / "erm" / f"seed{k}" for k in (0, 1))
     sweep = subprocess.Popen(command + ["1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (seed0 / rundir.CONFIG).exists():  # its first job trains
-        assert sweep.poll() is None, sweep.communicate()
-        time.sleep(0.05)
-    time.sleep(1.0)
+    wait_for_checkpoint(sweep, seed0, 0)  # its first job has trained an epoch
     sweep.send_signal(signal.SIGUSR1)
     stdout, stderr = sweep.communicate()
     assert sweep.returncode == StoppedError.exit_code, stdout + stderr
@@ -169,12 +183,12 @@ def test_a_sweep_stopped_by_signals_stops_its_jobs_cleanly_and_resumes_them(refe
 
     sweep = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     first = checkpointed_epoch(seed0)
-    time.sleep(reference[1] + reference[2] / 6)
+    wait_for_checkpoint(sweep, seed0, first)
     sweep.send_signal(signal.SIGUSR1)
     sweep.send_signal(signal.SIGTERM)  # the second kills the job at once: its last checkpoint stays
     stdout, stderr = sweep.communicate()
     assert sweep.returncode == StoppedError.exit_code, stdout + stderr
-    assert checkpointed_epoch(seed0) >= first and torch.load(seed0 / rundir.CHECKPOINT, weights_only=False)
+    assert checkpointed_epoch(seed0) > first and torch.load(seed0 / rundir.CHECKPOINT, weights_only=False)
 
     done = subprocess.run(command, capture_output=True, text=True)  # seed 0 alone, to compare
     assert done.returncode == 0, done.stdout + done.stderr

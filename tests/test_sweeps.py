@@ -74,6 +74,7 @@ def test_data_roots_per_dataset(tmp_path):
     assert {j.params[0]["dataset"]: j.params[0]["data_root"] for j in jobs} == roots
 
 
+@pytest.mark.slow
 def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path, monkeypatch):
     """Through the python runner (the notebook runner: the quick preset's test, tests/test_report.py)."""
     out = tmp_path / "runs"
@@ -134,6 +135,7 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     assert seen == [None] * len(jobs)
 
 
+@pytest.mark.slow
 def test_cli_dry_run_prints_the_plan(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mmlib", "sweep", "quick", "--settings", "digits-exp-10", "--seeds", "0", "1",
@@ -156,6 +158,7 @@ def test_cli_sweep_without_data_is_one_clear_error(tmp_path):
 ERM = dict(settings=["digits-step-10"], methods=["erm"])
 
 
+@pytest.mark.slow
 def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed_replaces_the_old_runs(tmp_path):
     out = tmp_path / "runs"
     for job in sweeps.plan("quick", out, [0, 1], **ERM, overrides={**TINY, "epochs": 1}).jobs:  # the smoke sweep's
@@ -192,6 +195,7 @@ def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed
     assert lines == ["quick: 0 runs to do in 0 notebooks, 2 finished runs skipped"]
 
 
+@pytest.mark.slow
 def test_a_diverging_run_fails_alone_and_is_left_alone_until_retried(tmp_path):
     """ldam-drw fused with an MM run whose scale overflows float32 (its loss is NaN from the first step)."""
     out = tmp_path / "runs"

@@ -100,6 +100,7 @@ def test_every_method_trains_and_writes_complete_results(method, tmp_path, digit
     assert len(rows) == 1 + digits.num_classes
 
 
+@pytest.mark.slow
 def test_digits_is_learnable_in_a_few_epochs(tmp_path):
     results = training.run(quick(method="erm", ratio=1.0, imb_type="balanced", epochs=6, batch_size=64), tmp_path / "r")
     assert results["final"]["error"] < 50  # chance is 90%
@@ -108,6 +109,7 @@ def test_digits_is_learnable_in_a_few_epochs(tmp_path):
 # --- re-weighting and re-sampling switch at the switch epoch ---------------------------------
 
 
+@pytest.mark.slow
 def test_drw_weights_switch_exactly_at_the_switch_epoch(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
     training.run(quick(method="ldam-drw", epochs=4, switch_epoch=2), tmp_path / "r")
@@ -178,6 +180,7 @@ def test_rotation_turns_each_image_by_its_label():
 # --- resume, finished runs, failures --------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     params = quick(method="mm-drw", epochs=4, switch_epoch=2, checkpoint_every=1)
     straight = training.run(params, tmp_path / "straight")
@@ -243,6 +246,7 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_
         training.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
 
 
+@pytest.mark.slow
 def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it_would_alone(tmp_path, monkeypatch):
     """erm fused with focal, focal's loss poisoned from its 6th step on: erm finishes as if trained alone (within
     the fused path's tolerance, as in the test below), focal is marked failed and keeps its epoch-1 checkpoint."""
@@ -303,6 +307,7 @@ def test_bad_parameters_fail_before_training(overrides, message, tmp_path):
 # --- fused runs ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_fused_runs_train_as_each_would_alone(tmp_path):
     """K=2 runs (other seed, other MM beta, other variant) fused, against each run trained alone.
 
@@ -345,6 +350,7 @@ def test_cli_help_lists_methods_and_defaults():
     assert "--delta-neg" in out and "(default: 0.6)" in out and "unpublished" in out
 
 
+@pytest.mark.slow
 def test_cli_trains_a_run(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "mmlib", "train", "--run-dir", str(tmp_path / "r"), "--dataset", "digits", "--ratio", "10",
@@ -372,6 +378,7 @@ def final_state(run_dir):
     return torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["model"]
 
 
+@pytest.mark.slow
 def test_channels_last_matches_the_plain_path(tmp_path):
     plain = training.run(quick(channels_last=False, **SMALL_LR), tmp_path / "plain")
     fast = training.run(quick(channels_last=True, **SMALL_LR), tmp_path / "channels_last")
@@ -392,6 +399,7 @@ def test_bf16_autocast_stays_close_to_float32(tmp_path):
     assert bf16["final"]["error"] == pytest.approx(plain["final"]["error"], abs=5.0)
 
 
+@pytest.mark.slow
 def test_compiled_step_matches_the_plain_path(tmp_path, monkeypatch):
     """torch.compile's graph capture (dynamo + AOT autograd) on the training step, last partial batch included.
 
