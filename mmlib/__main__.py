@@ -113,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--time-limit", type=stopping.parse_duration, metavar="DURATION",
                        help="90s, 14m, 2h: every job checkpoints and stops before then, no job starts that could not "
                             "reach its first checkpoint in the time left; the sweep then exits with code 75 (the same "
-                            "command resumes). SIGTERM and SIGUSR1 stop it the same way (a second signal: at once)")
+                            "command resumes). SIGTERM and SIGUSR1 stop a local sweep the same way (a second signal: at once); "
+                            "a Ray sweep stops its tasks on Ctrl-C")
     sweep.add_argument("--rerun-changed", action="store_true",
                        help="runs in the planned folders that were trained with other parameters (a sweep refuses "
                             "them) are moved aside to <run>.replaced-<UTC time> and trained anew")
@@ -257,7 +258,7 @@ def _sweep(args) -> int:
         from mmlib import reports
 
         failed_reports = reports.report_quick(out, protocol=overrides)
-    return 1 if outcome.failed or failed_reports else 0
+    return 1 if outcome.failed or outcome.too_long or failed_reports else 0
 
 
 def _executor(args, out, gpus: list[int] | None):

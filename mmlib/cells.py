@@ -48,7 +48,7 @@ def cell_runs(cell: paper.Cell, results_root, protocol: dict | None = None) -> C
     seeds = sorted(
         (int(match.group(1)), path)
         for path in folder.iterdir()
-        if (match := results.SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
+        if (match := rundir.SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
     )
     for seed, path in seeds:
         run = results.load(path, details=False)

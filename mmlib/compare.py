@@ -22,7 +22,7 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats
 
-from mmlib import cells, figures, paper, results, rundir, tables
+from mmlib import cells, figures, paper, rundir, tables
 from mmlib.config import MM_VARIANTS
 from mmlib.results import EPOCHS
 
@@ -93,7 +93,7 @@ def _runs_by_seed(candidates: list[paper.Cell], setting: str, root: Path, epoch:
             continue
         runs = cells.finished_runs(cell, root, protocol)
         if runs:
-            seeds = [int(results.SEED_FOLDER.fullmatch(Path(r["run_dir"]).name).group(1)) for r in runs]
+            seeds = [int(rundir.SEED_FOLDER.fullmatch(Path(r["run_dir"]).name).group(1)) for r in runs]
             return {seed: r[epoch]["error"] for seed, r in zip(seeds, runs)}, str(cell.path(root).relative_to(root))
     return {}, ""
 

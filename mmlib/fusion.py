@@ -40,27 +40,29 @@ def auto_fuse(gpus: list[int] | None = None) -> int:
         return 1
     gpus = gpus or [0]
     name = torch.cuda.get_device_name(gpus[0])
-    path = cache_dir() / FUSE_CURVE
+    path, curve = cache_dir() / FUSE_CURVE, saved_curve()
     remedy = "run python benchmarks/throughput.py --save-curve on this GPU once, or give --fuse K"
-    if not path.exists():
+    if curve is None:
         raise ValueError(f"--fuse auto needs the K curve measured on this GPU ({name}), and {path} does not exist: {remedy}")
-    curve = rundir.read_json(path)
     if curve["device_name"] != name:
         raise ValueError(f"--fuse auto: {path} was measured on {curve['device_name']}, this GPU is {name}: {remedy}")
     return fuse_from_curve(curve["points"], min(torch.cuda.mem_get_info(g)[0] for g in gpus))
 
 
+def saved_curve() -> dict | None:
+    """The K curve benchmarks/throughput.py --save-curve saved (its GPU's name, its points), or None."""
+    path = cache_dir() / FUSE_CURVE
+    return rundir.read_json(path) if path.exists() else None
+
+
 def curve_here() -> dict[int, float] | None:
     """{K: images/s} of the curve measured on this machine's GPU, None without a GPU or such a curve."""
-    path = cache_dir() / FUSE_CURVE
-    if not path.exists():
+    curve = saved_curve()
+    if curve is None:  # before importing torch: planning without a curve stays torch-free
         return None
     import torch
 
-    if not torch.cuda.is_available():
-        return None
-    curve = rundir.read_json(path)
-    if curve["device_name"] != torch.cuda.get_device_name(0):
+    if not torch.cuda.is_available() or curve["device_name"] != torch.cuda.get_device_name(0):
         return None
     return {p["runs"]: p["images_per_second"] for p in curve["points"]}
 

@@ -9,6 +9,8 @@ their seed, incidental and speed parameters; anything else is another experiment
 leaves out of the cell and mmlib.results files apart.
 """
 
+import dataclasses
+
 from mmlib import paper
 from mmlib.config import RESUMABLE_CHANGES, RunConfig
 
@@ -23,10 +25,12 @@ SCHEDULE = {"epochs", "warmup_epochs", "lr_milestones", "switch_epoch", "ssp_epo
 
 def differences(recorded: dict, planned: dict, free=INCIDENTAL) -> list[tuple[str, object, object]]:
     """(name, recorded value, planned value) of every parameter outside ``free`` in which two resolved
-    configurations differ, in the order of RunConfig's fields."""
+    configurations differ, in the order of RunConfig's fields. A parameter a record lacks (written by an
+    mmlib older than the parameter, e.g. sam_rho) counts as its default, which keeps the old behaviour."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
     names = RunConfig.names() + sorted((set(recorded) | set(planned)) - set(RunConfig.names()))
-    return [(k, recorded.get(k), planned.get(k)) for k in names
-            if k not in free and recorded.get(k) != planned.get(k)]
+    found = [(k, recorded.get(k, defaults.get(k)), planned.get(k, defaults.get(k))) for k in names if k not in free]
+    return [(k, old, new) for k, old, new in found if old != new]
 
 
 def describe(found: list[tuple[str, object, object]]) -> str:

@@ -30,6 +30,7 @@ from mmlib.stopping import Stop
 TRAIN_NOTEBOOK = rundir.REPOSITORY / "notebooks" / "train.ipynb"
 OUTPUT_NOTEBOOK = "train.ipynb"  # the executed notebook, in every run directory of the job
 RUNNERS = {"notebook": "papermill.log", "python": "train.log"}  # how a job runs -> its log, in the first run directory
+EXIT_LINE = "exit code "  # a job's log ends with its process's: "exit code 0"
 # What a run directory holds for its readers, less what only its trainer needs (checkpoints, checkpoint.json,
 # .lock): the files collect takes (mmlib.results.record_files), FAILED, the executed notebook and the job's log,
 # the figures the notebook saves beside them (curves, per_class, confusion; .png and .pdf) and TensorBoard's
@@ -65,6 +66,8 @@ class Outcome:
     failed: list[tuple[str, Path]] = field(default_factory=list)  # (label, its notebook or log): failed, see why
     stopped: list[str] = field(default_factory=list)  # labels of runs stopped early, checkpointed: they resume
     not_started: list[str] = field(default_factory=list)  # labels of runs not started: too little time, or a signal
+    # (labels, seconds to its first checkpoint) of jobs not started because they need more than the whole time limit
+    too_long: list[tuple[list[str], float]] = field(default_factory=list)
 
     @property
     def interrupted(self) -> bool:
@@ -98,12 +101,11 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
         done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env, started=started)
     else:
         done = mmlib.notebook.run_module("mmlib.jobs", [], job.notebook_parameters(), env, started=started)
-    rundir.write_text(first / RUNNERS[runner], done.stdout + done.stderr)
+    rundir.write_text(first / RUNNERS[runner], done.stdout + done.stderr + f"{EXIT_LINE}{done.returncode}\n")
     for other in job.run_dirs[1:]:  # every run of the job keeps its record of what happened
         other.mkdir(parents=True, exist_ok=True)
-        for name in (OUTPUT_NOTEBOOK, RUNNERS[runner]):
-            if (first / name).exists():
-                shutil.copyfile(first / name, other / name)
+        for name in (OUTPUT_NOTEBOOK, RUNNERS[runner]) if runner == "notebook" else (RUNNERS[runner],):
+            shutil.copyfile(first / name, other / name)
     return {0: "done", errors.StoppedError.exit_code: "stopped"}.get(done.returncode, "failed")
 
 
@@ -133,30 +135,39 @@ def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
 
 
 def evidence(run_dir: Path) -> Path:
-    """Where a run's job tells what happened: the executed notebook, else the job's log (the python runner's)."""
+    """Where a run's last job tells what happened: the newest of its executed notebook and its logs (the runner
+    may have changed between attempts)."""
     run_dir = Path(run_dir)
     found = [run_dir / name for name in (OUTPUT_NOTEBOOK, *RUNNERS.values()) if (run_dir / name).exists()]
-    return found[0] if found else run_dir / OUTPUT_NOTEBOOK
+    return max(found, key=lambda path: path.stat().st_mtime) if found else run_dir / OUTPUT_NOTEBOOK
 
 
-def failure_reason(run_dir: Path) -> str:
-    """One line on why a run failed: another process holds it, else its FAILED marker's reason, else the
-    failing cell's error, else the log's last line."""
-    owner = rundir.lock_owner(run_dir)
-    if owner is not None:
-        return f"{run_dir} is in use by process {owner}"
+def recorded_failure(run_dir: Path) -> str | None:
+    """Why a run's last job failed, as its files tell: its FAILED marker's reason, else the error its executed
+    notebook ended with, else its log's last line before an exit code other than 0 and StoppedError's; None
+    where they tell of no failure (a run not yet run, stopped early, or finished)."""
     failure = rundir.failure(run_dir)
     if failure is not None:
         return failure["reason"]
-    error = mmlib.notebook.error_of(Path(run_dir) / OUTPUT_NOTEBOOK)
-    if error is not None:
-        return error
-    for log in RUNNERS.values():
-        with contextlib.suppress(OSError):
-            lines = [line for line in (Path(run_dir) / log).read_text().splitlines() if line.strip()]
-            if lines:
-                return lines[-1].strip()
-    return "no error recorded (the job did not run)"
+    found = evidence(run_dir)
+    if found.name == OUTPUT_NOTEBOOK:
+        error = mmlib.notebook.error_of(found)
+        return None if error is None or error.startswith(f"{errors.StoppedError.__name__}:") else error
+    with contextlib.suppress(OSError):
+        lines = [line.strip() for line in found.read_text().splitlines() if line.strip()]
+        if lines and lines[-1].startswith(EXIT_LINE):
+            code = int(lines[-1].removeprefix(EXIT_LINE))
+            if code not in (0, errors.StoppedError.exit_code):
+                return lines[-2] if len(lines) > 1 else f"exit code {code}"
+    return None
+
+
+def failure_reason(run_dir: Path) -> str:
+    """One line on why a run failed: another process holds it, else what its files tell."""
+    owner = rundir.lock_owner(run_dir)
+    if owner is not None:
+        return f"{run_dir} is in use by process {owner}"
+    return recorded_failure(run_dir) or "no error recorded (the job did not run)"
 
 
 def record_outcome(job: Job, status: str, seconds: float, done, total: int, log, outcome: Outcome) -> None:
@@ -178,6 +189,14 @@ def record_outcome(job: Job, status: str, seconds: float, done, total: int, log,
             outcome.failed.append((label, evidence(run_dir)))
             line += f"FAILED: {failure_reason(run_dir)} (see {evidence(run_dir)})"
         log(line)
+
+
+def record_error(job: Job, error: Exception, done, total: int, log, outcome: Outcome) -> None:
+    """Log and record as failed every run of a job the sweep could not run or judge (``error``, e.g. a full disk
+    as it wrote the job's log): the job fails alone, and the sweep goes on."""
+    for label, run_dir in zip(job.labels, job.run_dirs):
+        outcome.failed.append((label, evidence(run_dir)))
+        log(f"[{next(done)}/{total}] {label}: FAILED: the sweep could not run its job: {type(error).__name__}: {error}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,8 @@
 
 Each worker takes the next job and runs it in a fresh process (mmlib.jobs.run_job) that sees only its
 GPU. With a deadline (--time-limit) a job that could not reach its first checkpoint in the time left
-(mmlib.timing, from what was measured) is not started, and every started job stops before the deadline
+(mmlib.timing, from what was measured, with the stop's margin) is not started (and reported apart where
+it needs more than the whole limit, which no rerun would change), and every started job stops before the deadline
 with its checkpoint written. SIGTERM or SIGUSR1 (pre-emption; Slurm's --signal) stops the sweep the same
 way: no job starts any more, and the running ones checkpoint at the end of their epoch (the executor
 creates their stop file); a second signal stops them at once, their previous checkpoints intact.
@@ -17,7 +18,8 @@ import time
 import uuid
 from pathlib import Path
 
-from mmlib import jobs
+import mmlib
+from mmlib import jobs, stopping, timing
 from mmlib.stopping import handling
 
 
@@ -39,11 +41,13 @@ class LocalExecutor:
         outcome, lock = jobs.Outcome(), threading.Lock()
         total, done = sum(len(j.run_dirs) for j in planned), itertools.count(1)
         stop_file = Path(tempfile.gettempdir()) / f"mmlib-stop-{uuid.uuid4().hex}"
-        stopping, processes = [], set()  # the signals received; the running jobs' processes
+        stopping_signals, processes, killed = [], set(), set()  # signals received; running and killed processes
 
-        def too_late(job: jobs.Job) -> bool:
-            needed = times.first_checkpoint_seconds(job) if times is not None else None
-            return deadline is not None and time.time() + (needed or 0.0) > deadline
+        def first_checkpoint(job: jobs.Job) -> float:
+            """Seconds the job needs to reach its first checkpoint, with the stop's margin; start-up alone where
+            nothing was measured."""
+            return stopping.MARGIN * ((times.first_checkpoint_seconds(job) if times is not None else None)
+                                      or timing.STARTUP)
 
         def worker(gpu: int | None):
             while True:
@@ -51,28 +55,40 @@ class LocalExecutor:
                     job = todo.get_nowait()
                 except queue.Empty:
                     return
-                if stopping or too_late(job):
+                needed = first_checkpoint(job) if deadline is not None else 0.0
+                if stopping_signals or (deadline is not None and time.time() + needed > deadline):
                     with lock:
-                        outcome.not_started.extend(job.labels)
+                        if not stopping_signals and mmlib.STARTED + needed > deadline:  # more than the whole limit
+                            outcome.too_long.append((job.labels, needed))
+                        else:
+                            outcome.not_started.extend(job.labels)
                     continue
                 job.deadline, job.stop_file = deadline, str(stop_file)
+                mine = []  # the job's process, as it starts
                 start = time.perf_counter()
-                status = jobs.run_job(job, gpu, self.runner, started=processes.add)
-                seconds = time.perf_counter() - start
-                with lock:
-                    jobs.record_outcome(job, "stopped" if stopping and status == "failed" else status, seconds, done,
-                                        total, log, outcome)
-                    if times is not None:
-                        times.learn_job(job)
+                try:
+                    status = jobs.run_job(job, gpu, self.runner, started=lambda p: (mine.append(p), processes.add(p)))
+                    if status == "failed" and mine and mine[0] in killed:  # by a second signal: it resumes
+                        status = "stopped"
+                    with lock:
+                        jobs.record_outcome(job, status, time.perf_counter() - start, done, total, log, outcome)
+                        if times is not None:
+                            times.learn_job(job)
+                except Exception as error:  # e.g. a full disk writing its log: this job fails, the others run
+                    with lock:
+                        jobs.record_error(job, error, done, total, log, outcome)
+                finally:
+                    processes.difference_update(mine)
 
         def on_signal(number, frame):
-            stopping.append(signal.Signals(number).name)
-            if len(stopping) == 1:
+            stopping_signals.append(signal.Signals(number).name)
+            if len(stopping_signals) == 1:
                 stop_file.touch()
-                log(f"{stopping[0]}: no job starts any more; the running ones stop at the end of their epoch, "
+                log(f"{stopping_signals[0]}: no job starts any more; the running ones stop at the end of their epoch, "
                     "checkpoint written (a second signal stops them at once)")
             else:
                 for process in list(processes):
+                    killed.add(process)
                     process.kill()  # the last checkpoint stays: checkpoints are written whole or not at all
 
         workers = [threading.Thread(target=worker, args=(gpu,)) for gpu in self.gpus]

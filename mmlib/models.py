@@ -156,10 +156,9 @@ def merge_state_dicts(states: list[dict]) -> dict:
 
 def split_optimizer_state(state: dict, runs: int) -> list[dict]:
     """A fused model's optimizer state_dict as K single-run ones (per-parameter state split as the parameters)."""
-    per_param = [
-        {i: split_state_dict(s, runs)[k] for i, s in state["state"].items()} for k in range(runs)
-    ]
-    return [{"state": p, "param_groups": state["param_groups"]} for p in per_param]
+    split = {i: split_state_dict(s, runs) for i, s in state["state"].items()}  # each parameter's state split once
+    return [{"state": {i: singles[k] for i, singles in split.items()}, "param_groups": state["param_groups"]}
+            for k in range(runs)]
 
 
 def merge_optimizer_states(states: list[dict]) -> dict:

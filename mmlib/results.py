@@ -27,12 +27,10 @@ import dataclasses
 import gzip
 import json
 import math
-import re
 from pathlib import Path
 
 import pandas as pd
 
-import mmlib.notebook
 from mmlib import identity, jobs, paper, rundir
 from mmlib.errors import CorruptFileError
 
@@ -45,7 +43,6 @@ EPOCHS = ("final", "best")
 GROUPS = ("many", "medium", "few")
 HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_error",
                    *(f"{g}_error" for g in GROUPS), "seconds"]
-SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its cell's
 
 
 def load(run_dir, details: bool = True) -> dict:
@@ -146,7 +143,7 @@ def run_folders(runs_root) -> list[Path]:
         raise FileNotFoundError(f"runs root {root} does not exist (or is not a folder)")
     return sorted(
         path for table in paper.TABLES if table not in NOT_COLLECTED
-        for path in root.glob(f"{table}/*/*/seed*") if path.is_dir() and SEED_FOLDER.fullmatch(path.name)
+        for path in root.glob(f"{table}/*/*/seed*") if path.is_dir() and rundir.SEED_FOLDER.fullmatch(path.name)
     )
 
 
@@ -157,7 +154,7 @@ def record_folder(run_folder: Path, runs_root, results_root) -> Path:
     table, setting, run_name = relative.parts[:3]
     cell = paper.cell_at(table, setting, run_name)
     recorded = rundir.read_json(Path(run_folder) / rundir.CONFIG)["config"]
-    seed = int(SEED_FOLDER.fullmatch(relative.parts[3]).group(1))
+    seed = int(rundir.SEED_FOLDER.fullmatch(relative.parts[3]).group(1))
     departed = {k for k, _, _ in identity.departures(cell, recorded, seed)} if cell else {"cell"}
     apart = None if not departed else SHORT if departed <= identity.SCHEDULE else OTHER
     return Path(results_root) / (Path(apart) / relative if apart else relative)
@@ -218,9 +215,9 @@ def _conflict(files: dict[str, bytes], target: Path) -> str | None:
 
 
 def _failure(run: Path) -> str | None:
-    """The error an executed train.ipynb ended with (the sweep's failed runs), or None."""
-    error = mmlib.notebook.error_of(run / jobs.OUTPUT_NOTEBOOK)
-    return None if error is None else f"{error} (see {run / jobs.OUTPUT_NOTEBOOK})"
+    """Why the run's last job failed, and where it says so; None if its files tell of no failure."""
+    error = jobs.recorded_failure(run)
+    return None if error is None else f"{error} (see {jobs.evidence(run)})"
 
 
 def _progress(run: Path) -> str:
@@ -234,7 +231,7 @@ def _progress(run: Path) -> str:
 
 
 def summarize_runs(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: method, seed, final and best error, final many / medium / few-shot errors, and the
+    """One row per run: method, seed, MM variant, SAM's rho, final and best error, final many / medium / few-shot errors, and the
     step paths that trained it (graphs or eager; the reasons are in its metrics.json)."""
     rows = []
     for r in runs:
@@ -242,6 +239,7 @@ def summarize_runs(runs: list[dict]) -> pd.DataFrame:
         rows.append({
             "run_dir": r["run_dir"], "method": config["method"], "seed": config["seed"],
             "mm_variant": config["mm_variant"] if config["method"].startswith("mm") else "",
+            "sam_rho": config.get("sam_rho") or 0.0,  # SAM's radius; 0: plain SGD
             "final_error": r["final"]["error"], "final_epoch": r["final"]["epoch"],
             "best_error": r["best"]["error"], "best_epoch": r["best"]["epoch"],
             **{f"{g}_error": r["final"]["group_error"][g] for g in GROUPS},

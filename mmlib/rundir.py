@@ -21,6 +21,7 @@ import io
 import itertools
 import json
 import os
+import re
 import socket
 import tempfile
 import time
@@ -32,6 +33,7 @@ from mmlib.errors import CorruptFileError, NoSpaceError, RunDirBusyError, is_no_
 # Defaults of the notebooks and the CLI, the same wherever they are started from: the checkout's folders.
 REPOSITORY = Path(__file__).resolve().parent.parent
 RUNS = REPOSITORY / "runs"
+SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its table cell's: runs/<table>/<setting>/<run>/seed<k>
 RESULTS = REPOSITORY / "results"  # finished runs' records (mmlib.results), committed
 FIGURES = REPOSITORY / "figures"
 

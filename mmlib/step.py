@@ -84,13 +84,15 @@ def step_difference(before: dict[str, torch.Tensor], eager: dict[str, torch.Tens
     Each tensor's difference is |fast - eager| / (|eager - before| + eps |before|) in Frobenius norms: the
     fast step's error as a fraction of the eager step's change (eps |before|: the change's own rounding).
     Integer tensors (BatchNorm's batch count, the step index) must be equal (difference 0, else infinite).
-    A tensor the eager step made non-finite is skipped: the trainer's non-finite check stops the run.
+    Elements non-finite before or after the eager step (a diverged run's slice of a fused tensor) are left out:
+    the trainer's non-finite check stops that run, and the other runs' elements are still compared.
     """
     worst, where = 0.0, ""
     for name, value in fast.items():
         reference, start = eager[name], before[name]
-        if not torch.isfinite(reference).all():
-            continue
+        finite = torch.isfinite(reference) & torch.isfinite(start)
+        if not finite.all():
+            value, reference, start = value[finite], reference[finite], start[finite]
         if not value.is_floating_point():
             difference = 0.0 if torch.equal(value, reference) else math.inf
         else:

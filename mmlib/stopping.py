@@ -10,7 +10,6 @@ way the run raises StoppedError (exit code 75, EX_TEMPFAIL: try again) and the s
 """
 
 import contextlib
-import math
 import os
 import re
 import signal
@@ -58,11 +57,9 @@ class Stop:
             return f"its sweep asked it to ({self.stop_file})"
         if self.deadline is not None and time.time() + MARGIN * next_epoch_seconds > self.deadline:
             left = max(0.0, self.deadline - time.time())
-            return f"the time limit is {left:.0f} s away, less than another epoch takes ({next_epoch_seconds:.0f} s)"
+            return (f"the time limit is {left:.0f} s away, less than another epoch and its checkpoint take with "
+                    f"{MARGIN:g} times the last one's time ({MARGIN * next_epoch_seconds:.0f} s)")
         return None
-
-    def seconds_left(self) -> float:
-        return math.inf if self.deadline is None else self.deadline - time.time()
 
 
 @contextlib.contextmanager

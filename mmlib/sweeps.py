@@ -13,9 +13,9 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlib import identity, jobs, paper, rundir, timing
+from mmlib import identity, jobs, paper, rundir, stopping, timing
 from mmlib.config import RunConfig, did_you_mean
-from mmlib.errors import CorruptFileError
+from mmlib.errors import CorruptFileError, RunDirBusyError
 from mmlib.fusion import fusion_key
 from mmlib.local_backend import LocalExecutor
 
@@ -161,8 +161,15 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
             log(("fused: " if len(job.labels) > 1 else "") + " | ".join(job.labels))
         log(estimate(planned.jobs, times, getattr(executor, "workers", 1)))
         return jobs.Outcome()
+    busy = [f"{run_dir} is in use by process {owner}" for _, run_dir, _ in planned.changed
+            for owner in [rundir.lock_owner(run_dir)] if owner is not None]
+    if busy:
+        raise RunDirBusyError("; ".join(busy) + ": --rerun-changed moves no run another process trains; wait for it "
+                              "to end, or give another --out")
     for _, run_dir, _ in planned.changed:
-        log(f"moved {run_dir} aside to {rundir.set_aside(run_dir, 'replaced')}: it was trained with other parameters")
+        with rundir.locked(run_dir):  # held while it moves: no trainer starts in it meanwhile
+            aside = rundir.set_aside(run_dir, "replaced")
+        log(f"moved {run_dir} aside to {aside}: it was trained with other parameters")
     for _, run_dir, _ in planned.failed if retry_failed else ():
         rundir.set_aside(run_dir / rundir.FAILED, "retried")
     outcome = (executor or LocalExecutor()).run(planned.jobs, log=log, deadline=deadline, times=times)
@@ -193,6 +200,9 @@ def summary(outcome: jobs.Outcome) -> list[str]:
     if outcome.interrupted:
         lines.append(f"stopped early: {len(outcome.stopped)} runs stopped with their checkpoints written and "
                      f"{len(outcome.not_started)} not started; the same command resumes them")
+    for labels, seconds in outcome.too_long:
+        lines.append(f"not started: {' | '.join(labels)}: its first checkpoint needs about {timing.describe(seconds)} "
+                     f"(measured, times {stopping.MARGIN} for safety), more than the whole --time-limit; give a longer one")
     if outcome.failed:
         lines.append(f"{len(outcome.failed)} runs failed:")
         lines += [f"  {label}: {jobs.failure_reason(notebook.parent)} (see {notebook})" for label, notebook in outcome.failed]

@@ -2,7 +2,7 @@
 
 A job's epoch (its K fused runs, with their evaluation) is taken to last as long as the last one measured
 for it: its own runs' last checkpointed epoch (checkpoint.json), else the median epoch of finished runs
-of the same setting and fusion in the sweep's folder (metrics.json), else, on a GPU, the K curve that
+of the same setting, fusion and step (SAM or plain) in the sweep's folder (metrics.json), else, on a GPU, the K curve that
 benchmarks/throughput.py --save-curve measured on it (mmlib.fusion). Each job's process adds STARTUP
 seconds before its first epoch. Nothing measured, a job's time is unknown (None).
 """
@@ -19,20 +19,22 @@ STARTUP = 30.0  # seconds before a job's first epoch: process start, imports, da
 
 
 class EpochTimes:
-    """Measured epoch times of the runs under a sweep's folder, by (setting, fused runs)."""
+    """Measured epoch times of the runs under a sweep's folder, by (setting, fused runs, SAM or not)."""
 
     def __init__(self, out: Path):
         self.by_setting: dict[tuple[str, int], list[float]] = {}
         for metrics in Path(out).glob("*/*/*/seed*/" + rundir.METRICS):
-            with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CorruptFileError):
-                self.learn(metrics.parent)
+            if rundir.SEED_FOLDER.fullmatch(metrics.parent.name):  # not a run set aside (seed0.replaced-...)
+                with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CorruptFileError):
+                    self.learn(metrics.parent)
         self.curve = fusion.curve_here()
 
     def learn(self, run_dir: Path) -> None:
         """Take a finished run's median epoch time (its setting's folder name, its fused runs)."""
         results = rundir.read_json(Path(run_dir) / rundir.METRICS)
         seconds = [entry["seconds"] for entry in results["history"]]
-        key = (Path(run_dir).parent.parent.name, results.get("fused_runs") or 1)
+        sam = _sam(rundir.read_json(Path(run_dir) / rundir.CONFIG)["config"])
+        key = (Path(run_dir).parent.parent.name, results.get("fused_runs") or 1, sam)
         self.by_setting.setdefault(key, []).append(statistics.median(seconds))
 
     def learn_job(self, job) -> None:
@@ -48,11 +50,13 @@ class EpochTimes:
                 info = rundir.read_json(run_dir / rundir.CHECKPOINT_INFO)
                 if info.get("seconds"):
                     return info["seconds"]
-        measured = self.by_setting.get((job.run_dirs[0].parent.parent.name, len(job.run_dirs)))
+        sam = _sam(job.params[0])
+        measured = self.by_setting.get((job.run_dirs[0].parent.parent.name, len(job.run_dirs), sam))
         if measured:
             return statistics.median(measured)
         rate = self.curve.get(len(job.run_dirs)) if self.curve else None
-        return None if rate is None else _train_images(job.params[0]) * len(job.run_dirs) / rate
+        # the curve is the plain step's; SAM's two passes take about twice as long (1.98-2.24x measured on a CPU)
+        return None if rate is None else _train_images(job.params[0]) * len(job.run_dirs) / rate * (2 if sam else 1)
 
     def job_seconds(self, job) -> float | None:
         """Seconds the whole job takes (its epochs left, from its checkpoint), or None."""
@@ -68,6 +72,11 @@ class EpochTimes:
         """Seconds until the job's first checkpoint (the earliest it can stop at having saved anything), or None."""
         epoch = self.epoch_seconds(job)
         return None if epoch is None else STARTUP + epoch
+
+
+def _sam(params: dict) -> bool:
+    """Whether a run takes SAM's two passes a step (its epochs are timed apart from plain runs')."""
+    return (params.get("sam_rho") or 0.0) > 0
 
 
 def _epochs(params: dict) -> int:

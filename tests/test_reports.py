@@ -133,6 +133,21 @@ def test_a_cell_counts_only_runs_of_its_protocol_and_notes_how_its_seeds_were_co
     assert cells.finished_runs(cell, tmp_path, protocol={"lr": 0.5})[0]["final"]["error"] == 60.0  # asked for
 
 
+def test_a_record_older_than_a_parameter_counts_as_the_parameters_default(tmp_path):
+    cell = find_cell("table1", "cifar10-exp-100", "ldam-drw")
+    write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0)  # written before sam_rho existed: the plain step
+    write_run(cell.path(tmp_path) / "seed1", 30.0, 29.0, sam_rho=0.5)  # another experiment
+    config_file = cell.path(tmp_path) / "seed0" / rundir.CONFIG
+    recorded = rundir.read_json(config_file)
+    del recorded["config"]["sam_rho"]
+    rundir.write_json(config_file, recorded)
+
+    df = cells.gather("table1", tmp_path, settings=["cifar10-exp-100"], methods=["ldam-drw"])
+
+    assert (row_of(df, cell)["seeds"], row_of(df, cell)["final_mean"]) == (1, 20.0)
+    assert tables.left_out(df) == [f"{cell.path(tmp_path) / 'seed1'}: sam_rho: 0.5 -> 0.0 (the run's -> the cell's)"]
+
+
 def test_every_mm_variant_renders_in_tables_the_summary_figures_and_comparisons(tmp_path):
     setting = "cifar10-exp-100"
     for table in ("table1", "ablation"):

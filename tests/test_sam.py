@@ -251,3 +251,14 @@ def test_a_sam_runs_figures_say_sam_and_its_rho():
                            "seconds": 1.0} for e in (1, 2)]}
     title = figures.plot_history(result)._suptitle.get_text()
     assert title == "Learning curves of ldam-drw + SAM rho=0.8, seed 1, resnet8, 2 epochs: digits exp ratio 10"
+
+
+def test_the_run_summary_shows_sams_rho():
+    from mmlib import results
+
+    run = {"run_dir": "r", "final": {"error": 20.0, "epoch": 2, "group_error": {"many": 1.0, "medium": 2.0, "few": 3.0}},
+           "best": {"error": 19.0, "epoch": 1}}
+    config = {"method": "ldam-drw", "mm_variant": "equations", "seed": 0}
+    runs = [{**run, "config": {"config": {**config, "sam_rho": rho}}} for rho in (0.8, 0.0)]
+    runs.append({**run, "config": {"config": config}})  # recorded before sam_rho existed: plain SGD
+    assert results.summarize_runs(runs)["sam_rho"].tolist() == [0.8, 0.0, 0.0]

@@ -281,6 +281,10 @@ def test_step_difference_is_each_tensors_error_relative_to_the_eager_change():
     assert step_difference(before, eager, {"w": torch.tensor([1.0, math.nan]), "n": torch.tensor(4)}) == (math.inf, "w")
     diverged = {"w": torch.tensor([1.0, math.nan]), "n": torch.tensor(4)}  # left to the trainer's non-finite check
     assert step_difference(before, diverged, {"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(4)}) == (0.0, "")
+    # two fused runs, the second diverged: the first's elements are still compared (an error of norm 0.5 again)
+    fused_before, fused_eager = {"w": torch.tensor([1.0, 2.0, 1.0, 2.0])}, {"w": torch.tensor([1.0, 2.5, math.nan, math.nan])}
+    assert step_difference(fused_before, fused_eager, {"w": torch.tensor([1.3, 2.9, math.nan, math.nan])}) == (
+        pytest.approx(1.0), "w")
 
 
 def test_replaced_weights_or_optimizer_state_are_refused(digits):

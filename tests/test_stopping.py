@@ -12,6 +12,7 @@ import pytest
 import torch
 from tiny import quick
 
+import mmlib
 from mmlib import rundir, stopping, sweeps, timing
 from mmlib.errors import StoppedError
 from mmlib.local_backend import LocalExecutor
@@ -82,7 +83,7 @@ def test_durations_and_when_a_stop_says_to_stop(tmp_path):
             stopping.parse_duration(bad)
     stop = stopping.Stop(deadline=time.time() + 10, stop_file=str(tmp_path / "stop"))
     assert stop.reason(5.0) is None  # 6 s (5 s and its 20% margin) fit in the 10 s left
-    assert stop.reason(9.0).startswith("the time limit is ") and stop.reason(9.0).endswith("(9 s)")
+    assert stop.reason(9.0).startswith("the time limit is ") and stop.reason(9.0).endswith("(11 s)")  # 9 s, +20%
     (tmp_path / "stop").touch()
     assert stop.reason(0.0) == f"its sweep asked it to ({tmp_path / 'stop'})"
     stop.signalled = "SIGTERM"
@@ -134,12 +135,21 @@ def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp
         def learn_job(self, job):
             pass
 
+    monkeypatch.setattr(mmlib, "STARTED", time.time() - 3600)  # the sweep started an hour ago
     outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 80, times=Measured())
     assert started == [] and outcome.not_started == [label for job in planned for label in job.labels]
     assert outcome.interrupted and sweeps.summary(outcome) == [
         "stopped early: 0 runs stopped with their checkpoints written and 2 not started; the same command resumes them"]
-    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 100, times=Measured())
+    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 120, times=Measured())  # 108 s fit
     assert len(started) == 2 and outcome.not_started == []
+
+    started.clear()
+    monkeypatch.setattr(mmlib, "STARTED", time.time())  # a limit of 80 s in all: no rerun would start them
+    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 80, times=Measured())
+    assert started == [] and not outcome.interrupted and outcome.too_long == [(job.labels, 108.0) for job in planned]
+    assert sweeps.summary(outcome) == [
+        f"not started: {job.labels[0]}: its first checkpoint needs about 1 min 48 s (measured, times 1.2 for safety), "
+        "more than the whole --time-limit; give a longer one" for job in planned]
 
 
 def test_the_dry_run_estimates_the_wall_time_from_the_epochs_measured(tmp_path, capsys):

@@ -1,5 +1,6 @@
 """Sweeps: planning, skipping finished runs, resuming, isolating failures, fusing, GPU workers."""
 
+import os
 import subprocess
 import sys
 import time
@@ -10,6 +11,7 @@ import torch
 
 import mmlib.notebook
 from mmlib import rundir, sweeps, training
+from mmlib.errors import RunDirBusyError
 from mmlib.jobs import Outcome
 from mmlib.local_backend import LocalExecutor
 
@@ -179,6 +181,12 @@ def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed
     sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, dry_run=True, rerun_changed=True, log=lines.append)
     assert lines[0] == "quick: 2 runs to do in 2 notebooks, 0 finished runs skipped"
     assert before == {p: p.read_bytes() for d in (seed0, seed1) for p in d.rglob("*") if p.is_file()}  # untouched
+    with rundir.locked(seed1):  # another process trains seed 1: nothing is moved
+        with pytest.raises(RunDirBusyError, match=rf"^{seed1} is in use by process {os.getpid()} on .*: --rerun-changed "
+                                                  "moves no run another process trains; wait for it to end, or give "
+                                                  "another --out$"):
+            sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, executor=IN_PROCESS, rerun_changed=True)
+    assert not list(out.rglob("*.replaced-*"))
 
     lines.clear()
     assert sweeps.sweep("quick", out, [0, 1], **ERM, overrides=TINY, executor=IN_PROCESS, rerun_changed=True,

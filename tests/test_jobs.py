@@ -1,0 +1,83 @@
+"""A job's evidence and failure reason, and the local executor going on past a job it could not run."""
+
+import os
+import signal
+import time
+
+import nbformat
+import pytest
+
+from mmlib import jobs, rundir, sweeps
+from mmlib.local_backend import LocalExecutor
+
+TINY = {"arch": "resnet8", "epochs": 2}
+
+
+def two_jobs(out):
+    return sweeps.plan("quick", out, seeds=[0, 1], settings=["digits-exp-10"], methods=["erm"], overrides=TINY).jobs
+
+
+def test_a_job_the_sweep_cannot_run_fails_alone_and_the_next_runs(tmp_path, monkeypatch):
+    planned, started = two_jobs(tmp_path), []
+
+    def run_job(job, *args, **kwargs):
+        started.append(job.labels[0])
+        if len(started) == 1:
+            raise OSError(28, "No space left on device")
+        return "done"
+
+    monkeypatch.setattr("mmlib.jobs.run_job", run_job)
+    lines = []
+    outcome = LocalExecutor(runner="python").run(planned, log=lines.append)
+    assert started == [job.labels[0] for job in planned]
+    assert outcome.failed[0] == (planned[0].labels[0], jobs.evidence(planned[0].run_dirs[0]))
+    assert lines[0] == (f"[1/2] {planned[0].labels[0]}: FAILED: the sweep could not run its job: OSError: [Errno 28] "
+                        "No space left on device")
+
+
+def test_a_job_failing_while_the_sweep_stops_is_reported_failed_not_stopped(tmp_path, monkeypatch):
+    planned = two_jobs(tmp_path)
+
+    def run_job(job, *args, **kwargs):  # the sweep is signalled while its job fails for a reason of its own
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(1.0)  # the main thread handles the signal meanwhile
+        return "failed"
+
+    monkeypatch.setattr("mmlib.jobs.run_job", run_job)
+    outcome = LocalExecutor(runner="python").run(planned, log=print)
+    assert [label for label, _ in outcome.failed] == planned[0].labels and outcome.stopped == []
+    assert outcome.not_started == planned[1].labels
+
+
+def write_log(run_dir, text):
+    run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.write_text(run_dir / jobs.RUNNERS["python"], text)
+
+
+@pytest.mark.parametrize("log, reason", [
+    ("epoch 1\nerror: r: the loss became NaN\nexit code 6\n", "error: r: the loss became NaN"),
+    ("error: r: stopped before epoch 2 because it received SIGTERM\nexit code 75\n", None),  # it resumes
+    ("done\nexit code 0\n", None),
+    ("killed\nexit code -9\n", "killed"),
+])
+def test_a_python_jobs_log_tells_whether_it_failed(tmp_path, log, reason):
+    write_log(tmp_path / "r", log)
+    assert jobs.recorded_failure(tmp_path / "r") == reason
+
+
+def test_the_newest_evidence_speaks_for_a_run_whose_runner_changed(tmp_path):
+    run_dir = tmp_path / "r"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
+        "error", ename="ValueError", evalue="bad lr", traceback=[])])])
+    run_dir.mkdir()
+    nbformat.write(notebook, run_dir / jobs.OUTPUT_NOTEBOOK)
+    assert jobs.recorded_failure(run_dir) == "ValueError: bad lr"
+    old = time.time() - 60
+    os.utime(run_dir / jobs.OUTPUT_NOTEBOOK, (old, old))  # the notebook's attempt, then one on the python runner
+    write_log(run_dir, "error: r: the loss became NaN\nexit code 6\n")
+    assert jobs.evidence(run_dir) == run_dir / jobs.RUNNERS["python"]
+    assert jobs.failure_reason(run_dir) == "error: r: the loss became NaN"
+    stopped = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
+        "error", ename="StoppedError", evalue="r: stopped", traceback=[])])])
+    nbformat.write(stopped, run_dir / jobs.OUTPUT_NOTEBOOK)  # newest again: a run stopped early has not failed
+    assert jobs.recorded_failure(run_dir) is None
