@@ -17,15 +17,13 @@ import os
 import shutil
 import signal
 import sys
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import mmlib.notebook
 from mmlib import errors, rundir
 from mmlib.config import RunConfig
-from mmlib.stopping import Stop
+from mmlib.stopping import Stop, when_orphaned
 
 TRAIN_NOTEBOOK = rundir.REPOSITORY / "notebooks" / "train.ipynb"
 OUTPUT_NOTEBOOK = "train.ipynb"  # the executed notebook, in every run directory of the job
@@ -210,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(args) != 1:
         print("usage: python -m mmlib.jobs PARAMETERS.yaml", file=sys.stderr)
         return 2
-    threading.Thread(target=_stop_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    # a killed sweep or Ray worker must not leave its job training on: it stops as on SIGTERM (at the epoch's end)
+    when_orphaned(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
         parameters = yaml.safe_load(Path(args[0]).read_text())
         configs, run_dirs = configs_of(parameters)
@@ -224,14 +223,6 @@ def main(argv: list[str] | None = None) -> int:
     for result in results:
         print(f"{result['run_dir']}: final {result['final']['error']:.2f}%, best {result['best']['error']:.2f}%")
     return 0
-
-
-def _stop_when_orphaned(parent: int) -> None:
-    """Stop this job, as SIGTERM does (checkpoint at the end of the epoch), once the process that started it is gone:
-    a killed sweep or Ray worker must not leave it training on (a notebook's kernel does the same)."""
-    while os.getppid() == parent:
-        time.sleep(1)
-    os.kill(os.getpid(), signal.SIGTERM)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from mmlib.config import did_you_mean
 from mmlib.errors import StoppedError
+from mmlib.stopping import when_orphaned
 
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
 
@@ -160,11 +161,20 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m mmlib.notebook IN.ipynb OUT.ipynb [PARAMETERS.yaml]", file=sys.stderr)
         return 2
     parameters = yaml.safe_load(Path(args[2]).read_text()) if len(args) == 3 else {}
+    own_stop_file = None
+    if "stop_file" in parameters:  # a training job: orphaned (its sweep killed), its kernel stops at the epoch's end
+        if parameters["stop_file"] is None:
+            own_stop_file = Path(tempfile.gettempdir()) / f"mmlib-stop-{os.getpid()}"
+            parameters["stop_file"] = str(own_stop_file)
+        when_orphaned(Path(parameters["stop_file"]).touch)
     try:
         execute(args[0], args[1], parameters)
     except papermill.PapermillExecutionError as err:
         print(f"error: {args[1]} failed in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr)
         return StoppedError.exit_code if err.ename == StoppedError.__name__ else 1  # the same command resumes it
+    finally:
+        if own_stop_file is not None:
+            own_stop_file.unlink(missing_ok=True)
     return 0
 
 

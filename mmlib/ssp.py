@@ -8,6 +8,7 @@ several seeds (and a killed pre-training, which resumes from its checkpoint) sha
 import dataclasses
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -16,13 +17,14 @@ from tqdm.auto import tqdm
 from mmlib import rundir
 from mmlib.cache import cache_dir
 from mmlib.config import RunConfig
-from mmlib.errors import NonFiniteLossError
+from mmlib.errors import NonFiniteLossError, StoppedError
 from mmlib.imbalance import ImbalancedDataset
 from mmlib.losses import CrossEntropyLoss
 from mmlib.models import build_model
 from mmlib.pipeline import TrainStream, to_device
 from mmlib.schedule import due, learning_rate
 from mmlib.step import SGDState, TrainStep
+from mmlib.stopping import Stop
 
 
 def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
@@ -32,13 +34,15 @@ def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generato
     return turned[k, torch.arange(len(images), device=images.device)], k
 
 
-def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.device) -> dict:
+def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.device, stop: Stop | None = None) -> dict:
     """The rotation-prediction pre-trained network of ldam-drw-ssp (Yang & Xu 2020), cached.
 
     Pre-trains the same architecture on the same imbalanced training set (after the usual crop and
     flip), each image turned by a random multiple of 90 degrees and a 4-way linear head predicting
     which, with the protocol's schedule shape over ssp_epochs. The result is cached under
-    cache_dir()/ssp keyed by everything that determines it, so runs of several seeds share one.
+    cache_dir()/ssp keyed by everything that determines it, so runs of several seeds share one. ``stop``
+    (a time limit, a signal, a sweep's request) stops it between two epochs, its checkpoint written
+    (StoppedError): the same command resumes it.
     """
     pretrain = dataclasses.replace(
         config, method="erm", epochs=config.ssp_epochs, seed=config.ssp_seed, data_seed=config.ssp_seed,
@@ -54,11 +58,11 @@ def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.de
     if (folder / "backbone.pt").exists():  # without taking the lock, so that a read-only cache serves
         return torch.load(folder / "backbone.pt", map_location="cpu")
     with rundir.locked(folder, wait=True):  # runs started in parallel wait for one pre-training, then share it
-        return _ssp_pretrain(pretrain, determines, folder, dataset, device, config.quiet)
+        return _ssp_pretrain(pretrain, determines, folder, dataset, device, config.quiet, stop or Stop())
 
 
 def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: ImbalancedDataset, device,
-                  quiet: bool) -> dict:
+                  quiet: bool, stop: Stop) -> dict:
     """ssp_backbone's pre-training in its cache folder (held locked), resumed from its checkpoint."""
     if (folder / "backbone.pt").exists():  # pre-trained by the process this one waited for
         return torch.load(folder / "backbone.pt", map_location="cpu")
@@ -79,19 +83,31 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
         start = saved["epoch"]
     step = TrainStep(model, [stream], [CrossEntropyLoss()], optimizer, pretrain.bf16, pretrain.channels_last,
                      transform=rotate)
+
+    def save(epochs_done: int) -> None:
+        rundir.save_checkpoint(folder, {"epoch": epochs_done, "model": model.state_dict(),
+                                        "optimizer": optimizer.state_dict(), "stream": stream.state_dict()})
+
     bar = tqdm(range(start, pretrain.epochs), initial=start, total=pretrain.epochs, desc="ssp pre-training",
                disable=quiet)
+    checkpointed, last_epoch_seconds = start, 0.0
     for epoch in bar:
+        why = stop.reason(last_epoch_seconds) if epoch > start else None  # a first epoch at least, as a run's
+        if why is not None:
+            if checkpointed != epoch:
+                save(epoch)
+            raise StoppedError(f"{folder}: SSP pre-training stopped after epoch {epoch} of {pretrain.epochs} because "
+                               f"{why}; the checkpoint is written, and the same command resumes from it")
+        started = time.perf_counter()
         step.set_lr(learning_rate(pretrain, epoch))
         losses, errors, bad = step.epoch()
         if bad[0] >= 0:
             raise NonFiniteLossError(f"non-finite loss in SSP pre-training ({folder}) at epoch {epoch + 1}, step "
                                      f"{bad[0] + 1}; try a lower lr (or check the data)")
         if due(epoch, pretrain.checkpoint_every, pretrain.epochs):
-            rundir.save_checkpoint(folder, {
-                "epoch": epoch + 1, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "stream": stream.state_dict(),
-            })
+            save(epoch + 1)
+            checkpointed = epoch + 1
+        last_epoch_seconds = time.perf_counter() - started
         bar.set_postfix(loss=f"{losses[0]:.3f}", rotation_err=f"{errors[0]:.1f}")
     backbone = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("fc.")}
     rundir.save_torch(folder / "backbone.pt", backbone)

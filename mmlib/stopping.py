@@ -62,6 +62,19 @@ class Stop:
         return None
 
 
+def when_orphaned(action) -> None:
+    """Call ``action`` (on a daemon thread) once the process that started this one is gone: a job's process whose
+    sweep or Ray worker was killed must stop rather than train on unwatched, holding its runs' locks."""
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1)
+        action()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 @contextlib.contextmanager
 def handling(handler):
     """``handler(number, frame)`` for SIGTERM and SIGUSR1 meanwhile, the handlers before restored after; in the main

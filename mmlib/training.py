@@ -266,7 +266,7 @@ class _Group:
         first, device, runs = self.first, self.device, len(self.configs)
         train_x, train_y = to_device(self.dataset.train_images, self.dataset.train_labels, device)
         self.test_x, self.test_y = to_device(self.dataset.test_images, self.dataset.test_labels, device)
-        backbone = ssp_backbone(first, self.dataset, device) if self.methods[0].ssp else None
+        backbone = ssp_backbone(first, self.dataset, device, self.stop) if self.methods[0].ssp else None
         singles = [_init_model(c, self.dataset.num_classes, backbone) for c in self.configs]
         self.model = build_model(first.arch, self.dataset.num_classes, self.methods[0].normed, runs)
         self.model.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))

@@ -2,6 +2,8 @@
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import nbformat
@@ -81,3 +83,25 @@ def test_the_newest_evidence_speaks_for_a_run_whose_runner_changed(tmp_path):
         "error", ename="StoppedError", evalue="r: stopped", traceback=[])])])
     nbformat.write(stopped, run_dir / jobs.OUTPUT_NOTEBOOK)  # newest again: a run stopped early has not failed
     assert jobs.recorded_failure(run_dir) is None
+
+
+def test_a_process_whose_parent_is_killed_acts_on_it(tmp_path):
+    """when_orphaned, as a job's process (python runner, or the notebook runner's) uses it: its parent, here a
+    process that starts it and is then killed, is gone, and the action (touching the stop file) follows."""
+    stop_file = tmp_path / "stop"
+    child = ("import pathlib, sys, time\nfrom mmlib.stopping import when_orphaned\n"
+             f"when_orphaned(pathlib.Path({str(stop_file)!r}).touch)\nprint('watching', flush=True)\ntime.sleep(30)")
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', {child!r}], stdout=subprocess.PIPE, text=True)\n"
+        "print(child.pid, child.stdout.readline().strip(), flush=True)\ntime.sleep(30)")],
+        stdout=subprocess.PIPE, text=True)
+    pid, state = parent.stdout.readline().split()
+    assert state == "watching" and not stop_file.exists()
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not stop_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    os.kill(int(pid), signal.SIGKILL)
+    assert stop_file.exists()

@@ -203,3 +203,21 @@ def test_a_sweep_stopped_by_signals_stops_its_jobs_cleanly_and_resumes_them(refe
     done = subprocess.run(command, capture_output=True, text=True)  # seed 0 alone, to compare
     assert done.returncode == 0, done.stdout + done.stderr
     same_run(seed0, reference[0])  # the same configuration as the reference run, trained in three pieces
+
+
+def test_ssp_pretraining_stops_between_its_epochs_with_its_checkpoint_and_resumes(tmp_path):
+    from mmlib import training
+    from mmlib.cache import cache_dir
+    from mmlib.config import RunConfig
+
+    config = RunConfig.from_dict(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=3))
+    stop_file = tmp_path / "stop"
+    stop_file.touch()  # a sweep asking its jobs to stop, from the start: one epoch of pre-training, then the stop
+    with pytest.raises(StoppedError, match=r"SSP pre-training stopped after epoch 1 of 3 because its sweep asked it "
+                                           r"to .*; the checkpoint is written, and the same command resumes from it$"):
+        training.run_many([config], [tmp_path / "run"], stopping.Stop(stop_file=str(stop_file)))
+    [folder] = (cache_dir() / "ssp").iterdir()
+    assert rundir.checkpoint_info(folder)["epoch"] == 1 and not (folder / "backbone.pt").exists()
+    stop_file.unlink()
+    training.run_many([config], [tmp_path / "run"], stopping.Stop())
+    assert rundir.is_finished(tmp_path / "run") and (folder / "backbone.pt").exists()
