@@ -2,7 +2,7 @@
 
   1. the CUDA tests (pytest -m cuda): the graph path against eager over 64 steps, fused against separate
      runs, every method's captured step checked against the eager step (fp32 and bf16), a faulty graph
-     caught, deterministic runs, the losses on CUDA;
+     caught, deterministic runs, the losses on CUDA, a SAM step captured against the eager one;
   2. the throughput benchmark: the reference loop, then the graph and eager paths for K = 1 ... 32 fused
      runs (images/s, ratio to the reference, peak reserved memory; the curve saved for sweep --fuse auto);
   3. real data, bf16, the default step (graphs on CUDA, self-checked): one MM-DRW run alone, then LDAM-DRW
@@ -160,8 +160,8 @@ def main() -> None:
 
     junit = out / "cuda_tests.xml"
     run_logged("CUDA tests", [sys.executable, "-m", "pytest", "tests/test_step.py", "tests/test_losses.py",
-                              "tests/test_models.py", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider",
-                              f"--junitxml={junit}", "-o", "junit_family=xunit1"],
+                              "tests/test_models.py", "tests/test_sam.py", "-m", "cuda", "-q", "-rs",
+                              "-p", "no:cacheprovider", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
                TIME_LIMITS["tests"], out / "cuda_tests.log", lines)
     lines += [*cuda_tests_summary(junit), ""]
 

@@ -3,7 +3,7 @@
   python -m mmlib train --run-dir DIR [run parameters]   one run (resumed if interrupted)
   python -m mmlib list TABLE [--settings ...] [--methods ...]   the cells of a paper table
   python -m mmlib export-data --dataset D --data-root PATH --out FILE.npz   one setting in one file
-  python -m mmlib sweep TABLE [options]                  a table's runs as papermill batches
+  python -m mmlib sweep TABLE [options]                  a table's runs as papermill (or python) jobs
   python -m mmlib sweep --preset quick                   the offline quick sweep, table and figures
   python -m mmlib collect [--from runs] [--to results]   finished runs' records into results/
   python -m mmlib report [--results results] [--out figures]   every table and figure from the records
@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_config.add_arguments(export, run_config.DATASET_FIELDS)
     export.add_argument("--out", required=True, help="the file to write, ending in .npz")
 
-    sweep = commands.add_parser("sweep", help="run a table's cells x seeds through notebooks/train.ipynb with papermill",
+    sweep = commands.add_parser("sweep", help="run a table's cells x seeds, each job through notebooks/train.ipynb with papermill "
+                                     "(or python -m mmlib.jobs: --runner python)",
                                 parents=[common])
     sweep.add_argument("table", nargs="?", choices=paper.TABLES)
     sweep.add_argument("--preset", choices=["quick"],
@@ -230,7 +231,7 @@ def _sweep(args) -> int:
         table, overrides = quick["table"], {**quick["overrides"], **overrides}
         defaults = {key: quick[key] for key in defaults}
     elif table is None:
-        raise ValueError("give a table (table1, table2, table3, quick) or --preset quick")
+        raise ValueError(f"give a table ({', '.join(paper.TABLES)}) or --preset quick")
     fuse, seeds = (defaults[key] if getattr(args, key) is None else getattr(args, key) for key in ("fuse", "seeds"))
     if args.epochs is not None:
         if dict(args.set).get("epochs", args.epochs) != args.epochs:

@@ -1,8 +1,10 @@
-"""mmlib's caches under $MMLIB_CACHE (default ~/.cache/mmlib): decoded image folders, SSP backbones, the K curve.
+"""mmlib's caches under $MMLIB_CACHE (default ~/.cache/mmlib): decoded image folders and SSP backbones.
 
 Each CIFAR image folder is decoded once into a file named by a hash of its images' content, so a
 moved or copied folder finds it; an index remembers each folder's files so that an unchanged folder
 is not hashed again. ``entries`` lists what is cached, ``clear`` deletes it (all is rebuilt when needed).
+The K curve that benchmarks/throughput.py --save-curve measured (mmlib.fusion) lives in the same folder,
+but it is a measurement, not a cache: neither lists nor deletes it.
 """
 
 import hashlib

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import uuid
 from pathlib import Path
 
 from mmlib.config import did_you_mean
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     own_stop_file = None
     if "stop_file" in parameters:  # a training job: orphaned (its sweep killed), its kernel stops at the epoch's end
         if parameters["stop_file"] is None:
-            own_stop_file = Path(tempfile.gettempdir()) / f"mmlib-stop-{os.getpid()}"
+            own_stop_file = Path(tempfile.gettempdir()) / f"mmlib-stop-{uuid.uuid4().hex}"
             parameters["stop_file"] = str(own_stop_file)
         when_orphaned(Path(parameters["stop_file"]).touch)
     try:

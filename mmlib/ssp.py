@@ -92,7 +92,10 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
                disable=quiet)
     checkpointed, last_epoch_seconds = start, 0.0
     for epoch in bar:
-        why = stop.reason(last_epoch_seconds) if epoch > start else None  # a first epoch at least, as a run's
+        why = stop.reason(last_epoch_seconds)  # before every epoch, as the trainer asks (0 s: none timed yet)
+        if why is not None and epoch == 0:
+            raise StoppedError(f"{folder}: SSP pre-training stopped before its first epoch because {why}; nothing "
+                               "was trained, and the same command starts it")
         if why is not None:
             if checkpointed != epoch:
                 save(epoch)

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import nbformat
 import pytest
@@ -42,7 +43,9 @@ def test_a_job_failing_while_the_sweep_stops_is_reported_failed_not_stopped(tmp_
 
     def run_job(job, *args, **kwargs):  # the sweep is signalled while its job fails for a reason of its own
         os.kill(os.getpid(), signal.SIGUSR1)
-        time.sleep(1.0)  # the main thread handles the signal meanwhile
+        deadline = time.monotonic() + 30
+        while not Path(job.stop_file).exists() and time.monotonic() < deadline:  # the main thread's handler ran
+            time.sleep(0.05)
         return "failed"
 
     monkeypatch.setattr("mmlib.jobs.run_job", run_job)

@@ -7,7 +7,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from fixture_runs import protocol_config
+from fixture_runs import cell_of, protocol_config
 from matplotlib.container import BarContainer
 
 from mmlib import cells, compare, data, figures, imbalance, paper, reproduction, rundir, tables, training
@@ -23,11 +23,6 @@ DIGITS = [str(d) for d in range(10)]
 def close_figures():
     yield
     plt.close("all")
-
-
-def find_cell(table: str, setting: str, method: str, variant: str = "equations") -> paper.Cell:
-    [cell] = [c for c in paper.cells(table, [setting], [method], (variant,)) if c.variant == variant]
-    return cell
 
 
 def label_of(cell: paper.Cell) -> str:
@@ -67,12 +62,12 @@ def row_of(df: pd.DataFrame, cell: paper.Cell) -> pd.Series:
 # ---------------------------------------------------------------- collect
 
 def test_collect_means_and_stds_over_finished_seeds(tmp_path):
-    erm = find_cell("quick", "digits-exp-10", "erm")
+    erm = cell_of("quick", "digits-exp-10", "erm")
     finals, bests, manys = [10.0, 14.0, 12.5], [9.0, 11.0, 12.0], [5.0, 7.0, 9.5]
     for seed, (final, best, many) in enumerate(zip(finals, bests, manys)):
         write_run(erm.path(tmp_path) / f"seed{seed}", final, best, group_error={"many": many, "medium": 20.0, "few": None})
     write_run(erm.path(tmp_path) / "seed3", 99.0, 99.0, finished=False)  # interrupted: ignored
-    released = find_cell("quick", "digits-exp-10", "mm-drw", "released")
+    released = cell_of("quick", "digits-exp-10", "mm-drw", "released")
     write_run(released.path(tmp_path) / "seed0", 30.0, 25.0)
 
     df = cells.gather("quick", tmp_path)
@@ -95,12 +90,12 @@ def test_collect_means_and_stds_over_finished_seeds(tmp_path):
     assert math.isnan(one_seed["final_std"])
     assert (one_seed["beta"], one_seed["delta_neg"]) == (released.params["beta"], released.params["delta_neg"])
 
-    missing = row_of(df, find_cell("quick", "digits-step-10", "ldam-drw"))
+    missing = row_of(df, cell_of("quick", "digits-step-10", "ldam-drw"))
     assert missing["seeds"] == 0 and missing[["final_mean", "best_mean", "final_std"]].isna().all()
 
 
 def test_collect_compares_with_the_paper(tmp_path):
-    cell = find_cell("table1", "cifar10-exp-100", "erm")
+    cell = cell_of("table1", "cifar10-exp-100", "erm")
     finals = [30.0, 31.0]
     for seed, final in enumerate(finals):
         write_run(cell.path(tmp_path) / f"seed{seed}", final, final - 1)
@@ -112,7 +107,7 @@ def test_collect_compares_with_the_paper(tmp_path):
 
 
 def test_a_cell_counts_only_runs_of_its_protocol_and_notes_how_its_seeds_were_computed(tmp_path):
-    cell = find_cell("table1", "cifar10-exp-100", "mm-drw")
+    cell = cell_of("table1", "cifar10-exp-100", "mm-drw")
     write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, bf16=True, compile="graphs", fused_runs=4)
     write_run(cell.path(tmp_path) / "seed1", 22.0, 21.0, data_root="/elsewhere", quiet=False)  # incidental
     write_run(cell.path(tmp_path) / "seed2", 60.0, 50.0, lr=0.5)  # another experiment: left out
@@ -134,7 +129,7 @@ def test_a_cell_counts_only_runs_of_its_protocol_and_notes_how_its_seeds_were_co
 
 
 def test_a_record_older_than_a_parameter_counts_as_the_parameters_default(tmp_path):
-    cell = find_cell("table1", "cifar10-exp-100", "ldam-drw")
+    cell = cell_of("table1", "cifar10-exp-100", "ldam-drw")
     write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0)  # written before sam_rho existed: the plain step
     write_run(cell.path(tmp_path) / "seed1", 30.0, 29.0, sam_rho=0.5)  # another experiment
     config_file = cell.path(tmp_path) / "seed0" / rundir.CONFIG
@@ -153,16 +148,16 @@ def test_every_mm_variant_renders_in_tables_the_summary_figures_and_comparisons(
     for table in ("table1", "ablation"):
         for seed in (0, 1):
             if table == "table1":
-                write_run(find_cell(table, setting, "ldam-drw").path(tmp_path) / f"seed{seed}", 23.0 + seed, 22.0)
+                write_run(cell_of(table, setting, "ldam-drw").path(tmp_path) / f"seed{seed}", 23.0 + seed, 22.0)
             for k, variant in enumerate(MM_VARIANTS):
                 for method in ("mm-drw", "mm-ldam-drw"):
-                    cell = find_cell(table, setting, method, variant)
+                    cell = cell_of(table, setting, method, variant)
                     write_run(cell.path(tmp_path) / f"seed{seed}", 20.0 + k + seed, 19.0)
     gathered = {table: cells.gather(table, tmp_path, settings=[setting]) for table in ("table1", "ablation")}
     for table, df in gathered.items():
         md = tables.render(df, table)["md"]
         for variant in MM_VARIANTS:
-            label = label_of(find_cell(table, setting, "mm-drw", variant))
+            label = label_of(cell_of(table, setting, "mm-drw", variant))
             assert f"| {label} | " in md, (table, variant)
     summary = reproduction.reproduction(gathered)
     for name in paper.VARIANT_NAMES.values():
@@ -195,11 +190,11 @@ def markdown_rows(md: str, section: str) -> list[list[str]]:
 
 
 def test_render_table1_as_the_paper_lays_it_out(tmp_path):
-    erm = find_cell("table1", "cifar10-exp-100", "erm")
+    erm = cell_of("table1", "cifar10-exp-100", "erm")
     finals, bests = [30.0, 31.0], [28.0, 28.5]
     for seed, (final, best) in enumerate(zip(finals, bests)):
         write_run(erm.path(tmp_path) / f"seed{seed}", final, best)
-    released = find_cell("table1", "cifar10-step-10", "mm-drw", "released")
+    released = cell_of("table1", "cifar10-step-10", "mm-drw", "released")
     write_run(released.path(tmp_path) / "seed0", 12.0, 11.0)
 
     df = cells.gather("table1", tmp_path)
@@ -210,9 +205,9 @@ def test_render_table1_as_the_paper_lays_it_out(tmp_path):
     assert f"| Method | {' | '.join(labels)} |" in md
     final_rows = markdown_rows(md, tables.EPOCH_TITLES["final"])
     best_rows = markdown_rows(md, tables.EPOCH_TITLES["best"])
-    mm_drw = label_of(find_cell("table1", "cifar10-exp-100", "mm-drw"))
+    mm_drw = label_of(cell_of("table1", "cifar10-exp-100", "mm-drw"))
     assert mm_drw == "MM-DRW (ours) [equations]" and released.label == "MM-DRW (ours) [released code]"
-    expected_order = [label_of(find_cell("table1", "cifar10-exp-100", m)) for m in paper.TABLE1_ERRORS]
+    expected_order = [label_of(cell_of("table1", "cifar10-exp-100", m)) for m in paper.TABLE1_ERRORS]
     expected_order.insert(expected_order.index(mm_drw) + 1, released.label)  # the only released row with a run
     assert [r[0] for r in final_rows] == expected_order == [r[0] for r in best_rows]
 
@@ -222,7 +217,7 @@ def test_render_table1_as_the_paper_lays_it_out(tmp_path):
     assert ours[labels[1]] == f"missing [{paper.TABLE1_ERRORS['erm'][1]:.2f}]"
     best = dict(zip(["Method"] + labels, best_rows[0]))[labels[0]]
     assert best == f"{np.mean(bests):.2f} ± {np.std(bests, ddof=1):.2f} (n=2) [{theirs:.2f}, {np.mean(bests) - theirs:+.2f}]"
-    hg = dict(zip(["Method"] + labels, final_rows[expected_order.index(label_of(find_cell("table1", "cifar10-exp-100", "hg-drs")))]))
+    hg = dict(zip(["Method"] + labels, final_rows[expected_order.index(label_of(cell_of("table1", "cifar10-exp-100", "hg-drs")))]))
     assert [hg[label] for label in labels[4:]] == ["—"] * 4
     released_row = dict(zip(["Method"] + labels, final_rows[expected_order.index(released.label)]))
     mm_paper = paper.TABLE1_ERRORS["mm-drw"][3]
@@ -269,13 +264,13 @@ def test_render_grouped_tables_and_write_table(tmp_path):
 
 def test_per_class_means_over_seeds_and_groups(tmp_path):
     counts = imbalance.class_counts(120, 10, "step", 10.0)
-    erm = find_cell("quick", "digits-step-10", "erm")
+    erm = cell_of("quick", "digits-step-10", "erm")
     per_seed = [[float(c) for c in range(10)], [float(3 * c) for c in range(10)]]
     manys = [4.0, 6.0]
     for seed, (errors, many) in enumerate(zip(per_seed, manys)):
         write_run(erm.path(tmp_path) / f"seed{seed}", 20.0, 19.0, per_class=errors, counts=counts,
                   group_error={"many": many, "medium": None, "few": 30.0})
-    released = find_cell("quick", "digits-step-10", "mm-drw", "released")
+    released = cell_of("quick", "digits-step-10", "mm-drw", "released")
     write_run(released.path(tmp_path) / "seed0", 15.0, 14.0, per_class=[15.0] * 10, counts=counts,
               group_error={"many": 5.0, "medium": None, "few": 25.0})
 
@@ -294,7 +289,7 @@ def test_per_class_means_over_seeds_and_groups(tmp_path):
     assert groups["group"].tolist() == ["many", "few"] and groups["classes"].tolist() == [5, 5]  # no medium class
     assert groups["error_mean"].tolist() == pytest.approx([np.mean(manys), 30.0])
     assert groups["error_std"].iloc[0] == pytest.approx(np.std(manys, ddof=1))
-    equations = find_cell("quick", "digits-step-10", "mm-drw")
+    equations = cell_of("quick", "digits-step-10", "mm-drw")
     assert found.missing == [f"{label_of(equations)} on digits step 10 (searched {equations.path(tmp_path)}/seed*)"]
     best = cells.per_class("quick", tmp_path, "digits-step-10", ["erm"], epoch="best")
     assert best.classes["error_mean"].tolist() == [19.0] * 10
@@ -303,7 +298,7 @@ def test_per_class_means_over_seeds_and_groups(tmp_path):
 def test_per_class_orders_classes_by_training_images_and_finds_every_trained_method(tmp_path):
     counts = [12, 120, 50, 120, 20, 12, 30, 120, 12, 60]  # not sorted: the figure must sort them
     for method in ("erm", "ldam-drw"):
-        cell = find_cell("quick", "digits-exp-10", method)
+        cell = cell_of("quick", "digits-exp-10", method)
         write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, per_class=[float(c) for c in range(10)], counts=counts)
 
     found = cells.per_class("quick", tmp_path)
@@ -348,7 +343,7 @@ def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path)
     errors = {"erm": 30.0, "ldam-drw": 20.0, "mm-drw": 10.0}
     for setting in ("digits-exp-10", "digits-step-10"):
         for method, error in errors.items():
-            cell = find_cell("quick", setting, method)
+            cell = cell_of("quick", setting, method)
             for seed in (0, 1):
                 write_run(cell.path(tmp_path) / f"seed{seed}", error, error, per_class=[error + seed] * 10,
                           counts=counts, group_error={"many": error, "medium": None, "few": error + 1})
@@ -372,7 +367,7 @@ def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path)
     for ax in group_axes:
         assert [b.get_height() for b in ax.patches] == pytest.approx([30, 31, 20, 21, 10, 11])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert labels == [f"{label_of(find_cell('quick', 'digits-exp-10', m))} (n = 2 seeds)" for m in errors]
+    assert labels == [f"{label_of(cell_of('quick', 'digits-exp-10', m))} (n = 2 seeds)" for m in errors]
     assert "±1 std over the n seeds" in fig._suptitle.get_text()
     assert legend_outside_axes(fig)
     paths = figures.save_figure(fig, tmp_path / "figures", "fig3")
@@ -382,7 +377,7 @@ def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path)
 
 def test_fig3_names_what_is_missing_and_refuses_an_empty_figure(tmp_path):
     counts = imbalance.class_counts(120, 10, "step", 10.0)
-    cell = find_cell("quick", "digits-step-10", "erm")
+    cell = cell_of("quick", "digits-step-10", "erm")
     write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0, counts=counts)
 
     fig = figures.plot_per_class(cells.per_class("quick", tmp_path, "digits-step-10", ["erm", "ldam-drw"]))
@@ -420,7 +415,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     results = {}
     for method in ("erm", "mm-drw"):
-        cell = find_cell("quick", "digits-step-10", method)
+        cell = cell_of("quick", "digits-step-10", method)
         config = cell.run_params(arch="resnet8", epochs=2, quiet=True)
         results[method] = training.run(config, cell.path(runs) / "seed0")
 
@@ -430,7 +425,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
     per_class = cells.per_class("quick", runs, "digits-step-10", ["erm", "mm-drw"], protocol=trained).classes
 
     for method, result in results.items():
-        row = row_of(df, find_cell("quick", "digits-step-10", method))
+        row = row_of(df, cell_of("quick", "digits-step-10", method))
         assert row["seeds"] == 1
         assert row["final_mean"] == pytest.approx(result["final"]["error"])
         assert row["best_mean"] == pytest.approx(result["best"]["error"])
@@ -439,7 +434,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
         assert errors == pytest.approx(result["final"]["per_class_error"])
     md = tables.render(df, "quick")["md"]
     for method, result in results.items():
-        label = label_of(find_cell("quick", "digits-step-10", method))
+        label = label_of(cell_of("quick", "digits-step-10", method))
         assert f"| {label} | {result['final']['error']:.2f} (n=1) | {result['best']['error']:.2f} (n=1) |" in md
 
 

@@ -345,7 +345,7 @@ def test_the_device_check_and_a_sweep_run_without_jupyter(tmp_path):
     path = os.pathsep.join([str(blocker)] + [str(ROOT / d) for d in ("", "benchmarks", "tests")])
     env = {**os.environ, "PYTHONPATH": path}
     code = ("import mmlib.step, mmlib.training, mmlib.fusion, mmlib.sweeps, mmlib.jobs, gpu_check, throughput, "
-            "test_step, test_losses, test_models\ntry:\n    import nbformat\nexcept ImportError as error:\n    print(error)")
+            "test_step, test_losses, test_models, test_sam\ntry:\n    import nbformat\nexcept ImportError as error:\n    print(error)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "import of nbformat halted; None in sys.modules"  # the blocker does block

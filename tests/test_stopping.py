@@ -212,12 +212,20 @@ def test_ssp_pretraining_stops_between_its_epochs_with_its_checkpoint_and_resume
 
     config = RunConfig.from_dict(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=3))
     stop_file = tmp_path / "stop"
-    stop_file.touch()  # a sweep asking its jobs to stop, from the start: one epoch of pre-training, then the stop
-    with pytest.raises(StoppedError, match=r"SSP pre-training stopped after epoch 1 of 3 because its sweep asked it "
-                                           r"to .*; the checkpoint is written, and the same command resumes from it$"):
+    stop_file.touch()  # its sweep asked its jobs to stop before this one started
+    with pytest.raises(StoppedError, match=r"SSP pre-training stopped before its first epoch because its sweep asked "
+                                           r"it to .*; nothing was trained, and the same command starts it$"):
         training.run_many([config], [tmp_path / "run"], stopping.Stop(stop_file=str(stop_file)))
+
+    class AfterOneEpoch(stopping.Stop):  # a stop asked for while the first epoch trains
+        def reason(self, next_epoch_seconds):
+            self.asked = getattr(self, "asked", 0) + 1
+            return None if self.asked == 1 else "it was asked to"
+
+    with pytest.raises(StoppedError, match=r"SSP pre-training stopped after epoch 1 of 3 because it was asked to; "
+                                           r"the checkpoint is written, and the same command resumes from it$"):
+        training.run_many([config], [tmp_path / "run"], AfterOneEpoch())
     [folder] = (cache_dir() / "ssp").iterdir()
     assert rundir.checkpoint_info(folder)["epoch"] == 1 and not (folder / "backbone.pt").exists()
-    stop_file.unlink()
     training.run_many([config], [tmp_path / "run"], stopping.Stop())
     assert rundir.is_finished(tmp_path / "run") and (folder / "backbone.pt").exists()
