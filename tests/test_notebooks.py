@@ -1,18 +1,16 @@
-"""The notebooks as papermill runs them: train.ipynb with the tiny parameters of tests/notebooks/train.yaml
-("{out}" becomes an empty output folder), and the parameters every notebook refuses in its first code cell.
+"""The notebooks' parameters as papermill reads them, and the parameters every notebook refuses in its first
+code cell.
 
-The report's notebooks (tables, Fig. 1-3, compare) are executed by tests/test_report.py, as ``report``
-runs them, on a fixture tree of records, and the quick preset's by its test there, on real runs.
+The notebooks are executed in tests/test_report.py, as the sweeps and ``report`` run them: train.ipynb by the
+quick preset's sweep (progress bars on), the report's notebooks (tables, Fig. 1-3, compare) on a fixture tree
+of records and on the committed results/.
 """
 
-import json
 import subprocess
 import sys
 from pathlib import Path
 
-import matplotlib.image
 import nbformat
-import pandas as pd
 import papermill
 import pytest
 import yaml
@@ -22,7 +20,6 @@ import mmlib.notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-PARAMETERS = ROOT / "tests" / "notebooks"
 
 
 def test_every_notebook_has_parameters_papermill_can_read():
@@ -34,36 +31,6 @@ def test_every_notebook_has_parameters_papermill_can_read():
         names = [p.name for p in PythonTranslator.inspect(tagged[0])]
         assert names == [line.split(" =")[0] for line in tagged[0].source.splitlines() if " = " in line and not line.startswith("#")], path.name
         assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{path.name} holds outputs"
-
-
-@pytest.mark.slow
-def test_the_train_notebook_executes_and_writes_readable_outputs(tmp_path, monkeypatch, capfd):
-    monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "out"
-    out.mkdir()
-    notebook = ROOT / "notebooks" / "train.ipynb"
-    params = yaml.safe_load((PARAMETERS / "train.yaml").read_text())
-    params = {k: v.format(out=out) if isinstance(v, str) else v for k, v in params.items()}
-    mmlib.notebook.execute(notebook, tmp_path / notebook.name, params, kernel_name="python3", cwd=str(ROOT))
-    executed = nbformat.read(tmp_path / notebook.name, as_version=4)
-    outputs = [o for c in executed.cells for o in c.get("outputs", [])]
-    assert not [o for o in outputs if o.get("output_type") == "error"]
-    # nothing that looks like a failure: no warnings in the notebook, none from its kernel
-    assert not [o["text"] for o in outputs if o.get("name") == "stderr" and "Warning" in o["text"]]
-    assert "WARNING" not in capfd.readouterr().err
-    written = [p for p in out.rglob("*") if p.is_file()]
-    assert written, f"{notebook.name} wrote nothing into {out}"
-    for path in written:
-        if path.suffix == ".png":
-            assert matplotlib.image.imread(path).ndim == 3
-        elif path.suffix == ".pdf":
-            assert path.read_bytes().startswith(b"%PDF")
-        elif path.suffix == ".csv":
-            assert len(pd.read_csv(path)) > 0
-        elif path.suffix == ".json":
-            json.loads(path.read_text())
-        elif path.suffix in (".md", ".tex"):
-            assert path.read_text().strip()
 
 
 def test_train_notebook_rejects_a_bad_parameter_in_its_first_cells(tmp_path):

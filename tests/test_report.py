@@ -1,5 +1,6 @@
-"""The report: its tables and summary of a fixture results tree, `python -m mmlib report` of the committed results/
-(which must render the committed figures/, every notebook executed), and the quick preset's report on real runs."""
+"""The report: every notebook of it executed on a fixture tree of records (clean, its tables and summary right),
+`python -m mmlib report` of the committed results/ (which must render the committed figures/), and the quick
+preset's sweep and report on real runs (train.ipynb executed with progress bars on)."""
 
 import json
 import subprocess
@@ -12,9 +13,9 @@ import pandas as pd
 import PIL.Image
 import pytest
 from fixture_runs import cell_of, write_run
+from notebook_checks import assert_clean, assert_readable
 
-from mmlib import cells, paper, reports, results, rundir, tables
-from mmlib.reproduction import reproduction
+from mmlib import paper, reports, results, rundir, tables
 
 SETTING = "cifar10-step-100"
 ERRORS = {  # (method, variant): top-1 error (%) of each seed; 10 classes of 1000 test images
@@ -22,6 +23,10 @@ ERRORS = {  # (method, variant): top-1 error (%) of each seed; 10 classes of 100
     ("mm-drw", "equations"): [23.83, 24.03],
     ("ldam-drw", "equations"): [23.00],
 }
+
+
+EVERY_REPORT_NOTEBOOK = ["ablation.ipynb", "beyond.ipynb", "compare.ipynb", "fig1_class_counts.ipynb", "fig2_toy.ipynb",
+                         "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb", "table3.ipynb"]  # as executed
 
 
 def correct_for(error: float) -> list[int]:
@@ -32,8 +37,8 @@ def correct_for(error: float) -> list[int]:
 
 @pytest.fixture(scope="module")
 def results_tree(tmp_path_factory):
-    """Runs of a few cells collected into records, and the tables and summary ``report`` renders from them (here,
-    through the functions its notebooks call: the notebooks themselves run in the two tests below)."""
+    """Runs of a few cells collected into records, and what ``report`` renders from them: every notebook of the
+    report executed on records, each clean (no error, no warning) and every file it wrote readable."""
     root = tmp_path_factory.mktemp("report")
     for (method, variant), errors in ERRORS.items():
         cell = cell_of("table1", SETTING, method, variant)
@@ -42,10 +47,12 @@ def results_tree(tmp_path_factory):
     [table2_cell] = [c for c in paper.cells("table2", [SETTING]) if c.params["beta"] == 1.3]
     write_run(table2_cell.path(root / "runs") / "seed0", table2_cell.run_params(seed=0), 1000, correct_for(22.50))
     assert len(results.collect(root / "runs", root / "results").written) == 6
-    gathered = {table: cells.gather(table, root / "results") for table in reports.REPORT_TABLES}
-    for table, rows in gathered.items():
-        tables.write_table(rows, table, root / "figures")
-    rundir.write_text(root / "figures" / reports.REPRODUCTION, reproduction(gathered))
+    assert reports.report(root / "results", root / "figures") == []  # no notebook failed
+    executed = sorted((root / "figures" / "notebooks").iterdir())
+    assert [p.name for p in executed] == EVERY_REPORT_NOTEBOOK
+    for notebook in executed:
+        assert_clean(notebook)
+    assert_readable(p for p in (root / "figures").rglob("*") if p.is_file())
     return root
 
 
@@ -56,6 +63,7 @@ def cells_of(md: str, section: str) -> dict[str, list[str]]:
     return {row[0]: row[1:] for row in rows}
 
 
+@pytest.mark.slow  # the report's notebooks, executed once for the module
 def test_table_cells_show_mean_std_n_the_paper_and_the_difference(results_tree):
     root = results_tree
     md = (root / "figures" / "table1.md").read_text()
@@ -78,6 +86,7 @@ def test_table_cells_show_mean_std_n_the_paper_and_the_difference(results_tree):
     assert csv.loc[(csv["method"] == "cb-rw") & (csv["setting"] == SETTING), "seeds"].item() == 2
 
 
+@pytest.mark.slow  # the report's notebooks, executed once for the module
 def test_reproduction_counts_cells_near_the_paper_and_the_rank_order(results_tree):
     root = results_tree
     summary = (root / "figures" / "reproduction.md").read_text()
@@ -97,7 +106,8 @@ def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
     """Two seeds of one cell, fused in pairs as the preset does: one notebook trains both runs."""
     out = tmp_path / "runs"
     done = subprocess.run([sys.executable, "-m", "mmlib", "sweep", "--preset", "quick", "--settings", "digits-exp-10",
-                           "--methods", "mm-drw", "--seeds", "0", "1", "--epochs", "2", "--out", str(out)],
+                           "--methods", "mm-drw", "--seeds", "0", "1", "--epochs", "2", "--out", str(out),
+                           "--set", "quiet=false"],  # progress bars on, as a Jupyter user has them: no warning
                           capture_output=True, text=True)
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -107,6 +117,9 @@ def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
         assert rundir.load_results(run_dir)["config"]["config"]["seed"] == seed
         notebook = json.loads((run_dir / "train.ipynb").read_text())
         assert any("injected-parameters" in c["metadata"].get("tags", []) for c in notebook["cells"])
+        assert_clean(run_dir / "train.ipynb")
+        assert_readable(p for p in run_dir.iterdir() if p.is_file())
+        assert "Warning" not in (run_dir / "papermill.log").read_text()  # nor from its kernel
     figures = out / "quick" / "figures"
     md = (figures / "quick.md").read_text()
     assert md.count("missing") >= 5  # every cell but the one trained
@@ -126,9 +139,7 @@ def test_the_committed_figures_are_what_report_renders_from_the_committed_result
     done = subprocess.run([sys.executable, "-m", "mmlib", "report", "--out", str(tmp_path)], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == [  # every notebook of the report ran
-        "ablation.ipynb", "beyond.ipynb", "compare.ipynb", "fig1_class_counts.ipynb", "fig2_toy.ipynb",
-        "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb", "table3.ipynb"]
+    assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == EVERY_REPORT_NOTEBOOK
     assert "missing: MM-DRW (ours) [released code] on CIFAR-10 step 100" in done.stdout  # fig3 says what it lacks
     committed = {p.name for p in rundir.FIGURES.iterdir() if p.is_file()}
     assert committed == {p.name for p in tmp_path.iterdir() if p.is_file()}
