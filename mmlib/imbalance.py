@@ -39,11 +39,7 @@ class ImbalancedDataset:
     @property
     def groups(self) -> dict[str, list[int]]:
         """Class indices by training-set size: many (>100), medium (20..100) and few (<20) shots."""
-        return {
-            "many": [c for c, n in enumerate(self.cls_num_list) if n > MANY_SHOT_ABOVE],
-            "medium": [c for c, n in enumerate(self.cls_num_list) if FEW_SHOT_BELOW <= n <= MANY_SHOT_ABOVE],
-            "few": [c for c, n in enumerate(self.cls_num_list) if n < FEW_SHOT_BELOW],
-        }
+        return groups(self.cls_num_list)
 
     @property
     def description(self) -> str:
@@ -53,6 +49,15 @@ class ImbalancedDataset:
             f"train images per class, from {self.source}"
         )
 
+
+
+def groups(counts: Sequence[int]) -> dict[str, list[int]]:
+    """Class indices by training-set size: many (>100), medium (20..100) and few (<20) shots."""
+    return {
+        "many": [c for c, n in enumerate(counts) if n > MANY_SHOT_ABOVE],
+        "medium": [c for c, n in enumerate(counts) if FEW_SHOT_BELOW <= n <= MANY_SHOT_ABOVE],
+        "few": [c for c, n in enumerate(counts) if n < FEW_SHOT_BELOW],
+    }
 
 
 def class_counts(n_max: int, num_classes: int, imb_type: str, ratio: float) -> list[int]:

@@ -34,9 +34,7 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     config = RunConfig.from_dict({"data_root": str(run_dir), "download": True, **params}).resolve()
     counts = imbalance.class_counts(*data.dataset_size(config.dataset), config.imb_type, config.ratio)
     classes = [f"class{c}" for c in range(len(counts))]
-    groups = {"many": [c for c, n in enumerate(counts) if n > imbalance.MANY_SHOT_ABOVE],
-              "medium": [c for c, n in enumerate(counts) if imbalance.FEW_SHOT_BELOW <= n <= imbalance.MANY_SHOT_ABOVE],
-              "few": [c for c, n in enumerate(counts) if n < imbalance.FEW_SHOT_BELOW]}
+    groups = imbalance.groups(counts)
     final = records.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
     best = records.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
                                   groups)

@@ -38,9 +38,7 @@ def write_run(run_dir, final_error: float, best_error: float, per_class=None, gr
     counts = counts or imbalance.class_counts(120, 10, "exp", 10.0)
     per_class = per_class or [final_error] * len(counts)
     group_error = group_error or {"many": final_error, "medium": final_error, "few": None}
-    groups = {"many": [c for c, n in enumerate(counts) if n > 100],
-              "medium": [c for c, n in enumerate(counts) if 20 <= n <= 100],
-              "few": [c for c, n in enumerate(counts) if n < 20]}
+    groups = imbalance.groups(counts)
     record = {"epoch": 2, "error": final_error, "per_class_error": per_class, "group_error": group_error,
               "confusion": []}
     best = {**record, "epoch": 1, "error": best_error, "per_class_error": [best_error] * len(counts)}
