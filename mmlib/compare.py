@@ -93,8 +93,9 @@ def _runs_by_seed(candidates: list[paper.Cell], setting: str, root: Path, epoch:
             continue
         runs = cells.finished_runs(cell, root, protocol)
         if runs:
-            seeds = [int(rundir.SEED_FOLDER.fullmatch(Path(r["run_dir"]).name).group(1)) for r in runs]
-            return {seed: r[epoch]["error"] for seed, r in zip(seeds, runs)}, str(cell.path(root).relative_to(root))
+            # a cell's runs are of their folder's seed (cells.cell_runs): their recorded seed is it
+            return ({r["config"]["config"]["seed"]: r[epoch]["error"] for r in runs},
+                    str(cell.path(root).relative_to(root)))
     return {}, ""
 
 

@@ -116,12 +116,26 @@ def kernel_config():
     return Config({"KernelManager": {"transport_encryption": "auto"}}) if zmq.has("curve") else Config()
 
 
+KERNEL_STARTS = 3  # tries at starting a notebook's kernel (see execute)
+
+
 def execute(notebook: str | Path, output: str | Path, parameters: dict | None = None, **kwargs):
-    """papermill.execute_notebook on an encrypted kernel, without a progress bar; returns the executed notebook."""
+    """papermill.execute_notebook on an encrypted kernel, without a progress bar; returns the executed notebook.
+
+    Kernels that separate processes start at the same moment can be handed the same free port (jupyter_client
+    picks it before the kernel binds it; papermill issue 511): the loser dies before running any cell, so a
+    fresh kernel is started, up to KERNEL_STARTS times, each retry said in one line on stderr.
+    """
     import papermill
 
-    return papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {}, progress_bar=False,
-                                      config=kernel_config(), **kwargs)
+    for start in range(1, KERNEL_STARTS + 1):
+        try:
+            return papermill.execute_notebook(str(notebook), str(output), parameters=parameters or {},
+                                              progress_bar=False, config=kernel_config(), **kwargs)
+        except RuntimeError as error:
+            if "Kernel died before replying to kernel_info" not in str(error) or start == KERNEL_STARTS:
+                raise
+            print(f"{notebook}: the kernel died as it started ({error}); starting another", file=sys.stderr)
 
 
 def run(notebook: str | Path, output: str | Path, parameters: dict, env: dict | None = None,

@@ -87,3 +87,29 @@ def test_every_notebook_checks_its_injected_parameters(tmp_path):
         mmlib.notebook.execute(ROOT / "notebooks" / "fig1_class_counts.ipynb", tmp_path / "out.ipynb", {"log": "yes"})
     assert failure.value.evalue == "parameter log must be of type bool like its default True, got 'yes'"
     assert failure.value.exec_count == 3  # parameters, injected parameters, then the check
+
+
+def test_a_kernel_dying_as_it_starts_is_started_again_and_other_errors_are_not(tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def execute_notebook(*args, **kwargs):  # two kernels lost to a port taken meanwhile, then one that runs
+        calls.append(args)
+        if len(calls) < 3:
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        return "executed"
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute_notebook)
+    assert mmlib.notebook.execute("in.ipynb", tmp_path / "out.ipynb") == "executed" and len(calls) == 3
+    assert capsys.readouterr().err.count("in.ipynb: the kernel died as it started") == 2
+
+    for message, tries in [("Kernel died before replying to kernel_info", mmlib.notebook.KERNEL_STARTS),
+                           ("another error", 1)]:
+        def fails(*args, message=message, **kwargs):
+            calls.append(args)
+            raise RuntimeError(message)
+
+        calls.clear()
+        monkeypatch.setattr(papermill, "execute_notebook", fails)
+        with pytest.raises(RuntimeError, match=message):
+            mmlib.notebook.execute("in.ipynb", tmp_path / "out.ipynb")
+        assert len(calls) == tries
