@@ -132,27 +132,42 @@ def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
     return configs, [Path(run["run_dir"]) for run in runs]
 
 
+def _last_log(run_dir: Path) -> Path | None:
+    """The log of the run's last job (run_job writes one at its end, by runner; the runner may have changed
+    between attempts), or None."""
+    logs = [Path(run_dir) / name for name in RUNNERS.values() if (Path(run_dir) / name).exists()]
+    return max(logs, key=lambda path: path.stat().st_mtime) if logs else None
+
+
+def _notebook_error(run_dir: Path) -> str | None:
+    """The error the run's executed notebook ended with, unless it stopped early (StoppedError: it resumes)."""
+    error = mmlib.notebook.error_of(Path(run_dir) / OUTPUT_NOTEBOOK)
+    return None if error is None or error.startswith(f"{errors.StoppedError.__name__}:") else error
+
+
 def evidence(run_dir: Path) -> Path:
-    """Where a run's last job tells what happened: the newest of its executed notebook and its logs (the runner
-    may have changed between attempts)."""
-    run_dir = Path(run_dir)
-    found = [run_dir / name for name in (OUTPUT_NOTEBOOK, *RUNNERS.values()) if (run_dir / name).exists()]
-    return max(found, key=lambda path: path.stat().st_mtime) if found else run_dir / OUTPUT_NOTEBOOK
+    """Where a run's last job tells what happened: its executed notebook where a cell failed (the notebook
+    runner), else its log."""
+    run_dir, log = Path(run_dir), _last_log(run_dir)
+    if (log is None or log.name == RUNNERS["notebook"]) and _notebook_error(run_dir) is not None:
+        return run_dir / OUTPUT_NOTEBOOK
+    return log or run_dir / OUTPUT_NOTEBOOK
 
 
 def recorded_failure(run_dir: Path) -> str | None:
     """Why a run's last job failed, as its files tell: its FAILED marker's reason, else the error its executed
-    notebook ended with, else its log's last line before an exit code other than 0 and StoppedError's; None
-    where they tell of no failure (a run not yet run, stopped early, or finished)."""
+    notebook ended with (the notebook runner), else its log's last line before an exit code other than 0 and
+    StoppedError's; None where they tell of no failure (a run not yet run, stopped early, or finished)."""
     failure = rundir.failure(run_dir)
     if failure is not None:
         return failure["reason"]
-    found = evidence(run_dir)
-    if found.name == OUTPUT_NOTEBOOK:
-        error = mmlib.notebook.error_of(found)
-        return None if error is None or error.startswith(f"{errors.StoppedError.__name__}:") else error
-    with contextlib.suppress(OSError):
-        lines = [line.strip() for line in found.read_text().splitlines() if line.strip()]
+    log = _last_log(run_dir)
+    if log is None or log.name == RUNNERS["notebook"]:
+        error = _notebook_error(run_dir)
+        if error is not None:
+            return error
+    with contextlib.suppress(OSError, ValueError):
+        lines = [line.strip() for line in log.read_text().splitlines() if line.strip()] if log else []
         if lines and lines[-1].startswith(EXIT_LINE):
             code = int(lines[-1].removeprefix(EXIT_LINE))
             if code not in (0, errors.StoppedError.exit_code):

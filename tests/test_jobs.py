@@ -70,22 +70,39 @@ def test_a_python_jobs_log_tells_whether_it_failed(tmp_path, log, reason):
     assert jobs.recorded_failure(tmp_path / "r") == reason
 
 
-def test_the_newest_evidence_speaks_for_a_run_whose_runner_changed(tmp_path):
+def write_notebook(run_dir, ename, evalue):
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
+        "error", ename=ename, evalue=evalue, traceback=[])])]), run_dir / jobs.OUTPUT_NOTEBOOK)
+
+
+def test_the_last_jobs_log_speaks_for_a_run_whose_runner_changed(tmp_path):
     run_dir = tmp_path / "r"
-    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
-        "error", ename="ValueError", evalue="bad lr", traceback=[])])])
     run_dir.mkdir()
-    nbformat.write(notebook, run_dir / jobs.OUTPUT_NOTEBOOK)
-    assert jobs.recorded_failure(run_dir) == "ValueError: bad lr"
+    write_notebook(run_dir, "ValueError", "bad lr")  # a notebook-runner attempt
+    rundir.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 1\n")
+    assert jobs.recorded_failure(run_dir) == "ValueError: bad lr" and jobs.evidence(run_dir).name == "train.ipynb"
     old = time.time() - 60
-    os.utime(run_dir / jobs.OUTPUT_NOTEBOOK, (old, old))  # the notebook's attempt, then one on the python runner
-    write_log(run_dir, "error: r: the loss became NaN\nexit code 6\n")
+    os.utime(run_dir / jobs.RUNNERS["notebook"], (old, old))
+    write_log(run_dir, "error: r: the loss became NaN\nexit code 6\n")  # then one on the python runner
     assert jobs.evidence(run_dir) == run_dir / jobs.RUNNERS["python"]
     assert jobs.failure_reason(run_dir) == "error: r: the loss became NaN"
-    stopped = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
-        "error", ename="StoppedError", evalue="r: stopped", traceback=[])])])
-    nbformat.write(stopped, run_dir / jobs.OUTPUT_NOTEBOOK)  # newest again: a run stopped early has not failed
+
+    os.utime(run_dir / jobs.RUNNERS["python"], (old - 60, old - 60))  # the notebook runner's again, stopped early
+    write_notebook(run_dir, "StoppedError", "r: stopped")
+    rundir.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 75\n")
     assert jobs.recorded_failure(run_dir) is None
+
+
+def test_a_notebook_jobs_log_tells_why_it_failed_where_its_notebook_does_not(tmp_path):
+    """A kernel that never started leaves a notebook without an error cell: the log says why (the driver of a
+    Ray sweep without a shared filesystem receives both, in any order)."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    rundir.write_text(run_dir / jobs.RUNNERS["notebook"], "Traceback ...\nRuntimeError: Kernel died before replying "
+                                                          "to kernel_info\nexit code 1\n")
+    nbformat.write(nbformat.v4.new_notebook(), run_dir / jobs.OUTPUT_NOTEBOOK)  # written after the log
+    assert jobs.recorded_failure(run_dir) == "RuntimeError: Kernel died before replying to kernel_info"
+    assert jobs.evidence(run_dir) == run_dir / jobs.RUNNERS["notebook"]
 
 
 def test_a_process_whose_parent_is_killed_acts_on_it(tmp_path):
