@@ -85,8 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     run_config.add_arguments(export, run_config.DATASET_FIELDS)
     export.add_argument("--out", required=True, help="the file to write, ending in .npz")
 
-    sweep = commands.add_parser("sweep", help="run a table's cells x seeds, each job through notebooks/train.ipynb with papermill "
-                                     "(or python -m mmlib.jobs: --runner python)",
+    sweep = commands.add_parser("sweep", help="run a table's cells x seeds, each job through notebooks/train.ipynb "
+                                              "with papermill (or python -m mmlib.jobs: --runner python)",
                                 parents=[common])
     sweep.add_argument("table", nargs="?", choices=paper.TABLES)
     sweep.add_argument("--preset", choices=["quick"],
@@ -114,8 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--time-limit", type=stopping.parse_duration, metavar="DURATION",
                        help="90s, 14m, 2h: every job checkpoints and stops before then, no job starts that could not "
                             "reach its first checkpoint in the time left; the sweep then exits with code 75 (the same "
-                            "command resumes). SIGTERM and SIGUSR1 stop a local sweep the same way (a second signal: at once); "
-                            "a Ray sweep stops its tasks on Ctrl-C")
+                            "command resumes). SIGTERM and SIGUSR1 stop a local sweep the same way (a second signal: "
+                            "at once); a Ray sweep stops its tasks on Ctrl-C")
     sweep.add_argument("--rerun-changed", action="store_true",
                        help="runs in the planned folders that were trained with other parameters (a sweep refuses "
                             "them) are moved aside to <run>.replaced-<UTC time> and trained anew")

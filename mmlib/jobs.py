@@ -84,8 +84,8 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
 
     runner "notebook": execute train.ipynb; "python": ``python -m mmlib.jobs`` (no notebook kernel needed).
     The executed notebook and the job's log land in every run directory of the job. ``started(process)``, if
-    given, receives the job's process as it starts (to stop it at once). A run another process is training (e.g. a second sweep over the same folder) is left alone:
-    its files are that process's.
+    given, receives the job's process as it starts (to stop it at once). A run another process is training
+    (e.g. a second sweep over the same folder) is left alone: its files are that process's.
     """
     check_runner(runner)
     if any(rundir.lock_owner(d) is not None for d in job.run_dirs):
@@ -96,7 +96,8 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if runner == "notebook":
-        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env, started=started)
+        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env,
+                                  started=started)
     else:
         done = mmlib.notebook.run_module("mmlib.jobs", [], job.notebook_parameters(), env, started=started)
     rundir.write_text(first / RUNNERS[runner], done.stdout + done.stderr + f"{EXIT_LINE}{done.returncode}\n")
@@ -199,8 +200,9 @@ def record_outcome(job: Job, status: str, seconds: float, done, total: int, log,
             info = rundir.checkpoint_info(run_dir)
             line += f"stopped early after epoch {info['epoch'] if info else 0}; it resumes ({seconds:.0f} s)"
         else:
-            outcome.failed.append((label, evidence(run_dir)))
-            line += f"FAILED: {failure_reason(run_dir)} (see {evidence(run_dir)})"
+            where = evidence(run_dir)
+            outcome.failed.append((label, where))
+            line += f"FAILED: {failure_reason(run_dir)} (see {where})"
         log(line)
 
 
@@ -209,7 +211,8 @@ def record_error(job: Job, error: Exception, done, total: int, log, outcome: Out
     as it wrote the job's log): the job fails alone, and the sweep goes on."""
     for label, run_dir in zip(job.labels, job.run_dirs):
         outcome.failed.append((label, evidence(run_dir)))
-        log(f"[{next(done)}/{total}] {label}: FAILED: the sweep could not run its job: {type(error).__name__}: {error}")
+        log(f"[{next(done)}/{total}] {label}: FAILED: the sweep could not run its job: "
+            f"{type(error).__name__}: {error}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,8 +3,8 @@
 Each worker takes the next job and runs it in a fresh process (mmlib.jobs.run_job) that sees only its
 GPU. With a deadline (--time-limit) a job that could not reach its first checkpoint in the time left
 (mmlib.timing, from what was measured, with the stop's margin) is not started (and reported apart where
-it needs more than the whole limit, which no rerun would change), and every started job stops before the deadline
-with its checkpoint written. SIGTERM or SIGUSR1 (pre-emption; Slurm's --signal) stops the sweep the same
+it needs more than the whole limit, which no rerun would change), and every started job stops before
+the deadline with its checkpoint written. SIGTERM or SIGUSR1 (pre-emption; Slurm's --signal) stops the sweep the same
 way: no job starts any more, and the running ones checkpoint at the end of their epoch (the executor
 creates their stop file); a second signal stops them at once, their previous checkpoints intact.
 """

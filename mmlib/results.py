@@ -231,8 +231,8 @@ def _progress(run: Path) -> str:
 
 
 def summarize_runs(runs: list[dict]) -> pd.DataFrame:
-    """One row per run: method, seed, MM variant, SAM's rho, final and best error, final many / medium / few-shot errors, and the
-    step paths that trained it (graphs or eager; the reasons are in its metrics.json)."""
+    """One row per run: method, seed, MM variant, SAM's rho, final and best error, final many / medium / few-shot
+    errors, and the step paths that trained it (graphs or eager; the reasons are in its metrics.json)."""
     rows = []
     for r in runs:
         config = r["config"]["config"]

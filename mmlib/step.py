@@ -180,8 +180,8 @@ class TrainStep:
     model: the fused model (input (B, 3K, H, W), output (B, K, C), or (B, C) for K = 1); streams: the
     K runs' TrainStreams over the same images; criteria: the K losses; optimizer: an SGDState (or a
     torch.optim.SGD) with one parameter group, which holds the learning rate and momentum buffers (so
-    checkpoints keep SGD's state_dict format) but is never stepped. transform(x, y, generator) -> (x, y) changes each run's
-    batch (SSP's rotations); it draws random numbers every step, so it runs eager only. sam_rho: each
+    checkpoints keep SGD's state_dict format) but is never stepped. transform(x, y, generator) -> (x, y)
+    changes each run's batch (SSP's rotations); it draws random numbers every step, so it runs eager only. sam_rho: each
     run's SAM radius (None: every run plain SGD); runs of rho 0 and of rho > 0 do not share a step.
     Build it after loading a checkpoint into the optimizer (it takes the momentum buffers it finds) and after
     setting the losses' class weights (all ones for none): both then change in place only, and each epoch

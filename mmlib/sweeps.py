@@ -202,7 +202,8 @@ def summary(outcome: jobs.Outcome) -> list[str]:
                      f"{len(outcome.not_started)} not started; the same command resumes them")
     for labels, seconds in outcome.too_long:
         lines.append(f"not started: {' | '.join(labels)}: its first checkpoint needs about {timing.describe(seconds)} "
-                     f"(measured, times {stopping.MARGIN} for safety), more than the whole --time-limit; give a longer one")
+                     f"(measured, times {stopping.MARGIN} for safety), more than the whole --time-limit; "
+                     "give a longer one")
     if outcome.failed:
         lines.append(f"{len(outcome.failed)} runs failed:")
         lines += [f"  {label}: {jobs.failure_reason(notebook.parent)} (see {notebook})" for label, notebook in outcome.failed]
