@@ -46,7 +46,8 @@ def _key_value(text: str) -> tuple[str, object]:
 
 def _table_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", help="only these settings, e.g. cifar10-exp-100 cifar100-step-10")
-    parser.add_argument("--methods", nargs="+", help="only these methods, e.g. mm-drw ldam-drw")
+    parser.add_argument("--methods", nargs="+", help="only these methods, in this order (a sweep runs each seed's cells in it), "
+                        "e.g. ldam-drw mm-drw erm")
     parser.add_argument("--mm-variants", nargs="+", default=["equations"], choices=run_config.MM_VARIANTS,
                         help="run the MM cells as the paper's equations, as the released code behaves, and/or with one "
                              "of its departures alone (first-label, mask-zero)")

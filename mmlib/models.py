@@ -1,9 +1,11 @@
 """CIFAR ResNets (He et al., CVPR 2016, Sec. 4.2) as used by LDAM-DRW, optionally K runs fused into one.
 
 resnet{8,20,32,44,56,110}: three stages of 16/32/64 channels, (depth - 2) / 6 basic blocks each,
-option-A shortcuts (stride-2 subsampling and zero-padded channels), Kaiming-normal init of conv
-and linear weights, global average pooling, then a linear head with bias or (normed=True) a
-cosine classifier: features and class weight vectors L2-normalised, no bias, outputs in [-1, 1].
+option-A shortcuts (stride-2 subsampling and zero-padded channels), global average pooling, then a
+linear head with bias or (normed=True) a cosine classifier: features and class weight vectors
+L2-normalised, no bias, outputs in [-1, 1]. Initialised with LDAM-DRW's distributions (Kaiming-normal
+conv and linear weights, unit-norm cosine class vectors), the backbone drawn before the head, so that
+every method of a seed starts from one backbone (LDAM-DRW's code draws the head's default init between).
 The head computes in float32 even under bf16 autocast (the margin losses read small logit differences).
 
 ``runs=K`` builds K independent networks as one: every convolution is grouped (K groups),
@@ -53,15 +55,23 @@ class BasicBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """Per-run classifier on (B, K, F) features; weight (K*C, F) so runs stack along dim 0."""
+    """Per-run classifier on (B, K, F) features; weight (K*C, F) so runs stack along dim 0.
+
+    Initialised as LDAM-DRW's resnet_cifar.py: the cosine head's class vectors uniform in [-1, 1]^F scaled to unit
+    norm, the linear head's weight Kaiming normal and its bias nn.Linear's default.
+    """
 
     def __init__(self, runs: int, in_features: int, num_classes: int, normed: bool):
         super().__init__()
         self.runs, self.num_classes, self.normed = runs, num_classes, normed
         self.weight = nn.Parameter(torch.empty(runs * num_classes, in_features))
         self.bias = None if normed else nn.Parameter(torch.empty(runs * num_classes))
-        for w in self.weight.chunk(runs):
-            nn.init.kaiming_normal_(w)
+        with torch.no_grad():
+            for w in self.weight.chunk(runs):
+                if normed:  # LDAM-DRW's NormedLinear: uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5) of its (F, C) weight
+                    w.copy_(torch.empty(in_features, num_classes).uniform_(-1, 1).renorm(2, 1, 1e-5).mul(1e5).T)
+                else:
+                    nn.init.kaiming_normal_(w)
         if self.bias is not None:  # nn.Linear's default bias init, which LDAM-DRW keeps
             bound = in_features**-0.5
             nn.init.uniform_(self.bias, -bound, bound)

@@ -235,7 +235,8 @@ def _mm_cells(table: str, setting: Setting, method: str, beta: float, delta_neg:
 
 
 def cells(table: str, settings=None, methods=None, mm_variants=("equations",), mm_scale: float | None = None) -> list[Cell]:
-    """The cells of ``table``, optionally only some settings / methods; MM cells once per variant.
+    """The cells of ``table``, optionally only some settings / methods (then in the order ``methods`` names them,
+    e.g. a campaign's most wanted rows first); MM cells once per variant, in the order of ``mm_variants``.
 
     mm_scale overrides the MM cells' scale s (default: the paper's s = 10). The ablation table holds
     every variant whatever mm_variants says, on ABLATION_SETTINGS unless settings names others.
@@ -290,7 +291,8 @@ def cells(table: str, settings=None, methods=None, mm_variants=("equations",), m
         unknown = sorted(set(chosen or ()) - valid)
         if unknown:
             raise ValueError(f"{table} has no {name} {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
-    return [c for c in out if (not settings or c.setting.name in settings) and (not methods or c.name in methods)]
+    chosen = [c for c in out if (not settings or c.setting.name in settings) and (not methods or c.name in methods)]
+    return sorted(chosen, key=lambda c: list(methods).index(c.name)) if methods else chosen  # in the order named
 
 
 def _sam_cells(mm_variants, mm_scale) -> list[Cell]:

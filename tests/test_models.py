@@ -59,6 +59,41 @@ def test_kaiming_normal_init_scale():
     assert conv.std().item() == pytest.approx((2 / (64 * 9)) ** 0.5, rel=0.05)
 
 
+def _drawn_from(seed: int, model, normed: bool) -> dict:
+    """The initial weights drawn from ``seed`` with LDAM-DRW's distributions, backbone first: every convolution's
+    default draw as it is built (overwritten), then Kaiming normal (std sqrt(2 / fan_in)) for each in module
+    order; then the head: the cosine head's (F, C) uniform(-1, 1) draw with each class column scaled to norm 1
+    (LDAM-DRW's NormedLinear), or the linear head's Kaiming-normal weight and bias uniform in +-F^-1/2."""
+    convs = [(name, m.weight.shape) for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d)]
+    torch.manual_seed(seed)
+    for _, shape in convs:
+        torch.empty(shape).uniform_(-1, 1)
+    expected = {f"{name}.weight": torch.randn(shape) * (2 / shape[1:].numel()) ** 0.5 for name, shape in convs}
+    features, classes = model.feature_dim, model.num_classes
+    if normed:
+        drawn = torch.empty(features, classes).uniform_(-1, 1)
+        return {**expected, "fc.weight": (drawn / drawn.norm(dim=0)).T}
+    weight = torch.randn(classes, features) * (2 / features) ** 0.5
+    return {**expected, "fc.weight": weight, "fc.bias": torch.empty(classes).uniform_(-(features**-0.5), features**-0.5)}
+
+
+@pytest.mark.parametrize("normed", [True, False])
+def test_a_seed_draws_the_network_with_ldam_drws_distributions(normed):
+    """The cosine head starts at unit-norm class vectors as LDAM-DRW's NormedLinear does (Kaiming's would be ~1.4)."""
+    torch.manual_seed(5)
+    model = resnet8(7, normed=normed)
+    state = model.state_dict()
+    for name, expected in _drawn_from(5, model, normed).items():
+        torch.testing.assert_close(state[name], expected, rtol=1e-6, atol=1e-7, msg=name)
+    if normed:
+        torch.testing.assert_close(model.fc.weight.norm(dim=1), torch.ones(7))
+
+
+def test_fused_heads_draw_each_run_as_one_run():
+    fused = resnet8(4, normed=True, runs=3)
+    torch.testing.assert_close(fused.fc.weight.norm(dim=1), torch.ones(12))
+
+
 def test_fused_model_equals_its_runs():
     """K networks fused (grouped convolutions, per-run BatchNorm) compute what each computes alone."""
     torch.manual_seed(0)

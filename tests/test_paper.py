@@ -124,6 +124,14 @@ def test_filters_and_errors():
         paper.cells("table1", mm_variants=("paper",))
 
 
+def test_cells_come_in_the_order_methods_and_variants_name_them():
+    cells = paper.cells("table1", settings=["cifar10-exp-100"], methods=["ldam-drw", "mm-drw", "erm"],
+                        mm_variants=("released", "equations"))
+    assert [c.run_name for c in cells] == ["ldam-drw", "mm-drw-released", "mm-drw", "erm"]
+    table_order = [c.name for c in paper.cells("table1", settings=["cifar10-exp-100"])]
+    assert table_order.index("erm") < table_order.index("ldam-drw") < table_order.index("mm-drw")
+
+
 def test_cli_lists_cells_with_the_papers_numbers():
     out = subprocess.run([sys.executable, "-m", "mmlib", "list", "table1", "--methods", "mm-drw", "--settings",
                           "cifar10-exp-100", "--mm-variants", "equations", "released"],

@@ -247,6 +247,11 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_
         training.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
 
 
+# Grouped and plain convolutions sum in other orders, by how much depends on the processor's kernels: a fused
+# run's epoch loss departed from the run alone by 1.0e-5 (relative) on one AMD EPYC, within 1e-5 on earlier machines.
+FUSED_LOSS_RTOL = 1e-4
+
+
 @pytest.mark.slow
 def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it_would_alone(tmp_path, monkeypatch):
     """erm fused with focal, focal's loss poisoned from its 6th step on: erm finishes as if trained alone (within
@@ -272,7 +277,7 @@ def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it
     alone = training.run(quick(method="erm", **schedule), tmp_path / "alone")
     assert [h["epoch"] for h in fused["history"]] == [1, 2, 3]
     for a, b in zip(fused["history"], alone["history"]):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=FUSED_LOSS_RTOL)
     assert fused["final"]["confusion"] == alone["final"]["confusion"]
     state_f = torch.load(tmp_path / "f0" / rundir.CHECKPOINT, weights_only=False)["model"]
     state_a = torch.load(tmp_path / "alone" / rundir.CHECKPOINT, weights_only=False)["model"]
@@ -323,7 +328,7 @@ def test_fused_runs_train_as_each_would_alone(tmp_path):
     for k, params in enumerate(variants):
         alone = training.run(params, tmp_path / f"alone{k}")
         for a, b in zip(fused[k]["history"], alone["history"]):
-            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+            assert a["train_loss"] == pytest.approx(b["train_loss"], rel=FUSED_LOSS_RTOL)
         assert fused[k]["final"]["confusion"] == alone["final"]["confusion"]
         state_f = torch.load(tmp_path / f"f{k}" / rundir.CHECKPOINT, weights_only=False)["model"]
         state_a = torch.load(tmp_path / f"alone{k}" / rundir.CHECKPOINT, weights_only=False)["model"]
