@@ -91,7 +91,8 @@ it resumes from its last good checkpoint).
             result.failed.append((label, run_dir, rundir.failure(run_dir)["reason"]))
             if not retry_failed:
                 continue
-        pending.append((fusion_key(config), epoch, label, run_dir, params))
+        # every parameter, defaults included: the notebook's own defaults (a one-minute digits run) never apply
+        pending.append((fusion_key(config), epoch, label, run_dir, config.to_dict()))
     groups = {}  # (fusion key, epoch) -> runs, in seed-major order
     for run in pending:
         groups.setdefault(run[:2], []).append(run)

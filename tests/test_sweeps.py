@@ -11,6 +11,7 @@ import torch
 
 import mmlib.notebook
 from mmlib import rundir, sweeps, training
+from mmlib.config import RunConfig
 from mmlib.errors import RunDirBusyError
 from mmlib.jobs import Outcome
 from mmlib.local_backend import LocalExecutor
@@ -51,6 +52,17 @@ def test_plan_fuses_runs_of_one_setting_that_share_everything_but_seeds_and_loss
 def test_unfused_plans_run_seed_0_of_every_cell_first(tmp_path):
     jobs = quick_plan(tmp_path, seeds=[0, 1]).jobs
     assert [job.labels[0].split(" ", 2)[2] for job in jobs] == ["erm seed0", "mm-drw seed0", "erm seed1", "mm-drw seed1"]
+
+
+def test_a_job_carries_every_parameter_so_the_notebooks_own_defaults_never_apply(tmp_path):
+    """train.ipynb's defaults are a one-minute digits run (ResNet-8, 10 epochs); a table's run must get the
+    protocol's ResNet-32 and 200 epochs although its cell names neither."""
+    (tmp_path / "c10").mkdir()
+    job = sweeps.plan("table1", tmp_path / "runs", settings=["cifar10-exp-100"], methods=["ldam-drw"],
+                      data_roots={None: str(tmp_path / "c10")}).jobs[0]
+    parameters = job.notebook_parameters()
+    assert set(RunConfig.names()) <= set(parameters)
+    assert (parameters["arch"], parameters["epochs"], parameters["checkpoint_every"]) == ("resnet32", 200, 10)
 
 
 def test_plan_fails_before_any_work_on_bad_input(tmp_path):
