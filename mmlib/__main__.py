@@ -44,6 +44,10 @@ def _key_value(text: str) -> tuple[str, object]:
         return key, value
 
 
+IDLE_HELP = ("train at the CPU's idle priority, behind everything else this machine runs (Linux: SCHED_IDLE in a "
+             "session of its own at nice 19; elsewhere nice 19): a campaign that stays out of the way")
+
+
 def _table_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", help="only these settings, e.g. cifar10-exp-100 cifar100-step-10")
     parser.add_argument("--methods", nargs="+", help="only these methods, in this order (a sweep runs each seed's cells in it), "
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="90s, 14m, 2h: checkpoint and stop before then (judged from the epochs measured), exit "
                             "code 75; the same command resumes. SIGTERM and SIGUSR1 stop the run at the end of its "
                             "epoch the same way (a second signal: at once, the last checkpoint kept)")
+    train.add_argument("--idle", action="store_true", help=IDLE_HELP)
     run_config.add_arguments(train)
 
     listing = commands.add_parser("list", help="the cells of a paper table: setting, method, parameters, paper's error",
@@ -117,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "reach its first checkpoint in the time left; the sweep then exits with code 75 (the same "
                             "command resumes). SIGTERM and SIGUSR1 stop a local sweep the same way (a second signal: "
                             "at once); a Ray sweep stops its tasks on Ctrl-C")
+    sweep.add_argument("--idle", action="store_true",
+                       help=IDLE_HELP + "; its jobs inherit it, and checkpoint every epoch unless --set checkpoint_every=N")
     sweep.add_argument("--rerun-changed", action="store_true",
                        help="runs in the planned folders that were trained with other parameters (a sweep refuses "
                             "them) are moved aside to <run>.replaced-<UTC time> and trained anew")
@@ -234,6 +241,8 @@ def _sweep(args) -> int:
     elif table is None:
         raise ValueError(f"give a table ({', '.join(paper.TABLES)}) or --preset quick")
     fuse, seeds = (defaults[key] if getattr(args, key) is None else getattr(args, key) for key in ("fuse", "seeds"))
+    if args.idle:  # runs that yield to other work are the ones most often stopped: lose at most an epoch
+        overrides.setdefault("checkpoint_every", 1)
     if args.epochs is not None:
         if dict(args.set).get("epochs", args.epochs) != args.epochs:
             raise ValueError(f"--epochs {args.epochs} and --set epochs={dict(args.set)['epochs']} disagree: give one")
@@ -309,9 +318,18 @@ def _cache(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
+    if getattr(args, "idle", False):
+        from mmlib.idle import run_idle
+
+        return run_idle(lambda: _run(args))
+    return _run(args)
+
+
+def _run(args) -> int:
+    """The command's exit code; an error as one line and its exit code (mmlib.errors)."""
     command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep, "collect": _collect,
                "report": _report, "cache": _cache}[args.command]
-    warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
     try:
         code = command(args)
         sys.stdout.flush()  # a reader that left shows here rather than at exit

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmlib import identity, provenance, rundir
+from mmlib import identity, idle, provenance, rundir
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError, StoppedError
@@ -57,6 +57,7 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
     ``stop`` (mmlib.stopping.Stop: a deadline, a sweep's stop file; SIGTERM and SIGUSR1 are caught while the
     runs train) ends the training early, checkpoint written, with StoppedError.
     """
+    idle.follow()  # a kernel an idle sweep started sits in a session of its own: keep that one idle too
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
     configs = [c.resolve() for c in configs]
     run_dirs = [Path(d) for d in run_dirs]
