@@ -82,7 +82,8 @@ class RunConfig:
     compile: str = _param("auto", "the training step: auto (graphs on CUDA, off on the CPU), off (eager), graphs (the whole step as CUDA graphs), or a torch.compile mode for the model inside the eager step", COMPILE_MODES)
     # evaluation and output
     eval_every: int = _param(1, "evaluate on the test set every this many epochs (and at the end)")
-    eval_batch_size: int = _param(1024, "evaluation batch size")
+    eval_batch_size: int | None = _param(None, "evaluation batch size (default: 1024 on CUDA, 128 on the CPU, where "
+                                               "a smaller batch's activations stay in the caches)")
     checkpoint_every: int = _param(10, "write the checkpoint every this many epochs and after the last; a killed run "
                                        "redoes at most this many. Not every epoch: on a GPU a CIFAR-LT epoch is expected to "
                                        "take well under a second, while one run's checkpoint (ResNet-32 and its optimizer, "
@@ -155,6 +156,12 @@ class RunConfig:
             "s": self.s,
             "variant": self.mm_variant,
         }
+
+
+def eval_batch_size(config: RunConfig, device_type: str) -> int:
+    """The evaluation batch size a run uses on a device: its own, or the faster default there (benchmarks/throughput.py
+    measures both)."""
+    return config.eval_batch_size or (1024 if device_type == "cuda" else 128)
 
 
 def default_schedule(epochs: int) -> tuple[int, list[int]]:

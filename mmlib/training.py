@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from mmlib import identity, idle, provenance, rundir
-from mmlib.config import RunConfig
+from mmlib.config import RunConfig, eval_batch_size
 from mmlib.data import load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError, StoppedError
 from mmlib.fusion import FUSABLE, fusion_key
@@ -152,7 +152,7 @@ def _init_model(config: RunConfig, num_classes: int, backbone: dict | None) -> t
 
 
 @torch.inference_mode()
-def _confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last,
+def confusions(model, images, labels, runs, num_classes, batch_size, autocast, channels_last,
                 logit_offsets=(None,)) -> torch.Tensor:
     """(A, K, C, C) confusion matrices (rows: true class) of the K runs on a test set, one per logit
     offset (K, C) added before the argmax (None: the plain logits; post-hoc adjustment), from one forward pass.
@@ -304,9 +304,10 @@ class _Group:
         """Confusions with each run's logit offset applied, and the plain ones (None when no run has an offset),
         from one forward pass."""
         offsets = (None,) if self.logit_offsets is None else (self.logit_offsets, None)
-        confusions = _confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
-                                 self.first.eval_batch_size, self.autocast, self.channels_last, offsets)
-        return confusions[0], (confusions[1] if len(offsets) > 1 else None)
+        found = confusions(self.model, self.test_x, self.test_y, len(self.configs), self.dataset.num_classes,
+                           eval_batch_size(self.first, self.test_x.device.type), self.autocast, self.channels_last,
+                           offsets)
+        return found[0], (found[1] if len(offsets) > 1 else None)
 
     def _resume(self) -> dict:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""

@@ -2,7 +2,7 @@
 
 import pytest
 
-from mmlib import schedule
+from mmlib import config, schedule
 from mmlib.config import RunConfig
 
 DIGITS = dict(dataset="digits", imb_type="exp", ratio=10.0, method="erm")
@@ -84,3 +84,9 @@ def test_an_explicit_empty_milestone_list_means_a_constant_rate():
     config = RunConfig(**DIGITS, epochs=10, warmup_epochs=0, lr_milestones=[], switch_epoch=3)
     assert config.resolve().lr_milestones == []
     assert {schedule.learning_rate(config, e) for e in range(10)} == {0.1}
+
+
+def test_the_evaluation_batch_is_the_runs_own_or_the_faster_default_of_its_device():
+    assert config.eval_batch_size(RunConfig(**DIGITS), "cpu") == 128  # activations that stay in the caches
+    assert config.eval_batch_size(RunConfig(**DIGITS), "cuda") == 1024
+    assert config.eval_batch_size(RunConfig(**DIGITS, eval_batch_size=300), "cpu") == 300
