@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from mmlib import rundir
-from mmlib.config import ARCHS
+from mmlib.choices import ARCHS
 from mmlib.models import build_model, split_optimizer_state, split_state_dict
 
 

@@ -14,8 +14,8 @@ import torch
 from reference import ReferenceDataset
 from torch.utils.data import DataLoader
 
-from mmlib.data import DATASETS, load_dataset
-from mmlib.imbalance import IMBALANCE_TYPES
+from mmlib.choices import DATASETS, IMBALANCE_TYPES
+from mmlib.data import load_dataset
 from mmlib.pipeline import TrainStream, to_device
 
 BATCH_SIZE = 128

@@ -5,7 +5,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms
 
-from mmlib.data import CIFAR_MEAN, CIFAR_STD
+from mmlib.choices import CIFAR_MEAN, CIFAR_STD
 
 
 class ReferenceDataset(Dataset):

@@ -45,8 +45,8 @@ from reference import ReferenceDataset
 from torch.utils.data import DataLoader
 
 from mmlib import fusion
-from mmlib.config import ARCHS, COMPILE_MODES
-from mmlib.data import DATASETS, load_dataset
+from mmlib.choices import ARCHS, COMPILE_MODES, DATASETS
+from mmlib.data import load_dataset
 from mmlib.losses import LDAMLoss
 from mmlib.models import build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, eval_batches, to_device

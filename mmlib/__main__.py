@@ -23,7 +23,7 @@ import warnings
 import mmlib
 from mmlib import cache, data, errors, jobs, paper, rundir, stopping
 from mmlib import config as run_config
-from mmlib.methods import METHODS
+from mmlib.choices import METHODS, MM_VARIANTS
 
 
 def _method_table() -> str:
@@ -52,7 +52,7 @@ def _table_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", help="only these settings, e.g. cifar10-exp-100 cifar100-step-10")
     parser.add_argument("--methods", nargs="+", help="only these methods, in this order (a sweep runs each seed's cells in it), "
                         "e.g. ldam-drw mm-drw erm")
-    parser.add_argument("--mm-variants", nargs="+", default=["equations"], choices=run_config.MM_VARIANTS,
+    parser.add_argument("--mm-variants", nargs="+", default=["equations"], choices=list(MM_VARIANTS),
                         help="run the MM cells as the paper's equations, as the released code behaves, and/or with one "
                              "of its departures alone (first-label, mask-zero)")
     parser.add_argument("--mm-scale", type=float, help="scale s of every MM cell (default: the paper's s=10)")

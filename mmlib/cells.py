@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib import identity, paper, results, rundir
-from mmlib.config import MM_VARIANTS, RunConfig
+from mmlib import paper, results, rundir
+from mmlib.choices import MM_VARIANTS
+from mmlib.config import SPEED, RunConfig, describe
 from mmlib.results import EPOCHS, GROUPS
 
 COLUMNS = [
@@ -38,7 +39,7 @@ class CellRuns:
 
 def cell_runs(cell: paper.Cell, results_root, protocol: dict | None = None) -> CellRuns:
     """The finished seed<k> folders of the cell (records or runs) that are its seeds, and those that are another
-    experiment (mmlib.identity.departures: trained with other parameters), in seed order: the one rule that
+    experiment (mmlib.paper.departures: trained with other parameters), in seed order: the one rule that
     decides what a table, a figure and a comparison count. ``protocol``: run parameters the seeds took beyond
     the cell's (default: its table's protocol, paper.PROTOCOLS), e.g. {"epochs": 30} to gather a shortened sweep."""
     folder = cell.path(results_root)
@@ -52,9 +53,9 @@ def cell_runs(cell: paper.Cell, results_root, protocol: dict | None = None) -> C
     )
     for seed, path in seeds:
         run = results.load(path, details=False)
-        departed = identity.departures(cell, run["config"]["config"], seed, protocol)
+        departed = paper.departures(cell, run["config"]["config"], seed, protocol)
         if departed:
-            found.left_out.append((path, identity.describe(departed) + " (the run's -> the cell's)"))
+            found.left_out.append((path, describe(departed) + " (the run's -> the cell's)"))
         else:
             found.runs.append(run)
     return found
@@ -133,7 +134,7 @@ def _summary(cell: paper.Cell, found: CellRuns) -> dict:
 def speed_notes(runs: list[dict]) -> list[str]:
     """How the seeds were computed where it is not the default: "bf16=True: 3 of 3 seeds", "fused: 2 of 3 seeds"."""
     notes, n = [], len(runs)
-    for name in sorted(identity.SPEED):
+    for name in sorted(SPEED):
         default = RunConfig.__dataclass_fields__[name].default
         values = [r["config"]["config"][name] for r in runs]
         for value in dict.fromkeys(v for v in values if v != default):
@@ -212,7 +213,7 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def _identity(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> dict:
+def _row_key(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> dict:
     return {"method": spec, "row": row_label(cell), "setting": cell.setting.name,
             "setting_label": cell.setting.label, "epoch": epoch, "seeds": len(runs)}
 
@@ -222,7 +223,7 @@ def _per_class_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) 
     counts = runs[0]["class_counts"]
     group_of = {c: group for group, classes in counts["groups"].items() for c in classes}
     frame = pd.DataFrame({
-        **_identity(spec, cell, runs, epoch),
+        **_row_key(spec, cell, runs, epoch),
         "class": range(errors.shape[1]),
         "name": counts["classes"],
         "train_count": counts["cls_num_list"],
@@ -239,7 +240,7 @@ def _group_frame(spec: str, cell: paper.Cell, runs: list[dict], epoch: str) -> p
     for group in GROUPS:
         if members.get(group):
             mean, std = _mean_std([r[epoch]["group_error"][group] for r in runs])
-            rows.append({**_identity(spec, cell, runs, epoch), "group": group, "classes": len(members[group]),
+            rows.append({**_row_key(spec, cell, runs, epoch), "group": group, "classes": len(members[group]),
                          "error_mean": mean, "error_std": std})
     return pd.DataFrame(rows)
 

@@ -23,7 +23,7 @@ import seaborn as sns
 from scipy import stats
 
 from mmlib import cells, figures, paper, rundir, tables
-from mmlib.config import MM_VARIANTS
+from mmlib.choices import MM_VARIANTS
 from mmlib.results import EPOCHS
 
 DEFAULT_PAIRS = (
@@ -81,7 +81,7 @@ def _matching(searched: list[paper.Cell], spec: str) -> list[paper.Cell]:
     method, variant = cells.parse_method(spec)
     found = [c for c in searched if c.name == method and c.variant == variant]
     if not found:
-        raise ValueError(f"{spec}: no such cell in the tables searched (a method, optionally @{'/@'.join(MM_VARIANTS[1:])})")
+        raise ValueError(f"{spec}: no such cell in the tables searched (a method, optionally @{'/@'.join(list(MM_VARIANTS)[1:])})")
     return found
 
 

@@ -8,28 +8,28 @@ length: ``default_schedule``).
 
 import argparse
 import dataclasses
-import difflib
 import importlib.util
 import math
 import re
 from dataclasses import dataclass, field
 
 from mmlib import data
-from mmlib.imbalance import IMBALANCE_TYPES
-from mmlib.methods import METHODS, get_method
+from mmlib.choices import ARCHS, COMPILE_MODES, IMBALANCE_TYPES, LOSSES, METHODS, MM_VARIANTS, get_method
+from mmlib.errors import did_you_mean
 
-MM_VARIANTS = ("equations", "first-label", "mask-zero", "released")  # mmlib.losses.MM_VARIANTS
-# Parameters a resumed run may change: they change how, not what, is computed (up to float rounding).
+# Which parameters decide what a run computes (a run's identity): the trainer (may a run resume with these?), a
+# sweep's plan (is the run in a folder the one planned there?) and a table's cells (mmlib.paper.departures) compare
+# resolved configurations (RunConfig.resolve().to_dict(), as config.json and the checkpoint record them) by them.
+# How or where a run computes, not what: these may change on resume and never make two runs differ.
 RESUMABLE_CHANGES = {
     "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic", "checkpoint_every",
 }
-
-ARCHS = {"resnet8": 8, "resnet20": 20, "resnet32": 32, "resnet44": 44, "resnet56": 56, "resnet110": 110}  # name: depth
-COMPILE_MODES = ("auto", "off", "graphs", "default", "reduce-overhead", "max-autotune")
-"""The training step (mmlib.step): auto: graphs on CUDA, off on the CPU; graphs: the whole step captured as CUDA
-graphs; default / reduce-overhead / max-autotune: torch.compile of the model (with this mode) inside the eager step."""
-
-DEFAULT_SCALE = {"ldam": 30.0, "am": 30.0, "hinge": 30.0, "ldam-hinge": 30.0, "mm": 10.0, "mm-ldam": 10.0}
+INCIDENTAL = RESUMABLE_CHANGES | {"data_root", "download"}
+# Free among a table cell's seeds, each shown in the table's notes ("bf16: 3 of 3 seeds"): speed options
+# whose results agree with the plain path's within rounding (tests check each against it).
+SPEED = {"bf16", "compile", "channels_last", "deterministic"}
+# A schedule's length and the milestones it implies: runs departing only here are a shortened protocol.
+SCHEDULE = {"epochs", "warmup_epochs", "lr_milestones", "switch_epoch", "ssp_epochs"}
 
 
 def _param(default, help, choices=None):
@@ -66,7 +66,7 @@ class RunConfig:
     margin: float = _param(0.5, "uniform margin of HG-DRS and M-DRW (unpublished; LDAM's largest margin by default)")
     delta_neg: float = _param(0.6, "MM's delta^- (Eq. 3; default: Table 2's best for CIFAR-10 long-tailed 100)")
     beta: float = _param(1.5, "MM's beta: delta^+ is beta times delta^- (Eq. 5)")
-    mm_variant: str = _param("equations", "MM as the paper's equations, as the released code behaves, or with one of its two departures alone (first-label, mask-zero)", MM_VARIANTS)
+    mm_variant: str = _param("equations", "MM as the paper's equations, as the released code behaves, or with one of its two departures alone (first-label, mask-zero)", tuple(MM_VARIANTS))
     tau: float = _param(1.0, "logit adjustment's tau: la / la-drw train on z + tau log(prior), erm-posthoc predicts with z - tau log(prior)")
     focal_gamma: float = _param(1.0, "focal loss gamma (1, as the released LDAM-DRW code)")
     cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.; LDAM-DRW's 0.9999; 1 gives inverse class frequency, Algorithm 1's n_y^-1)")
@@ -130,32 +130,14 @@ class RunConfig:
             warmup_epochs=warmup,
             lr_milestones=milestones,
             switch_epoch=(milestones[0] if milestones else 0) if self.switch_epoch is None else self.switch_epoch,
-            s=DEFAULT_SCALE.get(loss) if self.s is None else self.s,
+            s=LOSSES[loss].scale if self.s is None else self.s,
             data_seed=self.seed if self.data_seed is None else self.data_seed,
             ssp_epochs=self.epochs if self.ssp_epochs is None else self.ssp_epochs,
         )
 
     def loss_params(self) -> dict:
         """The keyword arguments of mmlib.losses.build_loss for this run's method (resolved config)."""
-        loss = get_method(self.method).loss
-        if loss == "ce":
-            return {}
-        if loss == "focal":
-            return {"gamma": self.focal_gamma}
-        if loss == "ldam":
-            return {"max_m": self.max_m, "s": self.s}
-        if loss in ("am", "hinge"):
-            return {"margin": self.margin, "s": self.s}
-        if loss == "ldam-hinge":
-            return {"margin": self.max_m, "s": self.s}
-        if loss == "la":
-            return {"tau": self.tau}
-        return {
-            "delta_neg": self.delta_neg,
-            "beta": self.beta,
-            "s": self.s,
-            "variant": self.mm_variant,
-        }
+        return {argument: getattr(self, name) for name, argument in LOSSES[get_method(self.method).loss].params.items()}
 
 
 def eval_batch_size(config: RunConfig, device_type: str) -> int:
@@ -186,12 +168,6 @@ def _schedule(config: RunConfig) -> tuple[int, list[int]]:
     warmup, milestones = default_schedule(config.epochs)
     return (warmup if config.warmup_epochs is None else config.warmup_epochs,
             milestones if config.lr_milestones is None else list(config.lr_milestones))
-
-
-def did_you_mean(name: str, valid) -> str:
-    """' (did you mean X?)' with the closest valid name, or '' when none is close."""
-    close = difflib.get_close_matches(name, list(valid), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
 
 
 def _check_type(name: str, value, annotation) -> None:
@@ -287,3 +263,28 @@ def add_arguments(parser: argparse.ArgumentParser, names=None) -> None:
 def from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(**{name: getattr(args, name) for name in RunConfig.names()})
 
+
+
+def differences(recorded: dict, planned: dict, free=INCIDENTAL) -> list[tuple[str, object, object]]:
+    """(name, recorded value, planned value) of every parameter outside ``free`` in which two resolved
+    configurations differ, in the order of RunConfig's fields. A parameter a record lacks (written by an
+    mmlib older than the parameter, e.g. sam_rho) counts as its default, which keeps the old behaviour."""
+    defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+    names = RunConfig.names() + sorted((set(recorded) | set(planned)) - set(RunConfig.names()))
+    found = [(k, recorded.get(k, defaults.get(k)), planned.get(k, defaults.get(k))) for k in names if k not in free]
+    return [(k, old, new) for k, old, new in found if old != new]
+
+
+def describe(found: list[tuple[str, object, object]]) -> str:
+    """"epochs: 30 -> 200, lr: 0.5 -> 0.1": what differences() found, recorded value first."""
+    return ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in found)
+
+
+def resolved(params: dict) -> dict:
+    """The resolved configuration of run parameters, without checking that their data exists.
+
+    Used to compare a record with what its cell or plan expects, on any machine: the data root and
+    the download flag are incidental, so a root that exists here (".") stands in for them while the
+    parameters are validated and resolved.
+    """
+    return RunConfig.from_dict({**params, "data_root": ".", "download": False}).resolve().to_dict()

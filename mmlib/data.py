@@ -20,11 +20,9 @@ import numpy as np
 from PIL import Image
 
 from mmlib import cache, datafile
+from mmlib.choices import DATASETS
 from mmlib.imbalance import ImbalancedDataset, class_counts, select_indices
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)  # the protocol's constants, also used for CIFAR-100 and digits
-DATASETS = ("cifar10", "cifar100", "digits")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_SIZE = 32
 _CACHED_ARRAYS = ("train_images", "train_labels", "test_images", "test_labels")  # of a decoded image folder

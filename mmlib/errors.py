@@ -15,6 +15,7 @@ Bad parameters stay ValueError and missing or inaccessible files OSError, as Pyt
        command resumes (75 is EX_TEMPFAIL, "try again", in sysexits.h)
 """
 
+import difflib
 import errno
 
 
@@ -78,3 +79,9 @@ def exit_code(err: BaseException) -> int | None:
     if isinstance(err, OSError):
         return 3
     return None
+
+
+def did_you_mean(name: str, valid) -> str:
+    """' (did you mean X?)' with the closest valid name, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""

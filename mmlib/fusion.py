@@ -11,8 +11,8 @@ from pathlib import Path
 
 from mmlib import rundir
 from mmlib.cache import cache_dir
+from mmlib.choices import get_method
 from mmlib.config import RunConfig
-from mmlib.methods import get_method
 
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {

@@ -11,7 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
-IMBALANCE_TYPES = ("exp", "step", "balanced")
+from mmlib.choices import IMBALANCE_TYPES
+
 MANY_SHOT_ABOVE, FEW_SHOT_BELOW = 100, 20  # many-shot: > 100 training images; few-shot: < 20
 
 

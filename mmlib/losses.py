@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from mmlib.choices import LOSSES, MM_VARIANTS
+
 
 def _check_counts(cls_num_list: Sequence[int]) -> list[int]:
     """The class counts as ints; whole positive numbers only (1.5 images of a class is a mistake, not 1)."""
@@ -185,7 +187,7 @@ class LDAMLoss(_WeightedLoss):
         self,
         cls_num_list: Sequence[int],
         max_m: float = 0.5,
-        s: float = 30.0,
+        s: float = LOSSES["ldam"].scale,
         weight: torch.Tensor | None = None,
     ):
         counts = _check_counts(cls_num_list)
@@ -210,7 +212,7 @@ class AdditiveMarginLoss(_WeightedLoss):
     def __init__(
         self,
         margin: float = 0.5,
-        s: float = 30.0,
+        s: float = LOSSES["am"].scale,
         weight: torch.Tensor | None = None,
         num_classes: int | None = None,
     ):
@@ -238,7 +240,7 @@ class HingeLoss(_WeightedLoss):
         cls_num_list: Sequence[int],
         margin: float = 0.5,
         ldam: bool = False,
-        s: float = 30.0,
+        s: float = LOSSES["hinge"].scale,
         weight: torch.Tensor | None = None,
     ):
         counts = _check_counts(cls_num_list)
@@ -256,15 +258,6 @@ class HingeLoss(_WeightedLoss):
         margin = self.margins.to(logits.device, logits.dtype)[target]
         per_sample = self.s * torch.clamp(z_other - z_target + margin, min=0)
         return self._mean(per_sample, target)
-
-
-# MM variant -> (z_y read from the batch's first label's column, target masked with 0 in the max).
-MM_VARIANTS = {
-    "equations": (False, False),
-    "first-label": (True, False),
-    "mask-zero": (False, True),
-    "released": (True, True),
-}
 
 
 class MMLoss(_WeightedLoss):
@@ -290,7 +283,7 @@ class MMLoss(_WeightedLoss):
         cls_num_list: Sequence[int],
         delta_neg: float,
         beta: float,
-        s: float = 10.0,
+        s: float = LOSSES["mm"].scale,
         ldam: bool = False,
         variant: str = "equations",
         weight: torch.Tensor | None = None,
@@ -347,22 +340,11 @@ class LogitAdjustedLoss(_WeightedLoss):
         return self._mean(F.cross_entropy(adjusted, target, reduction="none"), target)
 
 
-LOSSES = {
-    "ce": lambda counts, **params: CrossEntropyLoss(num_classes=len(counts), **params),
-    "focal": lambda counts, **params: FocalLoss(num_classes=len(counts), **params),
-    "ldam": LDAMLoss,
-    "am": lambda counts, **params: AdditiveMarginLoss(num_classes=len(counts), **params),
-    "hinge": lambda counts, **params: HingeLoss(counts, ldam=False, **params),
-    "ldam-hinge": lambda counts, **params: HingeLoss(counts, ldam=True, **params),
-    "mm": lambda counts, **params: MMLoss(counts, ldam=False, **params),
-    "mm-ldam": lambda counts, **params: MMLoss(counts, ldam=True, **params),
-    "la": LogitAdjustedLoss,
-}
-"""Loss name -> factory(cls_num_list, **params)."""
-
-
 def build_loss(name: str, cls_num_list: Sequence[int], **params) -> _WeightedLoss:
-    """The loss called ``name`` (a key of LOSSES) for a training set with these class counts."""
+    """The loss called ``name`` (a key of mmlib.choices.LOSSES) for a training set with these class counts; params
+    are its class's keyword arguments (RunConfig.loss_params() gives a run's)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
-    return LOSSES[name](_check_counts(cls_num_list), **params)
+    spec, counts = LOSSES[name], _check_counts(cls_num_list)
+    loss = globals()[spec.cls]
+    return loss(counts, **spec.fixed, **params) if spec.counts else loss(num_classes=len(counts), **spec.fixed, **params)

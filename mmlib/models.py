@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from mmlib.config import ARCHS
+from mmlib.choices import ARCHS
 
 
 class _ZeroPadShortcut(nn.Module):

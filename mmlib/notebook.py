@@ -21,8 +21,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from mmlib.config import did_you_mean
-from mmlib.errors import StoppedError
+from mmlib.errors import StoppedError, did_you_mean
 from mmlib.stopping import when_orphaned
 
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell

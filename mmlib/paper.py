@@ -16,8 +16,8 @@ run as the paper's equations or as the released code behaves (``mm_variant``).
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from mmlib.config import MM_VARIANTS
-from mmlib.methods import get_method
+from mmlib import config
+from mmlib.choices import MM_VARIANTS, get_method
 
 TABLES = ("table1", "table2", "table3", "quick", "beyond", "ablation")
 
@@ -318,3 +318,16 @@ def cell_at(table: str, setting: str, run_name: str) -> Cell | None:
     """The cell whose runs live in <table>/<setting>/<run_name> (any MM variant, the paper's MM scale), or None."""
     found = [c for c in cells(table, mm_variants=MM_VARIANTS) if c.setting.name == setting and c.run_name == run_name]
     return found[0] if found else None
+
+
+def protocol(cell: Cell, seed: int, overrides: dict | None = None) -> dict:
+    """The resolved configuration a cell's run of ``seed`` trains with under its table's protocol
+    (PROTOCOLS), or under ``overrides`` of the cell's parameters where given (e.g. {"epochs": 30})."""
+    extra = PROTOCOLS.get(cell.table, {}) if overrides is None else overrides
+    return config.resolved(cell.run_params(**extra, seed=seed))
+
+
+def departures(cell: Cell, recorded: dict, seed: int, overrides: dict | None = None) -> list[tuple[str, object, object]]:
+    """How a run's recorded configuration departs from its cell's protocol for ``seed`` (the seed its folder names):
+    config.differences() of the two, incidental and speed parameters free; none for that seed of the cell."""
+    return config.differences(recorded, protocol(cell, seed, overrides), free=config.INCIDENTAL | config.SPEED)

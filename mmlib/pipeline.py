@@ -12,7 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmlib.data import CIFAR_MEAN, CIFAR_STD
+from mmlib.choices import CIFAR_MEAN, CIFAR_STD
 
 
 def to_device(images: np.ndarray, labels: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:

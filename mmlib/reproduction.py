@@ -2,8 +2,7 @@
 
 import pandas as pd
 
-from mmlib.config import MM_VARIANTS
-from mmlib.methods import get_method
+from mmlib.choices import MM_VARIANTS, get_method
 from mmlib.paper import VARIANT_NAMES
 from mmlib.tables import TITLES, markdown, number
 

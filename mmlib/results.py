@@ -16,7 +16,7 @@ No checkpoint and no notebook; a CIFAR-100 record is about 40 KB. ``load`` reads
 directory into the same dict (``rundir.load_results``'s), so one report code reads either tree.
 
 ``collect`` copies every finished run of a runs root into a results root. A run that is not a seed of
-its cell (mmlib.identity.departures: it was trained with other parameters than the cell's protocol)
+its cell (mmlib.paper.departures: it was trained with other parameters than the cell's protocol)
 is filed apart from the paper's tables: under <results>/short/ when only its schedule is shorter
 (e.g. ``sweep --epochs 30``), under <results>/other/ otherwise. The quick preset's runs are never
 collected.
@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib import identity, jobs, paper, rundir
+from mmlib import jobs, paper, rundir
+from mmlib.config import SCHEDULE, describe, differences
 from mmlib.errors import CorruptFileError
 
 SHORT = "short"  # <results>/short/<table>/...: records of the protocol shortened (only the schedule differs)
@@ -155,8 +156,8 @@ def record_folder(run_folder: Path, runs_root, results_root) -> Path:
     cell = paper.cell_at(table, setting, run_name)
     recorded = rundir.read_json(Path(run_folder) / rundir.CONFIG)["config"]
     seed = int(rundir.SEED_FOLDER.fullmatch(relative.parts[3]).group(1))
-    departed = {k for k, _, _ in identity.departures(cell, recorded, seed)} if cell else {"cell"}
-    apart = None if not departed else SHORT if departed <= identity.SCHEDULE else OTHER
+    departed = {k for k, _, _ in paper.departures(cell, recorded, seed)} if cell else {"cell"}
+    apart = None if not departed else SHORT if departed <= SCHEDULE else OTHER
     return Path(results_root) / (Path(apart) / relative if apart else relative)
 
 
@@ -208,9 +209,9 @@ def _conflict(files: dict[str, bytes], target: Path) -> str | None:
         return "other files (no config.json)"
     ours = json.loads(files[rundir.CONFIG])["config"]
     theirs = json.loads(existing[rundir.CONFIG])["config"]
-    differing = identity.differences(theirs, ours)
+    differing = differences(theirs, ours)
     if differing:
-        return f"a record of another configuration ({identity.describe(differing)}: there -> here)"
+        return f"a record of another configuration ({describe(differing)}: there -> here)"
     return "a record of the same configuration with other results (another run of it)"
 
 

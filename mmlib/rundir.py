@@ -197,7 +197,7 @@ def remove_stale_temp_files(folder: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _identity(path: Path) -> list[int]:
+def _file_signature(path: Path) -> list[int]:
     stat = path.stat()
     return [stat.st_ino, stat.st_size, stat.st_mtime_ns]
 
@@ -206,7 +206,7 @@ def save_checkpoint(folder: Path, state: dict) -> None:
     """Write ``state`` (holding "epoch", and "config" for a run) as the folder's checkpoint.
 
     The checkpoint before stays as checkpoint.prev.pt; checkpoint.json then records the new one's epoch,
-    config and last epoch's seconds (for sweeps' time estimates) with the file's identity, so that a stale
+    config and last epoch's seconds (for sweeps' time estimates) with the file's signature, so that a stale
     checkpoint.json is recognised as such.
     """
     import torch
@@ -214,7 +214,7 @@ def save_checkpoint(folder: Path, state: dict) -> None:
     folder = Path(folder)
     atomic_write(folder / CHECKPOINT, lambda f: torch.save(state, f), keep_previous=folder / PREVIOUS_CHECKPOINT)
     write_json(folder / CHECKPOINT_INFO, {
-        "epoch": state["epoch"], "config": state.get("config"), "file": _identity(folder / CHECKPOINT),
+        "epoch": state["epoch"], "config": state.get("config"), "file": _file_signature(folder / CHECKPOINT),
         "seconds": state["history"][-1]["seconds"] if state.get("history") else None,  # its last epoch's
     })
 
@@ -263,7 +263,7 @@ def checkpoint_info(folder: Path) -> dict | None:
     folder = Path(folder)
     with contextlib.suppress(OSError, CorruptFileError, KeyError, TypeError):
         info = read_json(folder / CHECKPOINT_INFO)
-        if info["file"] == _identity(folder / CHECKPOINT):
+        if info["file"] == _file_signature(folder / CHECKPOINT):
             return {"epoch": info["epoch"], "config": info["config"]}
     state = load_checkpoint(folder)
     return None if state is None else {"epoch": state["epoch"], "config": state.get("config")}

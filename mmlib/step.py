@@ -42,7 +42,7 @@ from collections.abc import Callable
 
 import torch
 
-from mmlib.config import COMPILE_MODES
+from mmlib.choices import COMPILE_MODES
 from mmlib.errors import StepCheckError
 from mmlib.pipeline import TrainStream
 

@@ -13,9 +13,9 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlib import identity, jobs, paper, rundir, stopping, timing
-from mmlib.config import RunConfig, did_you_mean
-from mmlib.errors import CorruptFileError, RunDirBusyError
+from mmlib import jobs, paper, rundir, stopping, timing
+from mmlib.config import RunConfig, describe, differences
+from mmlib.errors import CorruptFileError, RunDirBusyError, did_you_mean
 from mmlib.fusion import fusion_key
 from mmlib.local_backend import LocalExecutor
 
@@ -58,7 +58,7 @@ def plan(table: str, out: str | Path, seeds=(0,), settings=None, methods=None, m
     filled within the lowest seed first, so that an interrupted sweep leaves whole tables of fewer seeds.
 
     Every config is validated here. A run folder already holding a run (finished, or interrupted with a
-    checkpoint) is compared with the planned configuration (mmlib.identity): a run of other parameters
+    checkpoint) is compared with the planned configuration (mmlib.config.differences): a run of other parameters
     goes to ``changed`` (and into a job, to train anew once the sweep has moved it aside), one of the same
     is skipped when finished and resumed otherwise. A failed run is left alone unless ``retry_failed`` (then
 it resumes from its last good checkpoint).
@@ -80,9 +80,9 @@ it resumes from its last good checkpoint).
         config = RunConfig.from_dict(params)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
         epoch, recorded = _recorded(run_dir)
-        changed = recorded is not None and identity.differences(recorded, config.resolve().to_dict())
+        changed = recorded is not None and differences(recorded, config.resolve().to_dict())
         if changed:
-            result.changed.append((label, run_dir, identity.describe(changed)))
+            result.changed.append((label, run_dir, describe(changed)))
             epoch = 0
         elif rundir.is_finished(run_dir):
             result.finished.append(run_dir)

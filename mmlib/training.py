@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmlib import identity, idle, provenance, rundir
-from mmlib.config import RunConfig, eval_batch_size
+from mmlib import idle, provenance, rundir
+from mmlib.choices import active, get_method
+from mmlib.config import INCIDENTAL, RunConfig, describe, differences, eval_batch_size
 from mmlib.data import load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError, StoppedError
 from mmlib.fusion import FUSABLE, fusion_key
 from mmlib.imbalance import ImbalancedDataset
 from mmlib.losses import build_loss, class_balanced_weights, log_prior
-from mmlib.methods import active, get_method
 from mmlib.models import build_model, merge_optimizer_states, merge_state_dicts, split_optimizer_state, split_state_dict
 from mmlib.pipeline import TrainStream, eval_batches, to_device
 from mmlib.records import Records, TensorBoard
@@ -133,10 +133,10 @@ def _resumable_epoch(config: RunConfig, run_dir: Path) -> int:
 
 
 def _refuse_other_parameters(before: dict, config: RunConfig, source: Path) -> None:
-    changed = identity.differences(before, config.to_dict())
+    changed = differences(before, config.to_dict())
     if changed:
-        raise ValueError(f"{source.parent} holds a run with other parameters ({identity.describe(changed)}; recorded "
-                         f"in {source.name}); give another run_dir (only {', '.join(sorted(identity.INCIDENTAL))} may "
+        raise ValueError(f"{source.parent} holds a run with other parameters ({describe(changed)}; recorded "
+                         f"in {source.name}); give another run_dir (only {', '.join(sorted(INCIDENTAL))} may "
                          "change on resume)")
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mmlib import data, identity, imbalance, paper, records, rundir, schedule
+from mmlib import data, imbalance, paper, records, rundir, schedule
 from mmlib.config import RunConfig
 
 
@@ -69,4 +69,4 @@ def protocol_config(run_dir) -> dict:
     """The resolved configuration of the run its folder <table>/<setting>/<run name>/seed<k> holds: its cell's protocol."""
     run_dir = Path(run_dir)
     table, setting, run_name = run_dir.parts[-4:-1]
-    return identity.protocol(paper.cell_at(table, setting, run_name), int(run_dir.name.removeprefix("seed")))
+    return paper.protocol(paper.cell_at(table, setting, run_name), int(run_dir.name.removeprefix("seed")))

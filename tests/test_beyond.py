@@ -8,7 +8,8 @@ from tiny import quick
 
 from mmlib import cells, paper, rundir, tables, training
 from mmlib.__main__ import main
-from mmlib.config import MM_VARIANTS, RunConfig
+from mmlib.choices import MM_VARIANTS
+from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.models import build_model
 from mmlib.pipeline import TrainStream, eval_batches, to_device

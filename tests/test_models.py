@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmlib.config import ARCHS
+from mmlib.choices import ARCHS
 from mmlib.models import build_model, merge_state_dicts, resnet8, resnet32, split_state_dict
 from mmlib.pipeline import eval_batches, to_device
 

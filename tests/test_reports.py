@@ -11,7 +11,7 @@ from fixture_runs import cell_of, protocol_config
 from matplotlib.container import BarContainer
 
 from mmlib import cells, compare, data, figures, imbalance, paper, reproduction, rundir, tables, training
-from mmlib.config import MM_VARIANTS
+from mmlib.choices import MM_VARIANTS
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)

@@ -16,10 +16,10 @@ from tiny import quick
 
 import mmlib.step
 from mmlib import fusion, provenance, results, rundir, training
+from mmlib.choices import METHODS, get_method
 from mmlib.config import RunConfig
 from mmlib.errors import StepCheckError
 from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
-from mmlib.methods import METHODS, get_method
 from mmlib.models import build_model, merge_state_dicts
 from mmlib.pipeline import TrainStream, to_device
 from mmlib.records import Records

@@ -10,10 +10,10 @@ import torch
 from tiny import quick
 
 from mmlib import rundir, schedule, ssp, training
+from mmlib.choices import METHODS
 from mmlib.config import RunConfig
 from mmlib.data import load_dataset
 from mmlib.losses import class_balanced_weights
-from mmlib.methods import METHODS
 from mmlib.step import TrainStep
 
 
