@@ -1,8 +1,8 @@
 """Seconds to write one epoch's checkpoints (the cost that run parameter checkpoint_every spreads out).
 
 Builds K runs of a network fused into one model on the device, gives its optimizer momentum, then
-times what mmlib.training writes after an epoch: each run's state split out of the fused model,
-copied to the host and saved by rundir.save_checkpoint (write, fsync, rename, checkpoint.json),
+times what mmlib.train.trainer writes after an epoch: each run's state split out of the fused model,
+copied to the host and saved by run_folder.save_checkpoint (write, fsync, rename, checkpoint.json),
 into --dir (default: a temporary folder on the disk that holds /tmp).
 
     python benchmarks/checkpoint_write.py --arch resnet32 --fuse 1 --repeats 20
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from mmlib import rundir
 from mmlib.choices import ARCHS
-from mmlib.models import build_model, split_optimizer_state, split_state_dict
+from mmlib.train import run_folder
+from mmlib.train.models import build_model, split_optimizer_state, split_state_dict
 
 
 def main() -> None:
@@ -43,9 +43,9 @@ def main() -> None:
             models = split_state_dict(model.state_dict(), args.fuse)
             optimizers = split_optimizer_state(optimizer.state_dict(), args.fuse)
             for k, run_dir in enumerate(dirs):
-                rundir.save_checkpoint(run_dir, {"epoch": epoch, "model": models[k], "optimizer": optimizers[k]})
+                run_folder.save_checkpoint(run_dir, {"epoch": epoch, "model": models[k], "optimizer": optimizers[k]})
             times.append(time.perf_counter() - start)
-        size = (dirs[0] / rundir.CHECKPOINT).stat().st_size
+        size = (dirs[0] / run_folder.CHECKPOINT).stat().st_size
     times = sorted(times[1:])
     print(f"{args.arch}, {args.fuse} run(s) on {args.device}: {size / 2**20:.1f} MB a run; one epoch's checkpoints "
           f"take {1e3 * times[len(times) // 2]:.0f} ms (median of {args.repeats}; fastest "

@@ -99,7 +99,7 @@ def throughput_summary(rows_file: Path) -> list[str]:
 
 def real_runs(data_root: str, epochs: int, out: str) -> None:
     """Stage 3 (run in its own process): one run alone, then three fused; a JSON line per group."""
-    from mmlib.training import run_many
+    from mmlib.train.trainer import run_many
 
     shutil.rmtree(Path(out) / "runs", ignore_errors=True)  # an earlier check's finished runs would be skipped
     groups = {"alone": [ALONE], "fused": FUSED}

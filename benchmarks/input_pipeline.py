@@ -15,8 +15,8 @@ from reference import ReferenceDataset
 from torch.utils.data import DataLoader
 
 from mmlib.choices import DATASETS, IMBALANCE_TYPES
-from mmlib.data import load_dataset
-from mmlib.pipeline import TrainStream, to_device
+from mmlib.data.pipeline import TrainStream, to_device
+from mmlib.data.sources import load_dataset
 
 BATCH_SIZE = 128
 

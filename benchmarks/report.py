@@ -3,7 +3,7 @@
 The tree holds, for every Table 1 cell and both MM variants (144 cells), ``--seeds`` records
 (200 epochs, CIFAR-sized class counts and test sets) with made-up errors near the paper's numbers:
 what a full GPU sweep would leave in results/. The records are written by tests/fixture_runs.py and
-collected by ``mmlib.results.collect`` (also timed), then the report renders every table, Fig. 1-3
+collected by ``mmlib.report.results.collect`` (also timed), then the report renders every table, Fig. 1-3
 and reproduction.md from them.
 
     python benchmarks/report.py [--seeds 3] [--keep DIR]
@@ -24,13 +24,15 @@ sys.path.insert(0, str(REPOSITORY / "tests"))
 
 import fixture_runs  # noqa: E402  (after the tests folder is on the path)
 
-from mmlib import data, paper, results  # noqa: E402
+from mmlib import paper  # noqa: E402
+from mmlib.data import sources
+from mmlib.report import results  # noqa: E402
 
 
 def made_up_correct(cell: paper.Cell, seed: int) -> list[int]:
     """Per-class correct counts whose error is near the paper's, rising from the largest to the rarest class."""
     rng = np.random.default_rng([seed, zlib.crc32(f"{cell.setting.name}/{cell.run_name}".encode())])
-    classes = data.dataset_size(cell.setting.dataset)[1]
+    classes = sources.dataset_size(cell.setting.dataset)[1]
     test_per_class = 10000 // classes
     base = cell.paper_error + rng.normal(0, 0.7)
     slope = np.linspace(-0.6, 0.6, classes) * min(base, 100 - base)

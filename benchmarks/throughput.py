@@ -4,7 +4,7 @@ the model):
 
   (a) reference: the released code's loop: torchvision Dataset + PIL transforms + DataLoader with
       workers, fp32, a host sync (.item()) every step;
-  (b)/(c) mmlib's training step (mmlib.step.TrainStep) on the on-device pipeline, for each step path
+  (b)/(c) mmlib's training step (mmlib.train.step.TrainStep) on the on-device pipeline, for each step path
       (--compile: off = eager, graphs = the whole step as CUDA graphs, or a torch.compile mode of the
       model, its start-up printed) and each K of --fuse (K runs fused into one model of grouped
       convolutions, counted as K x the images): K = 1 is (b), K > 1 is (c);
@@ -44,14 +44,14 @@ import torch
 from reference import ReferenceDataset
 from torch.utils.data import DataLoader
 
-from mmlib import fusion
 from mmlib.choices import ARCHS, COMPILE_MODES, DATASETS
-from mmlib.data import load_dataset
-from mmlib.losses import LDAMLoss
-from mmlib.models import build_model, merge_state_dicts
-from mmlib.pipeline import TrainStream, eval_batches, to_device
-from mmlib.step import TrainStep
-from mmlib.training import confusions
+from mmlib.data.pipeline import TrainStream, eval_batches, to_device
+from mmlib.data.sources import load_dataset
+from mmlib.train import fusion
+from mmlib.train.losses import LDAMLoss
+from mmlib.train.models import build_model, merge_state_dicts
+from mmlib.train.step import TrainStep
+from mmlib.train.trainer import confusions
 
 BATCH_SIZE = 128
 
@@ -251,7 +251,7 @@ def main() -> None:
     eval_rates = {}
 
     def eval_rate(batch: int) -> float:
-        """(e): test images per second of the trainer's evaluation (mmlib.training's, eager) at this batch size."""
+        """(e): test images per second of the trainer's evaluation (mmlib.train.trainer's, eager) at this batch size."""
         torch.manual_seed(0)
         model = build_model(args.arch, dataset.num_classes, normed=True).to(device, memory_format=memory_format)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)

@@ -21,9 +21,12 @@ import sys
 import warnings
 
 import mmlib
-from mmlib import cache, data, errors, jobs, paper, rundir, stopping
 from mmlib import config as run_config
+from mmlib import errors, files, paper, stopping
 from mmlib.choices import METHODS, MM_VARIANTS
+from mmlib.data import cache, sources
+from mmlib.sweep import jobs
+from mmlib.train import run_folder
 
 
 def _method_table() -> str:
@@ -92,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="the file to write, ending in .npz")
 
     sweep = commands.add_parser("sweep", help="run a table's cells x seeds, each job through notebooks/train.ipynb "
-                                              "with papermill (or python -m mmlib.jobs: --runner python)",
+                                              "with papermill (or python -m mmlib.sweep.jobs: --runner python)",
                                 parents=[common])
     sweep.add_argument("table", nargs="?", choices=paper.TABLES)
     sweep.add_argument("--preset", choices=["quick"],
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--runner", choices=["notebook", "python"], default="notebook",
                        help="how each job trains, in a fresh process: notebook executes notebooks/train.ipynb with "
                             "papermill (the executed notebook lands beside the run's results); python runs the same "
-                            "training without a notebook kernel (python -m mmlib.jobs; its output in train.log), "
+                            "training without a notebook kernel (python -m mmlib.sweep.jobs; its output in train.log), "
                             "for machines without Jupyter")
     sweep.add_argument("--backend", choices=["local", "ray"], default="local",
                        help="local: worker threads on this machine; ray: one Ray task per notebook, on a Ray cluster "
@@ -145,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "CPUs (default: 1 where the cluster has GPUs, else 0)")
     sweep.add_argument("--lock-wait", type=float, metavar="SECONDS",
                        help="how long a Ray task waits for a run another process holds before failing it, naming "
-                            f"the holder's pid and host (default: {rundir.LOCK_WAIT}; a dead node's lock on NFSv4 outlives "
+                            f"the holder's pid and host (default: {run_folder.LOCK_WAIT}; a dead node's lock on NFSv4 outlives "
                             "it by the server's lease, 90 s by default: give more if yours is longer)")
     sweep.add_argument("--no-shared-fs", action="store_true",
                        help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends back, "
@@ -190,11 +193,12 @@ def _fuse(value: str):
 
 def _train(args) -> int:
     deadline = None if args.time_limit is None else mmlib.STARTED + args.time_limit
-    with data.download_option("--download"):
+    with sources.download_option("--download"):
         config = run_config.from_args(args)  # a bad parameter or missing data is said before torch is imported
-        from mmlib.training import run
+        sources.check(config)
+        from mmlib.train.trainer import run
 
-        finished = rundir.is_finished(args.run_dir)
+        finished = run_folder.is_finished(args.run_dir)
         results = run(config, args.run_dir, stopping.Stop(deadline))
     if finished:
         print(f"note: {args.run_dir} holds a finished run, so nothing was trained; its results follow. To train "
@@ -209,12 +213,12 @@ def _train(args) -> int:
 
 
 def _export_data(args) -> int:
-    from mmlib import datafile
-    from mmlib.data import load_dataset
+    from mmlib.data import datafile
+    from mmlib.data.sources import load_dataset
 
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out {args.out}: a dataset file's name must end in .npz")
-    with data.download_option("--download"):
+    with sources.download_option("--download"):
         dataset = load_dataset(args.dataset, args.data_root, args.imb_type, args.ratio, args.rand_number, args.download)
     path = datafile.export(dataset, args.out)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): {dataset.description}")
@@ -230,12 +234,12 @@ def _list(args) -> int:
 
 
 def _sweep(args) -> int:
-    from mmlib import sweeps
+    from mmlib.sweep import plan
 
     defaults = {"fuse": 1, "seeds": [0]}
     table, overrides = args.table, dict(args.set)
     if args.preset == "quick":
-        quick = sweeps.QUICK_PRESET
+        quick = plan.QUICK_PRESET
         table, overrides = quick["table"], {**quick["overrides"], **overrides}
         defaults = {key: quick[key] for key in defaults}
     elif table is None:
@@ -249,16 +253,16 @@ def _sweep(args) -> int:
         overrides["epochs"] = args.epochs
     gpus = [int(g) for g in args.gpus.split(",")] if args.gpus else None
     if fuse == "auto":
-        from mmlib import fusion
+        from mmlib.train import fusion
 
         fuse = fusion.auto_fuse(gpus)
         print(f"--fuse auto: up to {fuse} runs a fused model")
-    out = rundir.RUNS if args.out is None else args.out
+    out = files.RUNS if args.out is None else args.out
     executor = _executor(args, out, gpus)
-    with data.download_option("--set download=True"):
-        outcome = sweeps.sweep(
+    with sources.download_option("--set download=True"):
+        outcome = plan.sweep(
             table, out, seeds, args.settings, args.methods, args.mm_variants, args.mm_scale,
-            sweeps.parse_data_roots(args.data_root), overrides, fuse, executor, args.dry_run,
+            plan.parse_data_roots(args.data_root), overrides, fuse, executor, args.dry_run,
             rerun_changed=args.rerun_changed, retry_failed=args.retry_failed,
             deadline=None if args.time_limit is None else mmlib.STARTED + args.time_limit,
         )
@@ -266,9 +270,9 @@ def _sweep(args) -> int:
         return errors.StoppedError.exit_code
     failed_reports = []
     if args.preset == "quick" and not args.dry_run:
-        from mmlib import reports
+        from mmlib.report import render
 
-        failed_reports = reports.report_quick(out, protocol=overrides)
+        failed_reports = render.report_quick(out, protocol=overrides)
     return 1 if outcome.failed or outcome.too_long or failed_reports else 0
 
 
@@ -277,19 +281,19 @@ def _executor(args, out, gpus: list[int] | None):
     if args.backend == "local":
         if args.address is not None or args.gpus_per_job is not None or args.lock_wait is not None or args.no_shared_fs:
             raise ValueError("--address, --gpus-per-job, --lock-wait and --no-shared-fs need --backend ray")
-        from mmlib.local_backend import LocalExecutor
+        from mmlib.sweep.local_executor import LocalExecutor
 
         return LocalExecutor(gpus, args.runner)
     if gpus:
         raise ValueError("--gpus picks local GPUs; with --backend ray give --gpus-per-job and Ray assigns them")
-    from mmlib import ray_backend  # Ray is an optional extra
+    from mmlib.sweep import ray_executor  # Ray is an optional extra
 
-    lock_wait = rundir.LOCK_WAIT if args.lock_wait is None else args.lock_wait
-    return ray_backend.RayExecutor(out, args.address, args.gpus_per_job, not args.no_shared_fs, args.runner, lock_wait)
+    lock_wait = run_folder.LOCK_WAIT if args.lock_wait is None else args.lock_wait
+    return ray_executor.RayExecutor(out, args.address, args.gpus_per_job, not args.no_shared_fs, args.runner, lock_wait)
 
 
 def _collect(args) -> int:
-    from mmlib import results
+    from mmlib.report import results
 
     done = results.collect(args.source, args.target, args.replace)
     for run, record in done.written:
@@ -299,9 +303,9 @@ def _collect(args) -> int:
 
 
 def _report(args) -> int:
-    from mmlib import reports
+    from mmlib.report import render
 
-    failed = reports.report(args.results, args.out, args.tables or reports.REPORT_TABLES,
+    failed = render.report(args.results, args.out, args.tables or render.REPORT_TABLES,
                             protocol=None if args.protocol is None else dict(args.protocol))
     return 1 if failed else 0
 
@@ -320,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     warnings.formatwarning = lambda message, *rest, **kwargs: f"warning: {message}\n"
     if getattr(args, "idle", False):
-        from mmlib.idle import run_idle
+        from mmlib.train.idle import run_idle
 
         return run_idle(lambda: _run(args))
     return _run(args)

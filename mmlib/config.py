@@ -13,8 +13,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from mmlib import data
-from mmlib.choices import ARCHS, COMPILE_MODES, IMBALANCE_TYPES, LOSSES, METHODS, MM_VARIANTS, get_method
+from mmlib.choices import ARCHS, COMPILE_MODES, DATASETS, IMBALANCE_TYPES, LOSSES, METHODS, MM_VARIANTS, get_method
 from mmlib.errors import did_you_mean
 
 # Which parameters decide what a run computes (a run's identity): the trainer (may a run resume with these?), a
@@ -40,7 +39,7 @@ def _param(default, help, choices=None):
 class RunConfig:
     # what to train
     method: str = _param("mm-drw", "method of Table 1", tuple(METHODS))
-    dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", data.DATASETS)
+    dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", DATASETS)
     imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", IMBALANCE_TYPES)
     ratio: float = _param(100.0, "imbalance ratio n_max / n_min, at least 1 (1 for balanced)")
     data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders), or a dataset file (.npz) written by export-data")
@@ -54,7 +53,7 @@ class RunConfig:
     momentum: float = _param(0.9, "SGD momentum")
     weight_decay: float = _param(2e-4, "weight decay, on all parameters")
     sam_rho: float = _param(0.0, "sharpness-aware minimization's radius rho (Foret et al. 2021, as Rangwani et al. 2022 "
-                                 "use it with DRW; mmlib.step): each step's gradient is taken at w + rho g / ||g||, "
+                                 "use it with DRW; mmlib.train.step): each step's gradient is taken at w + rho g / ||g||, "
                                  "which costs a second forward and backward pass; 0: plain SGD")
     warmup_epochs: int | None = _param(None, "linear warm-up epochs (default: 5; a tenth of a shorter run, at least 2; none under 5 epochs)")
     lr_milestones: list[int] | None = _param(None, "epochs where the lr is multiplied by lr_decay (default: 0.8 and 0.9 of the run, each phase at least one epoch)")
@@ -136,7 +135,7 @@ class RunConfig:
         )
 
     def loss_params(self) -> dict:
-        """The keyword arguments of mmlib.losses.build_loss for this run's method (resolved config)."""
+        """The keyword arguments of mmlib.train.losses.build_loss for this run's method (resolved config)."""
         return {argument: getattr(self, name) for name, argument in LOSSES[get_method(self.method).loss].params.items()}
 
 
@@ -238,7 +237,6 @@ def validate(config: RunConfig) -> None:
         raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {config.device!r}")
     if config.compile == "graphs" and config.device == "cpu":
         raise ValueError("compile='graphs' needs a CUDA device, got device='cpu'; use compile='auto' or 'off'")
-    data.check_dataset_args(config.dataset, config.data_root, config.imb_type, config.ratio, config.download)
 
 
 DATASET_FIELDS = ("dataset", "data_root", "imb_type", "ratio", "rand_number", "download")

@@ -120,7 +120,7 @@ BEYOND_NOTE = (
     "their tables could not be read here to check the numbers"
 )
 
-# Beyond the paper: sharpness-aware minimization (SAM, mmlib.step) on top of DRW, the strongest simple method
+# Beyond the paper: sharpness-aware minimization (SAM, mmlib.train.step) on top of DRW, the strongest simple method
 # published on this protocol (ResNet-32, 200 epochs, batch 128, LDAM-DRW's schedule and subsets): Rangwani et al.,
 # "Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data", NeurIPS 2022. A row runs its base
 # method with the run parameter sam_rho; its name (the run folder's) says SAM.

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from mmlib.data import load_dataset
+from mmlib.data.sources import load_dataset
 
 
 def pytest_configure(config):

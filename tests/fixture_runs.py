@@ -11,8 +11,10 @@ from pathlib import Path
 
 import torch
 
-from mmlib import data, imbalance, paper, records, rundir, schedule
+from mmlib import files, paper
 from mmlib.config import RunConfig
+from mmlib.data import imbalance, sources
+from mmlib.train import metrics, run_folder, schedule
 
 
 def confusion(correct: list[int], test_per_class: int) -> torch.Tensor:
@@ -32,32 +34,32 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     run_dir = Path(run_dir)
     # CIFAR configs need a data root to validate; no images are read
     config = RunConfig.from_dict({"data_root": str(run_dir), "download": True, **params}).resolve()
-    counts = imbalance.class_counts(*data.dataset_size(config.dataset), config.imb_type, config.ratio)
+    counts = imbalance.class_counts(*sources.dataset_size(config.dataset), config.imb_type, config.ratio)
     classes = [f"class{c}" for c in range(len(counts))]
     groups = imbalance.groups(counts)
-    final = records.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
-    best = records.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
+    final = metrics.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
+    best = metrics.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
                                   groups)
     history = [{"epoch": e + 1, "lr": schedule.learning_rate(config, e), "train_loss": 2.0 / (e + 1),
                 "train_error": 50.0 / (e + 1), "seconds": 1.5, "test_error": final["error"] + 10.0 / (e + 1),
                 "group_error": final["group_error"]} for e in range(config.epochs)]
-    rundir.write_json(run_dir / rundir.CONFIG, {
+    files.write_json(run_dir / run_folder.CONFIG, {
         "mmlib_version": "fixture", "torch_version": torch.__version__, "cuda_version": None, "python_version": "3",
         "device": "cpu", "device_name": "fixture", "git_commit": None, "config": config.to_dict()})
-    rundir.write_json(run_dir / rundir.COUNTS, {"classes": classes, "cls_num_list": counts, "groups": groups,
+    files.write_json(run_dir / run_folder.COUNTS, {"classes": classes, "cls_num_list": counts, "groups": groups,
                                                  "description": f"{config.dataset}: fixture"})
     if not finished:
         return
-    rundir.write_json(run_dir / rundir.METRICS, {
-        "final": final, "best": {**best, "note": records.BEST_NOTE}, "history": history,
+    files.write_json(run_dir / run_folder.METRICS, {
+        "final": final, "best": {**best, "note": metrics.BEST_NOTE}, "history": history,
         "seconds": 1.5 * config.epochs, "fused_runs": fused_runs,
         "finished_at": datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc).isoformat()})
     group_of = {c: g for g, members in groups.items() for c in members}
     lines = ["class,name,train_count,group,final_error,best_error"] + [
         f"{c},{classes[c]},{counts[c]},{group_of[c]},{final['per_class_error'][c]:.4f},{best['per_class_error'][c]:.4f}"
         for c in range(len(counts))]
-    rundir.write_text(run_dir / rundir.PER_CLASS, "\n".join(lines) + "\n")
-    rundir.write_text(run_dir / rundir.FINISHED, f"finished after {config.epochs} epochs\n")
+    files.write_text(run_dir / run_folder.PER_CLASS, "\n".join(lines) + "\n")
+    files.write_text(run_dir / run_folder.FINISHED, f"finished after {config.epochs} epochs\n")
 
 
 def cell_of(table: str, setting: str, method: str, variant: str = "equations") -> paper.Cell:

@@ -6,13 +6,15 @@ import pytest
 import torch
 from tiny import quick
 
-from mmlib import cells, paper, rundir, tables, training
+from mmlib import paper
 from mmlib.__main__ import main
 from mmlib.choices import MM_VARIANTS
 from mmlib.config import RunConfig
-from mmlib.data import load_dataset
-from mmlib.models import build_model
-from mmlib.pipeline import TrainStream, eval_batches, to_device
+from mmlib.data.pipeline import TrainStream, eval_batches, to_device
+from mmlib.data.sources import load_dataset
+from mmlib.report import cells, tables
+from mmlib.train import run_folder, trainer
+from mmlib.train.models import build_model
 
 # --- post-hoc logit adjustment --------------------------------------------------------------
 
@@ -20,8 +22,8 @@ from mmlib.pipeline import TrainStream, eval_batches, to_device
 @pytest.mark.slow
 def test_erm_posthoc_trains_as_erm_and_predicts_with_adjusted_logits(tmp_path):
     digits = load_dataset("digits", imb_type="exp", ratio=10.0)
-    erm = training.run(quick(method="erm", seed=3), tmp_path / "erm")
-    posthoc = training.run(quick(method="erm-posthoc", seed=3, tau=1.5), tmp_path / "posthoc")
+    erm = trainer.run(quick(method="erm", seed=3), tmp_path / "erm")
+    posthoc = trainer.run(quick(method="erm-posthoc", seed=3, tau=1.5), tmp_path / "posthoc")
     # The same seed: the same initialisation, data order and loss, hence the same network as ERM's.
     assert posthoc["final"]["plain"]["confusion"] == erm["final"]["confusion"]
     assert posthoc["final"]["plain"]["error"] == erm["final"]["error"]
@@ -30,7 +32,7 @@ def test_erm_posthoc_trains_as_erm_and_predicts_with_adjusted_logits(tmp_path):
 
     # Its own figures: argmax of z - tau log(n_j / N), recomputed from the saved network.
     model = build_model("resnet8", digits.num_classes)
-    model.load_state_dict(torch.load(tmp_path / "posthoc" / rundir.CHECKPOINT, weights_only=False)["model"])
+    model.load_state_dict(torch.load(tmp_path / "posthoc" / run_folder.CHECKPOINT, weights_only=False)["model"])
     model.eval()
     counts = digits.cls_num_list
     offset = torch.tensor([-1.5 * math.log(n / sum(counts)) for n in counts])
@@ -54,9 +56,9 @@ def test_logit_adjusted_runs_take_tau():
 
 
 def test_runs_of_two_methods_with_one_seed_share_initialisation():
-    linear = training._init_model(RunConfig(**quick(method="la", seed=5)).resolve(), 10, None).state_dict()
-    cosine = training._init_model(RunConfig(**quick(method="mm-drw", seed=5)).resolve(), 10, None).state_dict()
-    other = training._init_model(RunConfig(**quick(method="mm-drw", seed=6)).resolve(), 10, None).state_dict()
+    linear = trainer._init_model(RunConfig(**quick(method="la", seed=5)).resolve(), 10, None).state_dict()
+    cosine = trainer._init_model(RunConfig(**quick(method="mm-drw", seed=5)).resolve(), 10, None).state_dict()
+    other = trainer._init_model(RunConfig(**quick(method="mm-drw", seed=6)).resolve(), 10, None).state_dict()
     # The backbone is drawn first and identically; then the head, of its own kind (unit-norm cosine, Kaiming linear).
     assert set(linear) - set(cosine) == {"fc.bias"} and set(cosine) <= set(linear)
     for name, value in cosine.items():
@@ -76,10 +78,10 @@ def test_runs_of_two_methods_with_one_seed_share_data_order_until_resampling(tmp
             drawn.setdefault(self.name, []).append((order.clone(), offsets.clone(), flips.clone()))
             return order, offsets, flips
 
-    monkeypatch.setattr(training, "TrainStream", Recording)
+    monkeypatch.setattr(trainer, "TrainStream", Recording)
     for method in ("la", "mm-drw", "erm-drs"):
         Recording.name = method
-        training.run(quick(method=method, seed=2, switch_epoch=1), tmp_path / method)
+        trainer.run(quick(method=method, seed=2, switch_epoch=1), tmp_path / method)
     assert len(drawn["la"]) == len(drawn["mm-drw"]) == len(drawn["erm-drs"]) == 2  # two epochs
 
     def same(a, b):

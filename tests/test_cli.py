@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from mmlib import sweeps
+from mmlib.sweep import plan
 
 
 def mmlib(*args, cache):
@@ -41,15 +41,15 @@ def test_training_a_finished_run_again_says_so_and_how_to_start_over(tmp_path):
                                     f"follow. To train again, give another --run-dir or delete {tmp_path / 'r'}.")
 
 
-def plan(tmp_path, **overrides):
-    return sweeps.plan("quick", tmp_path, [0], ["digits-exp-10"], ["mm-drw"], overrides={"epochs": 2, **overrides})
+def quick_plan(tmp_path, **overrides):
+    return plan.plan("quick", tmp_path, [0], ["digits-exp-10"], ["mm-drw"], overrides={"epochs": 2, **overrides})
 
 
 def test_every_set_key_that_is_a_run_parameter_works(tmp_path):
-    (job,) = plan(tmp_path, quiet=False, data_seed=7, bf16=True, download=True).jobs
+    (job,) = quick_plan(tmp_path, quiet=False, data_seed=7, bf16=True, download=True).jobs
     assert {k: job.params[0][k] for k in ("quiet", "data_seed", "bf16", "download")} == {
         "quiet": False, "data_seed": 7, "bf16": True, "download": True}
-    (job,) = plan(tmp_path).jobs
+    (job,) = quick_plan(tmp_path).jobs
     assert job.params[0]["quiet"] is True  # the sweep's default: notebooks run headless
 
 
@@ -64,7 +64,7 @@ def test_every_set_key_that_is_a_run_parameter_works(tmp_path):
 ])
 def test_set_keys_the_sweep_owns_or_that_do_not_exist_are_refused(tmp_path, key, message):
     with pytest.raises(ValueError) as error:
-        plan(tmp_path, **{key: 1})
+        quick_plan(tmp_path, **{key: 1})
     assert str(error.value) == message
     assert not any(tmp_path.iterdir())
 

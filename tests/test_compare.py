@@ -8,7 +8,9 @@ import pandas as pd
 import pytest
 from fixture_runs import protocol_config
 
-from mmlib import compare, paper, rundir
+from mmlib import files, paper
+from mmlib.report import compare
+from mmlib.train import run_folder
 
 matplotlib.use("Agg")
 
@@ -20,10 +22,10 @@ def write_run(run_dir, final_error: float, best_error: float | None = None) -> N
     """A finished run directory as the trainer leaves it, with the given final (and best) error."""
     record = {"epoch": 2, "error": final_error, "per_class_error": [final_error], "group_error": {}, "confusion": []}
     best = {**record, "epoch": 1, "error": final_error if best_error is None else best_error}
-    rundir.write_json(run_dir / rundir.CONFIG, {"config": protocol_config(run_dir)})
-    rundir.write_json(run_dir / rundir.COUNTS, {"classes": ["0"], "cls_num_list": [1], "groups": {}, "description": "t"})
-    rundir.write_json(run_dir / rundir.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0})
-    rundir.write_text(run_dir / rundir.FINISHED, "finished\n")
+    files.write_json(run_dir / run_folder.CONFIG, {"config": protocol_config(run_dir)})
+    files.write_json(run_dir / run_folder.COUNTS, {"classes": ["0"], "cls_num_list": [1], "groups": {}, "description": "t"})
+    files.write_json(run_dir / run_folder.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0})
+    files.write_text(run_dir / run_folder.FINISHED, "finished\n")
 
 
 def cell(setting: str, method: str) -> paper.Cell:

@@ -2,8 +2,9 @@
 
 import pytest
 
-from mmlib import config, schedule
+from mmlib import config
 from mmlib.config import RunConfig
+from mmlib.train import schedule
 
 DIGITS = dict(dataset="digits", imb_type="exp", ratio=10.0, method="erm")
 

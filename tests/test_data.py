@@ -1,4 +1,4 @@
-"""Tests of mmlib.data: LDAM-DRW's class counts and selection, every image source, the cache, digits."""
+"""Tests of mmlib.data.sources: LDAM-DRW's class counts and selection, every image source, the cache, digits."""
 
 import dataclasses
 import os
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmlib import cache as caches
-from mmlib import data, imbalance
+from mmlib.data import cache as caches
+from mmlib.data import imbalance, sources
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 2  # the tiny fixtures' stand-ins for 5000/1000 and 500/100
@@ -20,8 +20,8 @@ TRAIN_PER_CLASS, TEST_PER_CLASS = 6, 2  # the tiny fixtures' stand-ins for 5000/
 def tiny_cifar(monkeypatch, tmp_path):
     """Shrink the expected CIFAR sizes to the fixtures' and keep the decode cache inside tmp_path."""
     for name in ("cifar10", "cifar100"):
-        spec = dataclasses.replace(data.CIFAR_SPECS[name], train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS)
-        monkeypatch.setitem(data.CIFAR_SPECS, name, spec)
+        spec = dataclasses.replace(sources.CIFAR_SPECS[name], train_per_class=TRAIN_PER_CLASS, test_per_class=TEST_PER_CLASS)
+        monkeypatch.setitem(sources.CIFAR_SPECS, name, spec)
     monkeypatch.setenv("MMLIB_CACHE", str(tmp_path / "cache"))
 
 
@@ -75,7 +75,7 @@ def write_image_folder(root, name, train_images, train_labels, test_images, test
 
 
 def load_balanced(name, root, **kwargs):
-    return data.load_dataset(name, root, imb_type="balanced", ratio=1, **kwargs)
+    return sources.load_dataset(name, root, imb_type="balanced", ratio=1, **kwargs)
 
 
 def assert_same_split(dataset, train_images, train_labels, test_images, test_labels):
@@ -159,7 +159,7 @@ def test_groups_split_at_100_and_20_training_images():
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_pickle_layout_is_read_in_the_official_order(tmp_path, name):
     split = random_split(name)
-    folder = tmp_path / data.CIFAR_SPECS[name].pickle_folder
+    folder = tmp_path / sources.CIFAR_SPECS[name].pickle_folder
     write_pickles(folder, name, *split)
     for root in (tmp_path, folder):  # the parent of the official folder, or that folder itself
         dataset = load_balanced(name, root)
@@ -171,10 +171,10 @@ def test_pickle_layout_is_read_in_the_official_order(tmp_path, name):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
 def test_image_folder_and_pickles_give_identical_arrays(tmp_path, name):
     split = random_split(name)
-    write_pickles(tmp_path / "pickles" / data.CIFAR_SPECS[name].pickle_folder, name, *split)
+    write_pickles(tmp_path / "pickles" / sources.CIFAR_SPECS[name].pickle_folder, name, *split)
     write_image_folder(tmp_path / "folder", name, *split)
-    from_pickles = data.load_dataset(name, tmp_path / "pickles", imb_type="exp", ratio=3)
-    from_folder = data.load_dataset(name, tmp_path / "folder", imb_type="exp", ratio=3)
+    from_pickles = sources.load_dataset(name, tmp_path / "pickles", imb_type="exp", ratio=3)
+    from_folder = sources.load_dataset(name, tmp_path / "folder", imb_type="exp", ratio=3)
     for field in ("train_images", "train_labels", "test_images", "test_labels", "indices"):
         np.testing.assert_array_equal(getattr(from_pickles, field), getattr(from_folder, field))
     assert from_folder.classes == from_pickles.classes == classes_of(name)
@@ -227,7 +227,7 @@ def test_image_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
         raise AssertionError(f"decoded {path} although the cache holds it")
 
     with monkeypatch.context() as patch:
-        patch.setattr(data, "_decode_image", no_decoding)
+        patch.setattr(sources, "_decode_image", no_decoding)
         cached = load_balanced("cifar10", root)
     assert_same_split(cached, train_images, train_labels, test_images, test_labels)
     assert cached.classes == first.classes
@@ -256,7 +256,7 @@ def test_a_moved_copy_reuses_the_cache_one_file_per_content(tmp_path, monkeypatc
         raise AssertionError(f"decoded {path} although the cache holds its content")
 
     with monkeypatch.context() as patch:
-        patch.setattr(data, "_decode_image", no_decoding)
+        patch.setattr(sources, "_decode_image", no_decoding)
         assert_same_split(load_balanced("cifar10", moved), *split)
     assert len(list(cache.glob("*.npz"))) == 1
 
@@ -283,7 +283,7 @@ def test_a_moved_copy_reuses_the_cache_one_file_per_content(tmp_path, monkeypatc
 def test_missing_data_says_where_it_looked_and_how_to_get_it(tmp_path):
     for root in (tmp_path / "nowhere", tmp_path, None):  # absent, present but empty, not given
         with pytest.raises(FileNotFoundError, match="download=True") as error:
-            data.load_dataset("cifar10", root, ratio=2)
+            sources.load_dataset("cifar10", root, ratio=2)
         message = str(error.value)
         assert "cifar-10-batches-py" in message and "train/<class>/<image>" in message
         if root is not None:
@@ -370,17 +370,17 @@ def test_pickle_with_wrong_per_class_count_is_rejected(tmp_path):
 
 def test_check_dataset_args_validates_without_loading(tmp_path):
     with pytest.raises(ValueError, match="cifar10.*cifar100.*digits"):
-        data.check_dataset_args("mnist", tmp_path, "exp", 100, False)
+        sources.check_dataset_args("mnist", tmp_path, "exp", 100, False)
     with pytest.raises(ValueError, match="imb_type"):
-        data.check_dataset_args("cifar10", tmp_path, "long", 100, False)
+        sources.check_dataset_args("cifar10", tmp_path, "long", 100, False)
     with pytest.raises(ValueError, match="ratio"):
-        data.check_dataset_args("cifar100", tmp_path, "exp", 0, False)
+        sources.check_dataset_args("cifar100", tmp_path, "exp", 0, False)
     with pytest.raises(FileNotFoundError, match="root=None"):
-        data.check_dataset_args("cifar10", None, "exp", 2, True)
+        sources.check_dataset_args("cifar10", None, "exp", 2, True)
     with pytest.raises(FileNotFoundError, match="nowhere does not exist"):
-        data.check_dataset_args("cifar10", tmp_path / "nowhere", "exp", 2, False)
-    data.check_dataset_args("cifar10", tmp_path / "nowhere", "exp", 2, True)  # download will create it
-    data.check_dataset_args("digits", None, "step", 10, False)
+        sources.check_dataset_args("cifar10", tmp_path / "nowhere", "exp", 2, False)
+    sources.check_dataset_args("cifar10", tmp_path / "nowhere", "exp", 2, True)  # download will create it
+    sources.check_dataset_args("digits", None, "step", 10, False)
 
 
 # ---- digits --------------------------------------------------------------------------------------
@@ -389,9 +389,9 @@ def test_digits_split_and_counts():
     from sklearn.datasets import load_digits
 
     source = load_digits()
-    n_max = data.DIGITS_TRAIN_PER_CLASS
+    n_max = sources.DIGITS_TRAIN_PER_CLASS
     per_class = np.bincount(source.target)
-    dataset = data.load_dataset("digits", root="/ignored", imb_type="exp", ratio=10, download=True)
+    dataset = sources.load_dataset("digits", root="/ignored", imb_type="exp", ratio=10, download=True)
 
     expected_counts = [int(n_max * 10 ** (-i / 9)) for i in range(10)]
     assert dataset.cls_num_list == expected_counts and dataset.classes == [str(d) for d in range(10)]

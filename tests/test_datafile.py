@@ -6,10 +6,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from mmlib import datafile, sweeps, training
 from mmlib.__main__ import main
 from mmlib.config import RunConfig
-from mmlib.data import load_dataset
+from mmlib.data import datafile, sources
+from mmlib.data.sources import load_dataset
+from mmlib.sweep import plan
+from mmlib.train import trainer
 
 ARRAYS = ("train_images", "train_labels", "test_images", "test_labels", "indices")
 
@@ -92,9 +94,12 @@ def test_refuses_a_foreign_format(exported, tmp_path):
         load_dataset("digits", foreign, "exp", 10.0, 3)
 
 
-def test_a_missing_file_fails_at_configuration(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist; write it with `python -m mmlib export-data"):
-        RunConfig(dataset="digits", data_root=str(tmp_path / "absent.npz"))
+def test_a_missing_file_fails_before_anything_is_written(tmp_path):
+    config = RunConfig(dataset="digits", data_root=str(tmp_path / "absent.npz"))  # parameters, not their data
+    for check in (sources.check, lambda c: trainer.run(c, tmp_path / "r")):
+        with pytest.raises(FileNotFoundError, match="does not exist; write it with `python -m mmlib export-data"):
+            check(config)
+    assert not (tmp_path / "r").exists()
 
 
 def test_command_line_errors_name_the_option(tmp_path, capsys):
@@ -108,20 +113,20 @@ def test_command_line_errors_name_the_option(tmp_path, capsys):
 def test_a_run_from_the_file_equals_a_run_from_the_source(exported, tmp_path):
     params = dict(method="erm", dataset="digits", imb_type="exp", ratio=10.0, rand_number=3, arch="resnet8", epochs=1,
                   batch_size=128, quiet=True)
-    direct = training.run(params, tmp_path / "direct")
-    from_file = training.run({**params, "data_root": str(exported)}, tmp_path / "file")
+    direct = trainer.run(params, tmp_path / "direct")
+    from_file = trainer.run({**params, "data_root": str(exported)}, tmp_path / "file")
     assert from_file["final"] == direct["final"]
     assert [h["train_loss"] for h in from_file["history"]] == [h["train_loss"] for h in direct["history"]]
 
 
 def test_sweeps_take_a_file_per_setting(tmp_path):
-    roots = sweeps.parse_data_roots(["/all", "cifar10=/c10", "cifar10-exp-100=/lt100.npz"])
+    roots = plan.parse_data_roots(["/all", "cifar10=/c10", "cifar10-exp-100=/lt100.npz"])
     assert roots == {None: "/all", "cifar10": "/c10", "cifar10-exp-100": "/lt100.npz"}
     (tmp_path / "all").mkdir()
     (tmp_path / "c10").mkdir()
     (tmp_path / "lt100.npz").touch()  # only its existence is checked when planning
     roots = {key: str(tmp_path / value.lstrip("/")) for key, value in roots.items()}
-    jobs = sweeps.plan("table1", tmp_path / "runs", methods=["erm"], data_roots=roots).jobs
+    jobs = plan.plan("table1", tmp_path / "runs", methods=["erm"], data_roots=roots).jobs
     by_setting = {job.labels[0].split()[1]: job.params[0]["data_root"] for job in jobs}
     assert by_setting["cifar10-exp-100"] == str(tmp_path / "lt100.npz")
     assert by_setting["cifar10-exp-10"] == str(tmp_path / "c10")

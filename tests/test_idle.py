@@ -32,7 +32,7 @@ def test_the_work_runs_idle_in_its_own_session_and_gets_its_callers_signals(tmp_
     seen = tmp_path / "seen"
     script = textwrap.dedent(f"""
         import os, signal, sys
-        from mmlib.idle import run_idle
+        from mmlib.train.idle import run_idle
 
         def work():
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
@@ -69,7 +69,7 @@ def test_train_and_sweep_do_their_work_idle_and_return_its_exit_code(command, er
 @pytest.mark.skipif(not Path("/proc/self/autogroup").exists(), reason="no autogroups here")
 def test_an_idle_process_in_a_session_of_its_own_keeps_that_session_idle():
     """As jupyter_client starts a kernel: a new session, whose fresh scheduling group would be at nice 0."""
-    script = ("import os; from mmlib import idle; idle.follow(); "
+    script = ("import os; from mmlib.train import idle; idle.follow(); "
               "print(open('/proc/self/autogroup').read().strip())")
     for policy, expected in ((os.SCHED_IDLE, "nice 19"), (os.SCHED_OTHER, "nice 0")):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, start_new_session=True,

@@ -10,14 +10,15 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from mmlib import jobs, rundir, sweeps
-from mmlib.local_backend import LocalExecutor
+from mmlib import files
+from mmlib.sweep import jobs, plan
+from mmlib.sweep.local_executor import LocalExecutor
 
 TINY = {"arch": "resnet8", "epochs": 2}
 
 
 def two_jobs(out):
-    return sweeps.plan("quick", out, seeds=[0, 1], settings=["digits-exp-10"], methods=["erm"], overrides=TINY).jobs
+    return plan.plan("quick", out, seeds=[0, 1], settings=["digits-exp-10"], methods=["erm"], overrides=TINY).jobs
 
 
 def test_a_job_the_sweep_cannot_run_fails_alone_and_the_next_runs(tmp_path, monkeypatch):
@@ -29,7 +30,7 @@ def test_a_job_the_sweep_cannot_run_fails_alone_and_the_next_runs(tmp_path, monk
             raise OSError(28, "No space left on device")
         return "done"
 
-    monkeypatch.setattr("mmlib.jobs.run_job", run_job)
+    monkeypatch.setattr("mmlib.sweep.jobs.run_job", run_job)
     lines = []
     outcome = LocalExecutor(runner="python").run(planned, log=lines.append)
     assert started == [job.labels[0] for job in planned]
@@ -48,7 +49,7 @@ def test_a_job_failing_while_the_sweep_stops_is_reported_failed_not_stopped(tmp_
             time.sleep(0.05)
         return "failed"
 
-    monkeypatch.setattr("mmlib.jobs.run_job", run_job)
+    monkeypatch.setattr("mmlib.sweep.jobs.run_job", run_job)
     outcome = LocalExecutor(runner="python").run(planned, log=print)
     assert [label for label, _ in outcome.failed] == planned[0].labels and outcome.stopped == []
     assert outcome.not_started == planned[1].labels
@@ -56,7 +57,7 @@ def test_a_job_failing_while_the_sweep_stops_is_reported_failed_not_stopped(tmp_
 
 def write_log(run_dir, text):
     run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_text(run_dir / jobs.RUNNERS["python"], text)
+    files.write_text(run_dir / jobs.RUNNERS["python"], text)
 
 
 @pytest.mark.parametrize("log, reason", [
@@ -79,7 +80,7 @@ def test_the_last_jobs_log_speaks_for_a_run_whose_runner_changed(tmp_path):
     run_dir = tmp_path / "r"
     run_dir.mkdir()
     write_notebook(run_dir, "ValueError", "bad lr")  # a notebook-runner attempt
-    rundir.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 1\n")
+    files.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 1\n")
     assert jobs.recorded_failure(run_dir) == "ValueError: bad lr" and jobs.evidence(run_dir).name == "train.ipynb"
     old = time.time() - 60
     os.utime(run_dir / jobs.RUNNERS["notebook"], (old, old))
@@ -89,7 +90,7 @@ def test_the_last_jobs_log_speaks_for_a_run_whose_runner_changed(tmp_path):
 
     os.utime(run_dir / jobs.RUNNERS["python"], (old - 60, old - 60))  # the notebook runner's again, stopped early
     write_notebook(run_dir, "StoppedError", "r: stopped")
-    rundir.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 75\n")
+    files.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 75\n")
     assert jobs.recorded_failure(run_dir) is None
 
 
@@ -98,7 +99,7 @@ def test_a_notebook_jobs_log_tells_why_it_failed_where_its_notebook_does_not(tmp
     Ray sweep without a shared filesystem receives both, in any order)."""
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    rundir.write_text(run_dir / jobs.RUNNERS["notebook"], "Traceback ...\nRuntimeError: Kernel died before replying "
+    files.write_text(run_dir / jobs.RUNNERS["notebook"], "Traceback ...\nRuntimeError: Kernel died before replying "
                                                           "to kernel_info\nexit code 1\n")
     nbformat.write(nbformat.v4.new_notebook(), run_dir / jobs.OUTPUT_NOTEBOOK)  # written after the log
     assert jobs.recorded_failure(run_dir) == "RuntimeError: Kernel died before replying to kernel_info"

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from mmlib.losses import (
+from mmlib.train.losses import (
     LOSSES,
     MM_VARIANTS,
     AdditiveMarginLoss,

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from mmlib.choices import ARCHS
-from mmlib.models import build_model, merge_state_dicts, resnet8, resnet32, split_state_dict
-from mmlib.pipeline import eval_batches, to_device
+from mmlib.data.pipeline import eval_batches, to_device
+from mmlib.train.models import build_model, merge_state_dicts, resnet8, resnet32, split_state_dict
 
 
 def resnet_parameter_count(blocks: int, num_classes: int, bias: bool) -> int:

@@ -1,4 +1,4 @@
-"""Tests of mmlib.pipeline: the augmentation's semantics and statistics, determinism, sampling, resuming."""
+"""Tests of mmlib.data.pipeline: the augmentation's semantics and statistics, determinism, sampling, resuming."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image
 
-from mmlib.pipeline import TrainStream, eval_batches, normalize, to_device
+from mmlib.data.pipeline import TrainStream, eval_batches, normalize, to_device
 
 MEAN = np.array([0.4914, 0.4822, 0.4465])  # the protocol's constants, from methods.md
 STD = np.array([0.2023, 0.1994, 0.2010])

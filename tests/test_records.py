@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmlib.records import Records
+from mmlib.train.metrics import Records
 
 
 def confusion(correct: int) -> torch.Tensor:

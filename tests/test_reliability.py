@@ -22,10 +22,12 @@ import pytest
 import torch
 
 from mmlib import __main__ as cli
-from mmlib import errors, losses, rundir, sweeps, training
+from mmlib import errors, files
 from mmlib.config import RunConfig
-from mmlib.data import load_dataset
-from mmlib.local_backend import LocalExecutor
+from mmlib.data.sources import load_dataset
+from mmlib.sweep import plan
+from mmlib.sweep.local_executor import LocalExecutor
+from mmlib.train import losses, run_folder, trainer
 
 TINY = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", batch_size=128, quiet=True,
             eval_batch_size=512, checkpoint_every=1)
@@ -61,7 +63,7 @@ def wait_for(condition, process: subprocess.Popen, what: str, timeout=240.0) -> 
 def checkpointed(folder: Path, epoch: int = 1):
     def done() -> bool:
         try:
-            return rundir.read_json(folder / rundir.CHECKPOINT_INFO)["epoch"] >= epoch
+            return files.read_json(folder / run_folder.CHECKPOINT_INFO)["epoch"] >= epoch
         except (OSError, errors.CorruptFileError):
             return False
     return done
@@ -80,11 +82,11 @@ def finish(process: subprocess.Popen) -> None:
 
 def same_results(a: Path, b: Path) -> None:
     """Byte-identical results but for wall-clock seconds."""
-    ra, rb = rundir.load_results(a), rundir.load_results(b)
+    ra, rb = run_folder.load_results(a), run_folder.load_results(b)
     strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
     assert strip(ra["history"]) == strip(rb["history"])
     assert ra["final"] == rb["final"] and ra["best"] == rb["best"]
-    assert (a / rundir.PER_CLASS).read_bytes() == (b / rundir.PER_CLASS).read_bytes()
+    assert (a / run_folder.PER_CLASS).read_bytes() == (b / run_folder.PER_CLASS).read_bytes()
 
 
 # --- one process per run directory; kills resume exactly -------------------------------------------
@@ -94,7 +96,7 @@ def same_results(a: Path, b: Path) -> None:
 def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_lock(tmp_path):
     params, run_dir = tiny(epochs=100), tmp_path / "run"  # killed long before its end
     owner = start(cli_args(params) + ["--run-dir", str(run_dir)], tmp_path)
-    lock = run_dir / rundir.LOCK
+    lock = run_dir / run_folder.LOCK
     holder = f"{owner.pid} on {socket.gethostname()}"  # an older mmlib's reader shows "process <this>" too
     wait_for(lambda: lock.exists() and lock.read_text() == holder + "\n", owner, "the lock")
     others = [start(cli_args(p) + ["--run-dir", str(run_dir)], tmp_path) for p in (params, tiny(epochs=100, seed=1))]
@@ -107,17 +109,17 @@ def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_loc
     wait_for(checkpointed(run_dir), owner, "the first checkpoint")
     kill(owner)
     # The OS released the dead owner's lock; without config.json the checkpoint still knows its parameters.
-    (run_dir / rundir.CONFIG).unlink()
+    (run_dir / run_folder.CONFIG).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(lr: 0.1 -> 0.05, seed: 0 -> 1, data_seed: 0 -> 1; "
                                          r"recorded in checkpoint.pt\)"):
-        training.run(tiny(epochs=100, seed=1, lr=0.05), run_dir)
+        trainer.run(tiny(epochs=100, seed=1, lr=0.05), run_dir)
 
 
 FUSED = """
 import sys
-from mmlib import training
+from mmlib.train import trainer
 params = dict({tiny}, method="mm-drw")
-training.run_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.argv[1:])
+trainer.run_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.argv[1:])
 """
 
 
@@ -131,7 +133,7 @@ def test_a_killed_fused_run_resumes_exactly(tmp_path):
                              env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE, text=True)
     wait_for(checkpointed(Path(dirs[1])), fused, "the fused run's first checkpoint")
     kill(fused)
-    assert not any(rundir.is_finished(d) for d in dirs)
+    assert not any(run_folder.is_finished(d) for d in dirs)
     done = subprocess.run([sys.executable, "-c", code, *dirs], env={**os.environ, "OMP_NUM_THREADS": "1"},
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
@@ -164,8 +166,8 @@ def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
 @pytest.mark.slow
 def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_path, monkeypatch):
     params = tiny(epochs=3, checkpoint_every=2)
-    straight = training.run(params, tmp_path / "straight")
-    real_save, saved = rundir.save_checkpoint, []
+    straight = trainer.run(params, tmp_path / "straight")
+    real_save, saved = run_folder.save_checkpoint, []
 
     def crash_at_epoch_3(folder, state):
         if state["epoch"] == 3:
@@ -173,38 +175,38 @@ def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_pa
         saved.append(state["epoch"])
         real_save(folder, state)
 
-    monkeypatch.setattr(rundir, "save_checkpoint", crash_at_epoch_3)
+    monkeypatch.setattr(run_folder, "save_checkpoint", crash_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        training.run(params, tmp_path / "run")
+        trainer.run(params, tmp_path / "run")
     assert saved == [2]
-    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
-    resumed = training.run({**params, "checkpoint_every": 3}, tmp_path / "run")  # may change on resume
+    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+    resumed = trainer.run({**params, "checkpoint_every": 3}, tmp_path / "run")  # may change on resume
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
-    assert rundir.load_checkpoint(tmp_path / "run")["epoch"] == 3  # after the last epoch
-    assert torch.load(tmp_path / "run" / rundir.PREVIOUS_CHECKPOINT, weights_only=False)["epoch"] == 2
+    assert run_folder.load_checkpoint(tmp_path / "run")["epoch"] == 3  # after the last epoch
+    assert torch.load(tmp_path / "run" / run_folder.PREVIOUS_CHECKPOINT, weights_only=False)["epoch"] == 2
 
 
 def interrupted_run(tmp_path, epochs=2) -> Path:
     """A run whose checkpoints (epoch N and N-1) exist, as if killed just before writing its results."""
     run_dir = tmp_path / "run"
-    training.run(tiny(epochs=epochs), run_dir)
-    for name in (rundir.FINISHED, rundir.METRICS, rundir.PER_CLASS):
+    trainer.run(tiny(epochs=epochs), run_dir)
+    for name in (run_folder.FINISHED, run_folder.METRICS, run_folder.PER_CLASS):
         (run_dir / name).unlink()
     return run_dir
 
 
 def test_a_truncated_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_path):
     run_dir = interrupted_run(tmp_path)
-    straight = rundir.load_checkpoint(run_dir)
-    latest = run_dir / rundir.CHECKPOINT
+    straight = run_folder.load_checkpoint(run_dir)
+    latest = run_dir / run_folder.CHECKPOINT
     latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
     stale = run_dir / ".checkpoint.pt.x1y2z3.tmp"  # what a kill during a write leaves
     stale.write_bytes(latest.read_bytes())
     with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable, moved to "
                                          rf"{run_dir}/checkpoint.corrupt-.*\.pt; resuming from the previous checkpoint "
-                                         rf"{run_dir / rundir.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
-        resumed = training.run(tiny(), run_dir)
+                                         rf"{run_dir / run_folder.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
+        resumed = trainer.run(tiny(), run_dir)
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
     assert not stale.exists()
@@ -213,17 +215,17 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_pa
 @pytest.mark.slow
 def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_one_kept(tmp_path, monkeypatch):
     params, run_dir = tiny(), tmp_path / "run"  # two epochs, a checkpoint after each
-    latest, previous = run_dir / rundir.CHECKPOINT, run_dir / rundir.PREVIOUS_CHECKPOINT
-    real_save = rundir.save_checkpoint
+    latest, previous = run_dir / run_folder.CHECKPOINT, run_dir / run_folder.PREVIOUS_CHECKPOINT
+    real_save = run_folder.save_checkpoint
 
     def stop_after_epoch_2(folder, state):  # checkpointed, but killed before its results are written
         real_save(folder, state)
         if state["epoch"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(rundir, "save_checkpoint", stop_after_epoch_2)
+    monkeypatch.setattr(run_folder, "save_checkpoint", stop_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        training.run(params, run_dir)
+        trainer.run(params, run_dir)
     epoch_1 = previous.read_bytes()
     for attempt in (1, 2):
         latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # the epoch-2 checkpoint, truncated
@@ -231,16 +233,16 @@ def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_
         # Planning and reports read without the lock: they move nothing and warn of nothing.
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert rundir.checkpoint_info(run_dir)["epoch"] == 1 and rundir.load_checkpoint(run_dir)["epoch"] == 1
+            assert run_folder.checkpoint_info(run_dir)["epoch"] == 1 and run_folder.load_checkpoint(run_dir)["epoch"] == 1
         assert latest.read_bytes() == corrupt and previous.read_bytes() == epoch_1
         before = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
         with pytest.warns(UserWarning) as caught:
             if attempt == 1:  # resumes from epoch 1, checkpoints epoch 2 again and is interrupted again
                 with pytest.raises(KeyboardInterrupt):
-                    training.run(params, run_dir)
+                    trainer.run(params, run_dir)
             else:
-                monkeypatch.setattr(rundir, "save_checkpoint", real_save)
-                resumed = training.run(params, run_dir)
+                monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+                resumed = trainer.run(params, run_dir)
         after = datetime.datetime.now(datetime.timezone.utc)
         set_aside = sorted(run_dir.glob("checkpoint.corrupt-*.pt"), key=lambda p: p.stat().st_mtime_ns)
         assert len(set_aside) == attempt and set_aside[-1].read_bytes() == corrupt
@@ -250,20 +252,20 @@ def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_
         assert message.startswith(f"{latest} (RuntimeError: ") and message.endswith(
             f") is unusable, moved to {set_aside[-1]}; resuming from the previous checkpoint {previous} (epoch 1)")
         if attempt == 1:  # the interrupted resume's save of epoch 2 left the good epoch-1 copy where it was
-            assert previous.read_bytes() == epoch_1 and rundir.load_checkpoint(run_dir)["epoch"] == 2
-    training.run(params, tmp_path / "straight")
+            assert previous.read_bytes() == epoch_1 and run_folder.load_checkpoint(run_dir)["epoch"] == 2
+    trainer.run(params, tmp_path / "straight")
     assert [e["epoch"] for e in resumed["history"]] == [1, 2]
     same_results(run_dir, tmp_path / "straight")
 
 
 def test_no_usable_checkpoint_is_one_error_line_naming_the_files(tmp_path, capsys):
     run_dir = interrupted_run(tmp_path)
-    (run_dir / rundir.CHECKPOINT).write_bytes(os.urandom(4096))
-    (run_dir / rundir.PREVIOUS_CHECKPOINT).write_bytes(b"")
+    (run_dir / run_folder.CHECKPOINT).write_bytes(os.urandom(4096))
+    (run_dir / run_folder.PREVIOUS_CHECKPOINT).write_bytes(b"")
     assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny())]) == errors.CorruptFileError.exit_code
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: no usable checkpoint in {run_dir}: {run_dir / rundir.CHECKPOINT} (")
-    assert f"{run_dir / rundir.PREVIOUS_CHECKPOINT} (EOFError" in err
+    assert err.count("\n") == 1 and err.startswith(f"error: no usable checkpoint in {run_dir}: {run_dir / run_folder.CHECKPOINT} (")
+    assert f"{run_dir / run_folder.PREVIOUS_CHECKPOINT} (EOFError" in err
     assert err.rstrip().endswith("Delete checkpoint.pt and checkpoint.prev.pt there to train this run from scratch")
     with pytest.raises(errors.CorruptFileError):
         cli.main(["train", "--debug", "--run-dir", str(run_dir), *cli_args(tiny())])
@@ -274,30 +276,30 @@ PLAN = dict(settings=["digits-step-10"], methods=["erm"], fuse=3,
 
 
 def test_planning_reads_the_epoch_without_loading_checkpoints_and_survives_corrupt_ones(tmp_path, monkeypatch):
-    jobs = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN).jobs
+    jobs = plan.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN).jobs
     assert [len(j.run_dirs) for j in jobs] == [3]
     seed0, seed1, seed2 = jobs[0].run_dirs
-    training.run(jobs[0].params[0], seed0)
-    (seed0 / rundir.FINISHED).unlink()
-    (seed1 / rundir.CHECKPOINT).parent.mkdir(parents=True)
-    (seed1 / rundir.CHECKPOINT).write_bytes(os.urandom(2048))
+    trainer.run(jobs[0].params[0], seed0)
+    (seed0 / run_folder.FINISHED).unlink()
+    (seed1 / run_folder.CHECKPOINT).parent.mkdir(parents=True)
+    (seed1 / run_folder.CHECKPOINT).write_bytes(os.urandom(2048))
 
     def no_load(*args, **kwargs):
         raise AssertionError("planning loaded a checkpoint")
 
     monkeypatch.setattr(torch, "load", no_load)
-    assert rundir.checkpoint_info(seed0)["epoch"] == 2
+    assert run_folder.checkpoint_info(seed0)["epoch"] == 2
     monkeypatch.undo()
-    jobs = sweeps.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN).jobs
+    jobs = plan.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN).jobs
     assert sorted([d.name for d in j.run_dirs] for j in jobs) == [["seed0"], ["seed1"], ["seed2"]]
-    os.utime(seed0 / rundir.CHECKPOINT)  # checkpoint.json no longer describes it: the checkpoint is read
-    assert rundir.checkpoint_info(seed0)["epoch"] == 2
+    os.utime(seed0 / run_folder.CHECKPOINT)  # checkpoint.json no longer describes it: the checkpoint is read
+    assert run_folder.checkpoint_info(seed0)["epoch"] == 2
 
 
 def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
-    jobs = sweeps.plan("quick", tmp_path, seeds=[0], **PLAN).jobs
+    jobs = plan.plan("quick", tmp_path, seeds=[0], **PLAN).jobs
     run_dir = jobs[0].run_dirs[0]
-    holder = start(f"import time\nfrom mmlib import rundir\nwith rundir.locked({str(run_dir)!r}):\n"
+    holder = start(f"import time\nfrom mmlib.train import run_folder\nwith run_folder.locked({str(run_dir)!r}):\n"
                    "    print('held', flush=True)\n    time.sleep(120)", tmp_path)
     assert holder.stdout.readline() == "held\n"
     lines = []
@@ -308,7 +310,7 @@ def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
     assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]
     assert lines == [f"[1/1] {jobs[0].labels[0]}: FAILED: {run_dir} is in use by process {holder.pid} on "
                      f"{socket.gethostname()} (see {run_dir / 'train.ipynb'})"]
-    assert sorted(p.name for p in run_dir.iterdir()) == [rundir.LOCK]  # nothing of the holder's was touched
+    assert sorted(p.name for p in run_dir.iterdir()) == [run_folder.LOCK]  # nothing of the holder's was touched
 
 
 OLD_HOLDER = """
@@ -328,9 +330,9 @@ def test_a_lock_an_older_mmlib_holds_names_its_pid(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", OLD_HOLDER, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline() == "held\n"
-        assert rundir.lock_owner(run_dir) == str(holder.pid)
+        assert run_folder.lock_owner(run_dir) == str(holder.pid)
         with pytest.raises(errors.RunDirBusyError, match=rf"^{run_dir} is in use by process {holder.pid} \(lock "):
-            with rundir.locked(run_dir):
+            with run_folder.locked(run_dir):
                 pass
     finally:
         kill(holder)
@@ -339,13 +341,14 @@ def test_a_lock_an_older_mmlib_holds_names_its_pid(tmp_path):
 PROBER = """
 import sys
 from pathlib import Path
-from mmlib import rundir
+from mmlib import files
+from mmlib.train import run_folder
 run_dir, stop = Path(sys.argv[1]), Path(sys.argv[2])
 probes = held = 0
 print("probing", flush=True)
 while not stop.exists():
     for _ in range(100):
-        held += rundir.lock_owner(run_dir) is not None
+        held += run_folder.lock_owner(run_dir) is not None
     probes += 100
 print(probes, held)
 """
@@ -354,21 +357,21 @@ print(probes, held)
 @pytest.mark.slow
 def test_probing_a_lock_in_a_tight_loop_never_makes_a_trainer_fail_to_take_it(tmp_path):
     run_dir, stop = tmp_path / "run", tmp_path / "stop"
-    with rundir.locked(run_dir):  # the lock file exists, free
+    with run_folder.locked(run_dir):  # the lock file exists, free
         pass
     prober = subprocess.Popen([sys.executable, "-c", PROBER, str(run_dir), str(stop)], stdout=subprocess.PIPE, text=True)
     assert prober.stdout.readline() == "probing\n"
     taken, deadline = 0, time.monotonic() + 1
     try:
         while time.monotonic() < deadline:  # the trainer's way in, thousands of times under the probes
-            with rundir.locked(run_dir):
+            with run_folder.locked(run_dir):
                 taken += 1
     finally:
         stop.touch()
     out, _ = prober.communicate(timeout=60)
     probes, held = map(int, out.split())
     assert taken > 100 and 0 < held < probes  # the probes ran, and found the trainer holding it, meanwhile
-    assert rundir.lock_owner(run_dir) is None
+    assert run_folder.lock_owner(run_dir) is None
 
 
 # --- errors: one line, an exit code per kind -----------------------------------------------------------
@@ -384,7 +387,7 @@ def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, 
         f"error: non-finite loss in run {run_dir} (erm) at epoch 1, step 1 of {steps}; no checkpoint was written yet. "
         "Try a lower lr (or check the data), in another run_dir\n"
     )
-    assert not (run_dir / rundir.CHECKPOINT).exists()
+    assert not (run_dir / run_folder.CHECKPOINT).exists()
     monkeypatch.setenv("MMLIB_DEBUG", "1")
     with pytest.raises(errors.NonFiniteLossError):
         cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny(method="erm"))])
@@ -399,19 +402,19 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes_once_space_is_free(tm
         target = os.readlink(f"/proc/self/fd/{fd}")
         if target.startswith(str(run_dir)) and "checkpoint.pt" in target:
             writes.append(target)
-            if rundir.checkpoint_info(run_dir) is not None:
+            if run_folder.checkpoint_info(run_dir) is not None:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_write(fd, data)
 
     monkeypatch.setattr(os, "write", full_after_the_first_checkpoint)
     assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny())]) == errors.NoSpaceError.exit_code
-    assert capsys.readouterr().err == (f"error: no space left on the device writing {run_dir / rundir.CHECKPOINT}: free "
+    assert capsys.readouterr().err == (f"error: no space left on the device writing {run_dir / run_folder.CHECKPOINT}: free "
                                        "some space there and run the same command again (what was written before is kept)\n")
-    assert writes and rundir.load_checkpoint(run_dir)["epoch"] == 1
+    assert writes and run_folder.load_checkpoint(run_dir)["epoch"] == 1
     assert not list(run_dir.glob(".*.tmp"))
     monkeypatch.setattr(os, "write", real_write)
     assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny())]) == 0
-    training.run(tiny(), tmp_path / "straight")
+    trainer.run(tiny(), tmp_path / "straight")
     same_results(run_dir, tmp_path / "straight")
 
 
@@ -432,10 +435,10 @@ def test_exit_codes_per_kind_of_error():
 
 def test_an_unreadable_json_file_is_named(tmp_path):
     run_dir = tmp_path / "run"
-    training.run(tiny(method="erm", epochs=1), run_dir)
-    (run_dir / rundir.CONFIG).write_text("{'not': json")
-    with pytest.raises(errors.CorruptFileError, match=rf"{run_dir / rundir.CONFIG} is not readable JSON \(Expecting"):
-        rundir.load_results(run_dir)
+    trainer.run(tiny(method="erm", epochs=1), run_dir)
+    (run_dir / run_folder.CONFIG).write_text("{'not': json")
+    with pytest.raises(errors.CorruptFileError, match=rf"{run_dir / run_folder.CONFIG} is not readable JSON \(Expecting"):
+        run_folder.load_results(run_dir)
 
 
 # --- bad inputs: one ValueError naming the parameter ---------------------------------------------------
@@ -485,11 +488,11 @@ def test_parameters_must_be_a_dict():
 
 def test_a_resumed_run_accepts_only_resumable_changes(tmp_path):
     run_dir = tmp_path / "run"
-    training.run(tiny(method="erm", epochs=1), run_dir)
-    assert json.loads((run_dir / rundir.CHECKPOINT_INFO).read_text())["config"]["epochs"] == 1
-    training.run(tiny(method="erm", epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
+    trainer.run(tiny(method="erm", epochs=1), run_dir)
+    assert json.loads((run_dir / run_folder.CHECKPOINT_INFO).read_text())["config"]["epochs"] == 1
+    trainer.run(tiny(method="erm", epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
     with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in config.json\)"):
-        training.run(tiny(method="erm", epochs=2), run_dir)  # finished: its results were written with config.json
-    (run_dir / rundir.FINISHED).unlink()
+        trainer.run(tiny(method="erm", epochs=2), run_dir)  # finished: its results were written with config.json
+    (run_dir / run_folder.FINISHED).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in checkpoint.pt\)"):
-        training.run(tiny(method="erm", epochs=2), run_dir)
+        trainer.run(tiny(method="erm", epochs=2), run_dir)

@@ -15,7 +15,9 @@ import pytest
 from fixture_runs import cell_of, write_run
 from notebook_checks import assert_clean, assert_readable
 
-from mmlib import paper, reports, results, rundir, tables
+from mmlib import files, paper
+from mmlib.report import render, results, tables
+from mmlib.train import run_folder
 
 SETTING = "cifar10-step-100"
 ERRORS = {  # (method, variant): top-1 error (%) of each seed; 10 classes of 1000 test images
@@ -48,7 +50,7 @@ def results_tree(tmp_path_factory):
     write_run(table2_cell.path(root / "runs") / "seed0", table2_cell.run_params(seed=0), 1000, correct_for(22.50))
     assert len(results.collect(root / "runs", root / "results").written) == 6
     # the paper's tables (beyond and ablation are table1.ipynb again) and the figures: no notebook failed
-    assert reports.report(root / "results", root / "figures", tables=("table1", "table2", "table3")) == []
+    assert render.report(root / "results", root / "figures", tables=("table1", "table2", "table3")) == []
     executed = sorted((root / "figures" / "notebooks").iterdir())
     assert [p.name for p in executed] == [name for name in EVERY_REPORT_NOTEBOOK if name not in (
         "ablation.ipynb", "beyond.ipynb")]
@@ -116,7 +118,7 @@ def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
     assert done.stdout.startswith("quick: 2 runs to do in 1 notebooks, 0 finished runs skipped\n")
     for seed in (0, 1):  # each fused run in its own directory, the executed notebook beside it (its provenance)
         run_dir = out / "quick" / "digits-exp-10" / "mm-drw" / f"seed{seed}"
-        assert rundir.load_results(run_dir)["config"]["config"]["seed"] == seed
+        assert run_folder.load_results(run_dir)["config"]["config"]["seed"] == seed
         notebook = json.loads((run_dir / "train.ipynb").read_text())
         assert any("injected-parameters" in c["metadata"].get("tags", []) for c in notebook["cells"])
         assert_clean(run_dir / "train.ipynb")
@@ -130,7 +132,7 @@ def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
     assert "missing: every method on digits step 10" in done.stdout
     assert "table1.ipynb {'table': 'quick'}: quick.md, quick.csv, quick.tex" in done.stdout
     assert sorted(p.name for p in (figures / "notebooks").iterdir()) == ["fig3_quick.ipynb", "quick.ipynb"]
-    assert not (rundir.FIGURES / "quick.md").exists()
+    assert not (files.FIGURES / "quick.md").exists()
 
 
 @pytest.mark.slow
@@ -143,11 +145,11 @@ def test_the_committed_figures_are_what_report_renders_from_the_committed_result
     assert done.returncode == 0, done.stdout + done.stderr
     assert sorted(p.name for p in (tmp_path / "notebooks").iterdir()) == EVERY_REPORT_NOTEBOOK
     assert "missing: MM-DRW (ours) [released code] on CIFAR-10 step 100" in done.stdout  # fig3 says what it lacks
-    committed = {p.name for p in rundir.FIGURES.iterdir() if p.is_file()}
+    committed = {p.name for p in files.FIGURES.iterdir() if p.is_file()}
     assert committed == {p.name for p in tmp_path.iterdir() if p.is_file()}
     for name in sorted(committed):
-        ours, theirs = (tmp_path / name).read_bytes(), (rundir.FIGURES / name).read_bytes()
-        if not _drawn_by_this_matplotlib(rundir.FIGURES / name):
+        ours, theirs = (tmp_path / name).read_bytes(), (files.FIGURES / name).read_bytes()
+        if not _drawn_by_this_matplotlib(files.FIGURES / name):
             continue
         assert ours == theirs, f"figures/{name} is not what report renders now: run python -m mmlib report"
 

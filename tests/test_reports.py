@@ -10,8 +10,11 @@ import pytest
 from fixture_runs import cell_of, protocol_config
 from matplotlib.container import BarContainer
 
-from mmlib import cells, compare, data, figures, imbalance, paper, reproduction, rundir, tables, training
+from mmlib import files, paper
 from mmlib.choices import MM_VARIANTS
+from mmlib.data import imbalance, sources
+from mmlib.report import cells, compare, figures, reproduction, tables
+from mmlib.train import run_folder, trainer
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
@@ -42,14 +45,14 @@ def write_run(run_dir, final_error: float, best_error: float, per_class=None, gr
     record = {"epoch": 2, "error": final_error, "per_class_error": per_class, "group_error": group_error,
               "confusion": []}
     best = {**record, "epoch": 1, "error": best_error, "per_class_error": [best_error] * len(counts)}
-    rundir.write_json(run_dir / rundir.CONFIG, {"config": {**protocol_config(run_dir), **config}, "device": "cpu",
+    files.write_json(run_dir / run_folder.CONFIG, {"config": {**protocol_config(run_dir), **config}, "device": "cpu",
                                                  "git_commit": None})
-    rundir.write_json(run_dir / rundir.COUNTS, {"classes": DIGITS[:len(counts)], "cls_num_list": counts,
+    files.write_json(run_dir / run_folder.COUNTS, {"classes": DIGITS[:len(counts)], "cls_num_list": counts,
                                                  "groups": groups, "description": "test"})
-    rundir.write_json(run_dir / rundir.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0,
+    files.write_json(run_dir / run_folder.METRICS, {"final": record, "best": best, "history": [], "seconds": 1.0,
                                                   "fused_runs": fused_runs})
     if finished:
-        rundir.write_text(run_dir / rundir.FINISHED, "finished\n")
+        files.write_text(run_dir / run_folder.FINISHED, "finished\n")
 
 
 def row_of(df: pd.DataFrame, cell: paper.Cell) -> pd.Series:
@@ -130,10 +133,10 @@ def test_a_record_older_than_a_parameter_counts_as_the_parameters_default(tmp_pa
     cell = cell_of("table1", "cifar10-exp-100", "ldam-drw")
     write_run(cell.path(tmp_path) / "seed0", 20.0, 19.0)  # written before sam_rho existed: the plain step
     write_run(cell.path(tmp_path) / "seed1", 30.0, 29.0, sam_rho=0.5)  # another experiment
-    config_file = cell.path(tmp_path) / "seed0" / rundir.CONFIG
-    recorded = rundir.read_json(config_file)
+    config_file = cell.path(tmp_path) / "seed0" / run_folder.CONFIG
+    recorded = files.read_json(config_file)
     del recorded["config"]["sam_rho"]
-    rundir.write_json(config_file, recorded)
+    files.write_json(config_file, recorded)
 
     df = cells.gather("table1", tmp_path, settings=["cifar10-exp-100"], methods=["ldam-drw"])
 
@@ -394,7 +397,7 @@ def test_plot_class_counts():
     expected = []
     for name in settings:
         setting = paper.SETTINGS[name]
-        spec = data.CIFAR_SPECS[setting.dataset]
+        spec = sources.CIFAR_SPECS[setting.dataset]
         counts = imbalance.class_counts(spec.train_per_class, spec.num_classes, setting.imb_type, setting.ratio)
         expected.append(sorted(counts, reverse=True))
     assert [line.get_ydata().tolist() for line in curves] == expected
@@ -415,7 +418,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
     for method in ("erm", "mm-drw"):
         cell = cell_of("quick", "digits-step-10", method)
         config = cell.run_params(arch="resnet8", epochs=2, quiet=True)
-        results[method] = training.run(config, cell.path(runs) / "seed0")
+        results[method] = trainer.run(config, cell.path(runs) / "seed0")
 
     assert cells.gather("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])["seeds"].sum() == 0
     trained = {"arch": "resnet8", "epochs": 2}  # not the quick table's protocol (20 epochs of batch 32): say so

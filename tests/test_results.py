@@ -9,7 +9,9 @@ import pytest
 import torch
 from fixture_runs import cell_of, confusion, write_run
 
-from mmlib import results, rundir, training
+from mmlib import files
+from mmlib.report import results
+from mmlib.train import run_folder, trainer
 
 CELL = cell_of("table1", "cifar10-exp-100", "mm-drw")
 CORRECT = [900, 880, 850, 800, 760, 700, 650, 600, 550, 500]  # of 1000 test images a class
@@ -19,7 +21,7 @@ def protocol_run(root, seed=0, correct=CORRECT, **params):
     """A finished 200-epoch run of CELL under root, as the trainer leaves it, with a checkpoint and a notebook."""
     run_dir = CELL.path(root) / f"seed{seed}"
     write_run(run_dir, CELL.run_params(seed=seed, **params), 1000, correct)
-    torch.save({"epoch": 200}, run_dir / rundir.CHECKPOINT)
+    torch.save({"epoch": 200}, run_dir / run_folder.CHECKPOINT)
     (run_dir / "train.ipynb").write_text(json.dumps({"cells": []}))
     return run_dir
 
@@ -73,7 +75,7 @@ def test_unfinished_and_failed_runs_are_refused_and_listed(tmp_path):
     protocol_run(runs, seed=0)
     interrupted = CELL.path(runs) / "seed1"
     write_run(interrupted, CELL.run_params(seed=1), 1000, CORRECT, finished=False)
-    torch.save({"epoch": 37}, interrupted / rundir.CHECKPOINT)
+    torch.save({"epoch": 37}, interrupted / run_folder.CHECKPOINT)
     failed = CELL.path(runs) / "seed2"
     failed.mkdir(parents=True)
     error = {"output_type": "error", "ename": "FileNotFoundError", "evalue": "no data root given", "traceback": []}
@@ -142,7 +144,7 @@ def test_a_cifar100_record_stays_under_60_kb(tmp_path):
     write_run(run_dir, cell.run_params(seed=0), 100, [50] * 100)
     # the worst case: every class's errors spread over the other classes, not piled on one
     rng = np.random.default_rng(0)
-    metrics = rundir.read_json(run_dir / rundir.METRICS)
+    metrics = files.read_json(run_dir / run_folder.METRICS)
     for epoch in ("final", "best"):
         dense = np.zeros((100, 100), dtype=int)
         for c in range(100):
@@ -150,7 +152,7 @@ def test_a_cifar100_record_stays_under_60_kb(tmp_path):
             dense[c, c] = 100 - wrong
             np.add.at(dense[c], rng.choice([j for j in range(100) if j != c], wrong), 1)
         metrics[epoch]["confusion"] = dense.tolist()
-    rundir.write_json(run_dir / rundir.METRICS, metrics)
+    files.write_json(run_dir / run_folder.METRICS, metrics)
 
     [(_, record)] = results.collect(tmp_path / "runs", tmp_path / "results").written
 
@@ -165,7 +167,7 @@ def test_a_real_run_round_trips_and_the_cli_collects(tmp_path, monkeypatch):
     quick = cell_of("quick", "digits-step-10", "mm-drw")
     # a real digits run, put where a table1 run would be so that collect takes it: another experiment, filed apart
     run_dir = CELL.path(tmp_path / "runs") / "seed0"
-    trained = training.run(quick.run_params(seed=0, arch="resnet8", epochs=2, quiet=True), run_dir)
+    trained = trainer.run(quick.run_params(seed=0, arch="resnet8", epochs=2, quiet=True), run_dir)
     unfinished = CELL.path(tmp_path / "runs") / "seed1"
     unfinished.mkdir()
 

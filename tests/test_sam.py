@@ -1,4 +1,4 @@
-"""Sharpness-aware minimization (mmlib.step, run parameter sam_rho): the step against its formula, fused runs
+"""Sharpness-aware minimization (mmlib.train.step, run parameter sam_rho): the step against its formula, fused runs
 against runs trained apart, resume after a kill, and the beyond table's SAM rows."""
 
 import copy
@@ -9,12 +9,14 @@ import torch.nn.functional as F
 from test_reliability import checkpointed, cli_args, finish, kill, same_results, start, wait_for
 from tiny import quick
 
-from mmlib import fusion, paper, rundir, sweeps, training
+from mmlib import files, paper
 from mmlib.config import RunConfig
-from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
-from mmlib.models import build_model, merge_state_dicts, split_state_dict
-from mmlib.pipeline import TrainStream, to_device
-from mmlib.step import TrainStep
+from mmlib.data.pipeline import TrainStream, to_device
+from mmlib.sweep import plan
+from mmlib.train import fusion, run_folder, trainer
+from mmlib.train.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
+from mmlib.train.models import build_model, merge_state_dicts, split_state_dict
+from mmlib.train.step import TrainStep
 
 
 def test_one_sam_step_equals_the_two_pass_formula_in_float64(digits):
@@ -175,25 +177,25 @@ def test_a_killed_sam_run_resumes_exactly(tmp_path):
     killed = start(args + ["--run-dir", str(tmp_path / "killed")], tmp_path)
     wait_for(checkpointed(tmp_path / "killed"), killed, "the first checkpoint")
     kill(killed)
-    assert not rundir.is_finished(tmp_path / "killed")
+    assert not run_folder.is_finished(tmp_path / "killed")
     finish(start(args + ["--run-dir", str(tmp_path / "killed")], tmp_path))
     finish(reference)
     same_results(tmp_path / "killed", tmp_path / "straight")
-    assert rundir.read_json(tmp_path / "killed" / rundir.CONFIG)["config"]["sam_rho"] == 0.8
+    assert files.read_json(tmp_path / "killed" / run_folder.CONFIG)["config"]["sam_rho"] == 0.8
 
 
 def test_sam_rho_is_fixed_for_a_run_and_fuses_only_with_other_sam_runs(tmp_path):
     """Another rho on resume is refused (it changes what is computed); runs of rho 0 and > 0 train apart,
     runs of any two rho > 0 fuse."""
     run_dir = tmp_path / "run"
-    rundir.save_checkpoint(run_dir, {"epoch": 1, "config": RunConfig(**quick(sam_rho=0.5)).resolve().to_dict()})
+    run_folder.save_checkpoint(run_dir, {"epoch": 1, "config": RunConfig(**quick(sam_rho=0.5)).resolve().to_dict()})
     with pytest.raises(ValueError, match=r"other parameters \(sam_rho: 0.5 -> 0.8; recorded in checkpoint.pt\)"):
-        training.run(quick(sam_rho=0.8), run_dir)
+        trainer.run(quick(sam_rho=0.8), run_dir)
     with pytest.raises(ValueError, match=r"cannot train fused: they differ in head, SSP pre-training or SAM"):
-        training.run_many([quick(sam_rho=0.0), quick(sam_rho=0.5)], [tmp_path / "a", tmp_path / "b"])
+        trainer.run_many([quick(sam_rho=0.0), quick(sam_rho=0.5)], [tmp_path / "a", tmp_path / "b"])
     assert fusion.fusion_key(RunConfig(**quick(sam_rho=0.5))) == fusion.fusion_key(
         RunConfig(**quick(method="ldam-drw", seed=3, sam_rho=0.8)))
-    jobs = sweeps.plan("beyond", tmp_path / "runs", seeds=[0, 1], settings=["cifar10-exp-100"],
+    jobs = plan.plan("beyond", tmp_path / "runs", seeds=[0, 1], settings=["cifar10-exp-100"],
                        methods=["ldam-drw-sam", "mm-drw-sam", "la"], fuse=8, data_roots={None: str(tmp_path)}).jobs
     assert sorted(len(job.run_dirs) for job in jobs) == [2, 4]  # LA apart (linear head, no SAM); the SAM rows fused
     assert {p["sam_rho"] for job in jobs for p in job.params if p["method"] != "la"} == {0.8}
@@ -206,7 +208,7 @@ def test_the_sam_rows_render_beside_the_published_numbers(tmp_path):
     """Finished LDAM-DRW + SAM runs in the beyond table, against Rangwani et al.'s 18.1 on CIFAR-10-LT-100."""
     from fixture_runs import write_run
 
-    from mmlib import cells, tables
+    from mmlib.report import cells, tables
 
     cell = paper.cells("beyond", ["cifar10-exp-100"], ["ldam-drw-sam"])[0]
     for seed, correct in enumerate([[9] * 9 + [0], [8] * 10]):  # 10 test images a class: errors 19 and 20
@@ -229,20 +231,20 @@ def test_sam_in_a_captured_graph_equals_the_eager_step(tmp_path):
     at small rho."""
     run = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", epochs=4, batch_size=32, lr=0.01,
                warmup_epochs=2, lr_milestones=[3], switch_epoch=2, method="ldam-drw", device="cuda", quiet=True)
-    runs = {mode: training.run_many([{**run, "compile": mode, "sam_rho": 0.05},
+    runs = {mode: trainer.run_many([{**run, "compile": mode, "sam_rho": 0.05},
                                      {**run, "compile": mode, "sam_rho": 0.1, "seed": 1}],
                                     [tmp_path / mode / "a", tmp_path / mode / "b"]) for mode in ("off", "graphs")}
     for k in range(2):
         for a, b in zip(runs["graphs"][k]["history"], runs["off"][k]["history"]):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
-        state = torch.load(tmp_path / "graphs" / "ab"[k] / rundir.CHECKPOINT, weights_only=False)["model"]
-        reference = torch.load(tmp_path / "off" / "ab"[k] / rundir.CHECKPOINT, weights_only=False)["model"]
+        state = torch.load(tmp_path / "graphs" / "ab"[k] / run_folder.CHECKPOINT, weights_only=False)["model"]
+        reference = torch.load(tmp_path / "off" / "ab"[k] / run_folder.CHECKPOINT, weights_only=False)["model"]
         for name, tensor in state.items():
             torch.testing.assert_close(tensor, reference[name], rtol=1e-2, atol=1e-3, msg=name)
 
 
 def test_a_sam_runs_figures_say_sam_and_its_rho():
-    from mmlib import figures
+    from mmlib.report import figures
 
     result = {"config": {"config": {"method": "ldam-drw", "mm_variant": "equations", "seed": 1, "arch": "resnet8",
                                     "epochs": 2, "sam_rho": 0.8}},
@@ -254,7 +256,7 @@ def test_a_sam_runs_figures_say_sam_and_its_rho():
 
 
 def test_the_run_summary_shows_sams_rho():
-    from mmlib import results
+    from mmlib.report import results
 
     run = {"run_dir": "r", "final": {"error": 20.0, "epoch": 2, "group_error": {"many": 1.0, "medium": 2.0, "few": 3.0}},
            "best": {"error": 19.0, "epoch": 1}}

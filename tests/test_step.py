@@ -1,4 +1,4 @@
-"""The training step (mmlib.step): its SGD update, its batched gather and loop against the plain loop, the graph
+"""The training step (mmlib.train.step): its SGD update, its batched gather and loop against the plain loop, the graph
 path's self-check (on the CPU with eager stand-ins for the graphs), graphs on CUDA."""
 
 import importlib.util
@@ -14,16 +14,17 @@ import pytest
 import torch
 from tiny import quick
 
-import mmlib.step
-from mmlib import fusion, provenance, results, rundir, training
+import mmlib.train.step
 from mmlib.choices import METHODS, get_method
 from mmlib.config import RunConfig
+from mmlib.data.pipeline import TrainStream, to_device
 from mmlib.errors import StepCheckError
-from mmlib.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
-from mmlib.models import build_model, merge_state_dicts
-from mmlib.pipeline import TrainStream, to_device
-from mmlib.records import Records
-from mmlib.step import TrainStep, resolve_compile, sgd_update, step_difference
+from mmlib.report import results
+from mmlib.train import fusion, provenance, run_folder, trainer
+from mmlib.train.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
+from mmlib.train.metrics import Records
+from mmlib.train.models import build_model, merge_state_dicts
+from mmlib.train.step import TrainStep, resolve_compile, sgd_update, step_difference
 
 
 def cuda(test):
@@ -149,7 +150,7 @@ def test_compile_modes_and_their_refusals():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 def test_graphs_without_cuda_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="compile='graphs' needs a CUDA device"):
-        training.run(dict(method="erm", dataset="digits", arch="resnet8", epochs=2, quiet=True, compile="graphs"),
+        trainer.run(dict(method="erm", dataset="digits", arch="resnet8", epochs=2, quiet=True, compile="graphs"),
                      tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
@@ -192,7 +193,7 @@ def cannot_capture(step, size):
 def cpu_as_cuda(monkeypatch):
     """compile auto or graphs takes the graph path on the CPU, the given stand-in capturing each fast step."""
     def use(stand_in):
-        monkeypatch.setattr(mmlib.step, "resolve_compile", lambda mode, device: "graphs" if mode in ("auto", "graphs") else mode)
+        monkeypatch.setattr(mmlib.train.step, "resolve_compile", lambda mode, device: "graphs" if mode in ("auto", "graphs") else mode)
         monkeypatch.setattr(TrainStep, "_fast_step", stand_in)
     return use
 
@@ -319,12 +320,12 @@ def test_records_keep_every_distinct_step_path_across_a_resume():
 def test_a_run_through_a_failed_check_finishes_and_records_its_step(tmp_path, cpu_as_cuda):
     cpu_as_cuda(skips_batchnorm)
     with pytest.warns(RuntimeWarning, match="the CUDA graph step over 128 samples differs"):
-        result = training.run(quick(method="ldam-drw"), tmp_path / "run")
-    assert rundir.is_finished(tmp_path / "run")
+        result = trainer.run(quick(method="ldam-drw"), tmp_path / "run")
+    assert run_folder.is_finished(tmp_path / "run")
     [path] = result["step"]
     assert path["path"] == "eager" and "at buffer " in path["reason"]
-    assert torch.load(tmp_path / "run" / rundir.CHECKPOINT, weights_only=False)["step"] == [path]
-    assert json.loads(results.record_files(tmp_path / "run")[rundir.METRICS])["step"] == [path]
+    assert torch.load(tmp_path / "run" / run_folder.CHECKPOINT, weights_only=False)["step"] == [path]
+    assert json.loads(results.record_files(tmp_path / "run")[run_folder.METRICS])["step"] == [path]
     assert results.summarize_runs([result])["step"].tolist() == ["eager"]  # train.ipynb's summary
 
 
@@ -344,7 +345,7 @@ def test_the_device_check_and_a_sweep_run_without_jupyter(tmp_path):
     (blocker / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in JUPYTER))
     path = os.pathsep.join([str(blocker)] + [str(ROOT / d) for d in ("", "benchmarks", "tests")])
     env = {**os.environ, "PYTHONPATH": path}
-    code = ("import mmlib.step, mmlib.training, mmlib.fusion, mmlib.sweeps, mmlib.jobs, gpu_check, throughput, "
+    code = ("import mmlib.train.step, mmlib.train.trainer, mmlib.train.fusion, mmlib.sweep.plan, mmlib.sweep.jobs, gpu_check, throughput, "
             "test_step, test_losses, test_models, test_sam\ntry:\n    import nbformat\nexcept ImportError as error:\n    print(error)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
     assert done.returncode == 0, done.stderr
@@ -356,7 +357,7 @@ def test_the_device_check_and_a_sweep_run_without_jupyter(tmp_path):
     done = subprocess.run(sweep + ["--runner", "python"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     run_dir = tmp_path / "runs" / "quick" / "digits-exp-10" / "erm" / "seed0"
-    assert rundir.is_finished(run_dir) and "final" in (run_dir / "train.log").read_text()
+    assert run_folder.is_finished(run_dir) and "final" in (run_dir / "train.log").read_text()
 
 
 def load_benchmark(name: str):
@@ -451,13 +452,13 @@ CUDA_RUN = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", ep
 
 
 def _final_state(run_dir):
-    return torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["model"]
+    return torch.load(run_dir / run_folder.CHECKPOINT, weights_only=False)["model"]
 
 
 @cuda
 def test_graph_path_equals_eager_over_64_steps_with_a_drw_switch_and_partial_batches(tmp_path):
-    eager = training.run({**CUDA_RUN, "compile": "off"}, tmp_path / "eager")
-    graphs = training.run({**CUDA_RUN, "compile": "graphs"}, tmp_path / "graphs")
+    eager = trainer.run({**CUDA_RUN, "compile": "off"}, tmp_path / "eager")
+    graphs = trainer.run({**CUDA_RUN, "compile": "graphs"}, tmp_path / "graphs")
     # cuDNN autotuning may pick other convolution algorithms in each run: float rounding, grown over 64 steps.
     for a, b in zip(graphs["history"], eager["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
@@ -477,9 +478,9 @@ def test_four_fused_runs_equal_separate_runs_on_cuda(tmp_path):
                 {**CUDA_RUN, "compile": "graphs", "seed": 1, "cb_beta": 0.999},
                 {**CUDA_RUN, "compile": "graphs", "method": "mm-drw", "seed": 2},
                 {**CUDA_RUN, "compile": "graphs", "method": "mm-drw", "mm_variant": "released", "seed": 3}]
-    fused = training.run_many(variants, [tmp_path / f"f{k}" for k in range(4)])
+    fused = trainer.run_many(variants, [tmp_path / f"f{k}" for k in range(4)])
     for k, params in enumerate(variants):
-        alone = training.run(params, tmp_path / f"alone{k}")
+        alone = trainer.run(params, tmp_path / f"alone{k}")
         for a, b in zip(fused[k]["history"], alone["history"]):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         reference = _final_state(tmp_path / f"alone{k}")
@@ -555,10 +556,10 @@ def test_deterministic_cuda_runs_set_cublas_and_repeat_exactly(tmp_path):
     """In a fresh process without CUBLAS_WORKSPACE_CONFIG (the trainer sets it), two deterministic runs agree bit for bit."""
     code = textwrap.dedent(f"""
         import torch
-        from mmlib import training
+        from mmlib.train import trainer
         states = []
         for name in ("a", "b"):
-            training.run({dict(CUDA_RUN, deterministic=True)!r}, {str(tmp_path)!r} + "/" + name)
+            trainer.run({dict(CUDA_RUN, deterministic=True)!r}, {str(tmp_path)!r} + "/" + name)
             states.append(torch.load({str(tmp_path)!r} + "/" + name + "/checkpoint.pt", weights_only=False)["model"])
         assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), "the two runs differ"
     """)

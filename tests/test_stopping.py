@@ -13,9 +13,11 @@ import torch
 from tiny import quick
 
 import mmlib
-from mmlib import rundir, stopping, sweeps, timing
+from mmlib import files, stopping
 from mmlib.errors import StoppedError
-from mmlib.local_backend import LocalExecutor
+from mmlib.sweep import plan, timing
+from mmlib.sweep.local_executor import LocalExecutor
+from mmlib.train import run_folder
 
 EPOCHS = 12
 RUN = quick(method="erm", epochs=EPOCHS, checkpoint_every=100)  # checkpoints only when stopped, and after the last
@@ -44,14 +46,14 @@ def signal_in_epoch(run_dir, epoch: int, *signals) -> tuple[int, str]:
 
 
 def checkpointed_epoch(run_dir) -> int:
-    info = rundir.checkpoint_info(run_dir)
+    info = run_folder.checkpoint_info(run_dir)
     return 0 if info is None else info["epoch"]
 
 
 def same_run(run_dir, reference) -> None:
     """Byte-identical results but for the clock: metrics less seconds, per-class file, final weights."""
     def metrics(d):
-        found = rundir.read_json(Path(d) / rundir.METRICS)
+        found = files.read_json(Path(d) / run_folder.METRICS)
         for entry in found["history"]:
             del entry["seconds"]
         for key in ("seconds", "finished_at", "step"):
@@ -59,8 +61,8 @@ def same_run(run_dir, reference) -> None:
         return found
 
     assert metrics(run_dir) == metrics(reference)
-    assert (Path(run_dir) / rundir.PER_CLASS).read_bytes() == (Path(reference) / rundir.PER_CLASS).read_bytes()
-    ours, theirs = (torch.load(Path(d) / rundir.CHECKPOINT, weights_only=False)["model"] for d in (run_dir, reference))
+    assert (Path(run_dir) / run_folder.PER_CLASS).read_bytes() == (Path(reference) / run_folder.PER_CLASS).read_bytes()
+    ours, theirs = (torch.load(Path(d) / run_folder.CHECKPOINT, weights_only=False)["model"] for d in (run_dir, reference))
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
 
@@ -72,7 +74,7 @@ def reference(tmp_path_factory):
     process = train(run_dir)
     assert process.wait() == 0, process.communicate()
     wall = time.monotonic() - start
-    training = sum(entry["seconds"] for entry in rundir.read_json(run_dir / rundir.METRICS)["history"])
+    training = sum(entry["seconds"] for entry in files.read_json(run_dir / run_folder.METRICS)["history"])
     return run_dir, wall - training, training
 
 
@@ -103,7 +105,7 @@ def test_a_train_process_stopped_by_its_time_limit_and_by_signals_resumes_to_the
     stopped = checkpointed_epoch(run_dir)
     assert err.startswith(f"error: {run_dir}: stopped ") and "the time limit is " in err
     assert err.rstrip().endswith("the same command resumes from it" if stopped else "the same command starts it")
-    assert stopped < EPOCHS and not rundir.is_finished(run_dir)
+    assert stopped < EPOCHS and not run_folder.is_finished(run_dir)
     # 2. SIGTERM after a few epochs: the run finishes its epoch, checkpoints and stops
     code, err = signal_in_epoch(run_dir, stopped + 2, signal.SIGTERM)  # one epoch done in this process
     assert code == StoppedError.exit_code, err
@@ -115,7 +117,7 @@ def test_a_train_process_stopped_by_its_time_limit_and_by_signals_resumes_to_the
     code, err = signal_in_epoch(run_dir, stopped + 1, signal.SIGUSR1, signal.SIGTERM)
     assert code == StoppedError.exit_code, err
     assert "stopped at once by a second signal (SIGTERM)" in err
-    assert checkpointed_epoch(run_dir) == stopped and torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)
+    assert checkpointed_epoch(run_dir) == stopped and torch.load(run_dir / run_folder.CHECKPOINT, weights_only=False)
     # 4. to the end: the uninterrupted run's results, bit for bit
     last = train(run_dir)
     assert last.wait() == 0, last.communicate()
@@ -123,10 +125,10 @@ def test_a_train_process_stopped_by_its_time_limit_and_by_signals_resumes_to_the
 
 
 def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp_path, monkeypatch):
-    planned = sweeps.plan("quick", tmp_path, seeds=[0, 1], settings=["digits-exp-10"], methods=["erm"],
+    planned = plan.plan("quick", tmp_path, seeds=[0, 1], settings=["digits-exp-10"], methods=["erm"],
                           overrides=TINY).jobs
     started = []
-    monkeypatch.setattr("mmlib.jobs.run_job", lambda *args, **kwargs: started.append(args) or "done")
+    monkeypatch.setattr("mmlib.sweep.jobs.run_job", lambda *args, **kwargs: started.append(args) or "done")
 
     class Measured:  # an epoch of 60 s measured: with 30 s of start-up, 90 s before a first checkpoint
         def first_checkpoint_seconds(self, job):
@@ -138,7 +140,7 @@ def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp
     monkeypatch.setattr(mmlib, "STARTED", time.time() - 3600)  # the sweep started an hour ago
     outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 80, times=Measured())
     assert started == [] and outcome.not_started == [label for job in planned for label in job.labels]
-    assert outcome.interrupted and sweeps.summary(outcome) == [
+    assert outcome.interrupted and plan.summary(outcome) == [
         "stopped early: 0 runs stopped with their checkpoints written and 2 not started; the same command resumes them"]
     outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 120, times=Measured())  # 108 s fit
     assert len(started) == 2 and outcome.not_started == []
@@ -147,7 +149,7 @@ def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp
     monkeypatch.setattr(mmlib, "STARTED", time.time())  # a limit of 80 s in all: no rerun would start them
     outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 80, times=Measured())
     assert started == [] and not outcome.interrupted and outcome.too_long == [(job.labels, 108.0) for job in planned]
-    assert sweeps.summary(outcome) == [
+    assert plan.summary(outcome) == [
         f"not started: {job.labels[0]}: its first checkpoint needs about 1 min 48 s (measured, times 1.2 for safety), "
         "more than the whole --time-limit; give a longer one" for job in planned]
 
@@ -156,9 +158,9 @@ def test_the_dry_run_estimates_the_wall_time_from_the_epochs_measured(tmp_path, 
     from fixture_runs import write_run
 
     out = tmp_path / "runs"
-    done = sweeps.plan("quick", out, seeds=[0], settings=["digits-exp-10"], methods=["erm"], overrides=TINY).jobs[0]
+    done = plan.plan("quick", out, seeds=[0], settings=["digits-exp-10"], methods=["erm"], overrides=TINY).jobs[0]
     write_run(done.run_dirs[0], done.params[0], 10, [5] * 10)  # epochs of 1.5 s each, as the fixture writes them
-    sweeps.sweep("quick", out, [0, 1, 2], ["digits-exp-10", "digits-step-10"], ["erm"], overrides=TINY, dry_run=True)
+    plan.sweep("quick", out, [0, 1, 2], ["digits-exp-10", "digits-step-10"], ["erm"], overrides=TINY, dry_run=True)
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "quick: 5 runs to do in 5 notebooks, 1 finished runs skipped"
     # the 2 jobs left on digits-exp-10 (a run of the same setting and fusion measured): 30 s of start-up and
@@ -198,7 +200,7 @@ def test_a_sweep_stopped_by_signals_stops_its_jobs_cleanly_and_resumes_them(refe
     sweep.send_signal(signal.SIGTERM)  # the second kills the job at once: its last checkpoint stays
     stdout, stderr = sweep.communicate()
     assert sweep.returncode == StoppedError.exit_code, stdout + stderr
-    assert checkpointed_epoch(seed0) > first and torch.load(seed0 / rundir.CHECKPOINT, weights_only=False)
+    assert checkpointed_epoch(seed0) > first and torch.load(seed0 / run_folder.CHECKPOINT, weights_only=False)
 
     done = subprocess.run(command, capture_output=True, text=True)  # seed 0 alone, to compare
     assert done.returncode == 0, done.stdout + done.stderr
@@ -206,16 +208,16 @@ def test_a_sweep_stopped_by_signals_stops_its_jobs_cleanly_and_resumes_them(refe
 
 
 def test_ssp_pretraining_stops_between_its_epochs_with_its_checkpoint_and_resumes(tmp_path):
-    from mmlib import training
-    from mmlib.cache import cache_dir
     from mmlib.config import RunConfig
+    from mmlib.data.cache import cache_dir
+    from mmlib.train import trainer
 
     config = RunConfig.from_dict(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=3))
     stop_file = tmp_path / "stop"
     stop_file.touch()  # its sweep asked its jobs to stop before this one started
     with pytest.raises(StoppedError, match=r"SSP pre-training stopped before its first epoch because its sweep asked "
                                            r"it to .*; nothing was trained, and the same command starts it$"):
-        training.run_many([config], [tmp_path / "run"], stopping.Stop(stop_file=str(stop_file)))
+        trainer.run_many([config], [tmp_path / "run"], stopping.Stop(stop_file=str(stop_file)))
 
     class AfterOneEpoch(stopping.Stop):  # a stop asked for while the first epoch trains
         def reason(self, next_epoch_seconds):
@@ -224,8 +226,8 @@ def test_ssp_pretraining_stops_between_its_epochs_with_its_checkpoint_and_resume
 
     with pytest.raises(StoppedError, match=r"SSP pre-training stopped after epoch 1 of 3 because it was asked to; "
                                            r"the checkpoint is written, and the same command resumes from it$"):
-        training.run_many([config], [tmp_path / "run"], AfterOneEpoch())
+        trainer.run_many([config], [tmp_path / "run"], AfterOneEpoch())
     [folder] = (cache_dir() / "ssp").iterdir()
-    assert rundir.checkpoint_info(folder)["epoch"] == 1 and not (folder / "backbone.pt").exists()
-    training.run_many([config], [tmp_path / "run"], stopping.Stop())
-    assert rundir.is_finished(tmp_path / "run") and (folder / "backbone.pt").exists()
+    assert run_folder.checkpoint_info(folder)["epoch"] == 1 and not (folder / "backbone.pt").exists()
+    trainer.run_many([config], [tmp_path / "run"], stopping.Stop())
+    assert run_folder.is_finished(tmp_path / "run") and (folder / "backbone.pt").exists()

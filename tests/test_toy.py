@@ -7,7 +7,7 @@ import pytest
 import torch
 from matplotlib.contour import ContourSet
 
-from mmlib.toy import CLASS_MEANS, MAJOR, MINOR, make_toy_data, plot_boundaries, train_toy
+from mmlib.report.toy import CLASS_MEANS, MAJOR, MINOR, make_toy_data, plot_boundaries, train_toy
 
 matplotlib.use("Agg")
 

@@ -9,12 +9,13 @@ import pytest
 import torch
 from tiny import quick
 
-from mmlib import rundir, schedule, ssp, training
+from mmlib import files
 from mmlib.choices import METHODS
 from mmlib.config import RunConfig
-from mmlib.data import load_dataset
-from mmlib.losses import class_balanced_weights
-from mmlib.step import TrainStep
+from mmlib.data.sources import load_dataset
+from mmlib.train import run_folder, schedule, ssp, trainer
+from mmlib.train.losses import class_balanced_weights
+from mmlib.train.step import TrainStep
 
 
 def spy_epochs(monkeypatch) -> list[dict]:
@@ -76,10 +77,10 @@ def test_short_runs_keep_the_schedules_shape():
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_and_writes_complete_results(method, tmp_path, digits):
     # evaluated after the last epoch only (the best-epoch rule: tests/test_records.py): 8 s of the suite
-    results = training.run(quick(method=method, switch_epoch=1, ssp_epochs=1, eval_every=2), tmp_path / method)
+    results = trainer.run(quick(method=method, switch_epoch=1, ssp_epochs=1, eval_every=2), tmp_path / method)
     run_dir = tmp_path / method
-    assert rundir.is_finished(run_dir)
-    for name in (rundir.CONFIG, rundir.COUNTS, rundir.CHECKPOINT, rundir.METRICS, rundir.PER_CLASS):
+    assert run_folder.is_finished(run_dir)
+    for name in (run_folder.CONFIG, run_folder.COUNTS, run_folder.CHECKPOINT, run_folder.METRICS, run_folder.PER_CLASS):
         assert (run_dir / name).exists(), name
     final, best = results["final"], results["best"]
     assert final["epoch"] == 2 and len(results["history"]) == 2
@@ -94,16 +95,16 @@ def test_every_method_trains_and_writes_complete_results(method, tmp_path, digit
     assert final["group_error"]["few"] == pytest.approx(
         100 * (1 - confusion.diagonal()[few].sum().item() / confusion[few].sum().item())
     )
-    saved = rundir.read_json(run_dir / rundir.CONFIG)
+    saved = files.read_json(run_dir / run_folder.CONFIG)
     assert saved["config"]["method"] == method and saved["torch_version"] == torch.__version__
-    assert rundir.read_json(run_dir / rundir.COUNTS)["cls_num_list"] == digits.cls_num_list
-    rows = (run_dir / rundir.PER_CLASS).read_text().splitlines()
+    assert files.read_json(run_dir / run_folder.COUNTS)["cls_num_list"] == digits.cls_num_list
+    rows = (run_dir / run_folder.PER_CLASS).read_text().splitlines()
     assert len(rows) == 1 + digits.num_classes
 
 
 @pytest.mark.slow
 def test_digits_is_learnable_in_a_few_epochs(tmp_path):
-    results = training.run(quick(method="erm", ratio=1.0, imb_type="balanced", epochs=6, batch_size=64), tmp_path / "r")
+    results = trainer.run(quick(method="erm", ratio=1.0, imb_type="balanced", epochs=6, batch_size=64), tmp_path / "r")
     assert results["final"]["error"] < 50  # chance is 90%
 
 
@@ -113,7 +114,7 @@ def test_digits_is_learnable_in_a_few_epochs(tmp_path):
 @pytest.mark.slow
 def test_drw_weights_switch_exactly_at_the_switch_epoch(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    training.run(quick(method="ldam-drw", epochs=4, switch_epoch=2), tmp_path / "r")
+    trainer.run(quick(method="ldam-drw", epochs=4, switch_epoch=2), tmp_path / "r")
     expected = class_balanced_weights(digits.cls_num_list, 0.9999)
     ones = torch.ones(digits.num_classes)
     for call, weights in zip(calls, [ones, ones, expected, expected]):
@@ -123,7 +124,7 @@ def test_drw_weights_switch_exactly_at_the_switch_epoch(tmp_path, monkeypatch, d
 
 def test_drs_resamples_after_the_switch(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    training.run(quick(method="erm-drs", epochs=3, switch_epoch=1), tmp_path / "r")
+    trainer.run(quick(method="erm-drs", epochs=3, switch_epoch=1), tmp_path / "r")
     counts = digits.cls_num_list
     assert calls[0]["labels"][0] == Counter(dict(enumerate(counts)))  # uniform: each image once
     for call in calls:  # no re-weighting
@@ -144,7 +145,7 @@ def test_drs_resamples_after_the_switch(tmp_path, monkeypatch, digits):
 
 def test_cb_rs_resamples_from_the_first_epoch(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    training.run(quick(method="cb-rs", epochs=1), tmp_path / "r")
+    trainer.run(quick(method="cb-rs", epochs=1), tmp_path / "r")
     assert calls[0]["labels"][0] != Counter(dict(enumerate(digits.cls_num_list)))
 
 
@@ -157,7 +158,7 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
     backbone = ssp.ssp_backbone(config, digits, torch.device("cpu"))
     assert [c["transform"] for c in calls] == [ssp.rotate, ssp.rotate]
     assert not any(k.startswith("fc.") for k in backbone)
-    model = training._init_model(config, digits.num_classes, backbone)
+    model = trainer._init_model(config, digits.num_classes, backbone)
     for name, tensor in model.state_dict().items():
         if name.startswith("fc."):
             assert tensor.shape == (digits.num_classes, 64)  # a fresh cosine head
@@ -167,7 +168,7 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
                                   digits, torch.device("cpu"))
     assert len(calls) == 2  # the second seed reused the cached backbone
     assert all(torch.equal(again[k], backbone[k]) for k in backbone)
-    training.run(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2), tmp_path / "r")
+    trainer.run(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2), tmp_path / "r")
     assert len(calls) == 3 and calls[2]["transform"] is None
 
 
@@ -184,9 +185,9 @@ def test_rotation_turns_each_image_by_its_label():
 @pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     params = quick(method="mm-drw", epochs=4, switch_epoch=2, checkpoint_every=1)
-    straight = training.run(params, tmp_path / "straight")
+    straight = trainer.run(params, tmp_path / "straight")
 
-    real_save = rundir.save_checkpoint
+    real_save = run_folder.save_checkpoint
     saves = []
 
     def crash_after_two_epochs(path, obj):
@@ -195,13 +196,13 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
         saves.append(path)
         real_save(path, obj)
 
-    monkeypatch.setattr(rundir, "save_checkpoint", crash_after_two_epochs)
+    monkeypatch.setattr(run_folder, "save_checkpoint", crash_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
-        training.run(params, tmp_path / "resumed")
-    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
-    assert not rundir.is_finished(tmp_path / "resumed")
-    assert torch.load(tmp_path / "resumed" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 2
-    resumed = training.run(params, tmp_path / "resumed")
+        trainer.run(params, tmp_path / "resumed")
+    monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
+    assert not run_folder.is_finished(tmp_path / "resumed")
+    assert torch.load(tmp_path / "resumed" / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 2
+    resumed = trainer.run(params, tmp_path / "resumed")
     for key in ("final", "best"):
         assert resumed[key]["per_class_error"] == straight[key]["per_class_error"]
         assert resumed[key]["confusion"] == straight[key]["confusion"]
@@ -210,20 +211,20 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
-    first = training.run(quick(method="erm", epochs=1), tmp_path / "r")
+    first = trainer.run(quick(method="erm", epochs=1), tmp_path / "r")
     calls = spy_epochs(monkeypatch)
-    again = training.run(quick(method="erm", epochs=1), tmp_path / "r")
+    again = trainer.run(quick(method="erm", epochs=1), tmp_path / "r")
     assert calls == [] and again["final"] == first["final"]
 
 
 def test_a_run_dir_with_other_parameters_is_refused(tmp_path):
-    training.run(quick(method="erm", epochs=1), tmp_path / "r")
+    trainer.run(quick(method="erm", epochs=1), tmp_path / "r")
     with pytest.raises(ValueError, match=r"other parameters \(method: 'erm' -> 'focal'.*config.json"):
-        training.run(quick(method="focal", epochs=1), tmp_path / "r")
+        trainer.run(quick(method="focal", epochs=1), tmp_path / "r")
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path, monkeypatch, digits):
-    from mmlib import losses
+    from mmlib.train import losses
 
     steps_per_epoch = -(-len(digits.train_labels) // 128)
     real_forward = losses.CrossEntropyLoss.forward
@@ -235,16 +236,16 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_
         return out * float("nan") if len(calls) == steps_per_epoch + 2 else out
 
     monkeypatch.setattr(losses.CrossEntropyLoss, "forward", poisoned)
-    with pytest.raises(training.NonFiniteLossError,
+    with pytest.raises(trainer.NonFiniteLossError,
                        match=rf"at epoch 2, step 2 of {steps_per_epoch}; its last checkpoint \(after epoch 1\) is kept"):
-        training.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
-    assert torch.load(tmp_path / "r" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 1
-    assert not rundir.is_finished(tmp_path / "r")
-    failure = rundir.failure(tmp_path / "r")
+        trainer.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
+    assert torch.load(tmp_path / "r" / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 1
+    assert not run_folder.is_finished(tmp_path / "r")
+    failure = run_folder.failure(tmp_path / "r")
     assert (failure["epoch"], failure["step"], failure["checkpoint_epoch"]) == (2, 2, 1)
-    with pytest.raises(training.NonFiniteLossError, match=r"failed before: non-finite loss .* To retry it from its last "
+    with pytest.raises(trainer.NonFiniteLossError, match=r"failed before: non-finite loss .* To retry it from its last "
                                                           r"checkpoint, delete .*FAILED \(a sweep: --retry-failed\)"):
-        training.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
+        trainer.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
 
 
 # Grouped and plain convolutions sum in other orders, by how much depends on the processor's kernels: a fused
@@ -256,7 +257,7 @@ FUSED_LOSS_RTOL = 1e-4
 def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it_would_alone(tmp_path, monkeypatch):
     """erm fused with focal, focal's loss poisoned from its 6th step on: erm finishes as if trained alone (within
     the fused path's tolerance, as in the test below), focal is marked failed and keeps its epoch-1 checkpoint."""
-    from mmlib import losses
+    from mmlib.train import losses
 
     schedule = dict(epochs=3, lr=0.01, warmup_epochs=0, lr_milestones=[2], checkpoint_every=1)
     real_forward, calls = losses.FocalLoss.forward, []
@@ -267,20 +268,20 @@ def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it
         return out * float("nan") if len(calls) > 5 else out  # 4 steps an epoch: from epoch 2, step 2 on
 
     monkeypatch.setattr(losses.FocalLoss, "forward", poisoned)
-    with pytest.raises(training.NonFiniteLossError, match=r"non-finite loss in run .*f1 \(focal\) at epoch 2, step 2"):
-        training.run_many([quick(method="erm", **schedule), quick(method="focal", **schedule)],
+    with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite loss in run .*f1 \(focal\) at epoch 2, step 2"):
+        trainer.run_many([quick(method="erm", **schedule), quick(method="focal", **schedule)],
                           [tmp_path / "f0", tmp_path / "f1"])
     monkeypatch.undo()
-    assert rundir.failure(tmp_path / "f1")["checkpoint_epoch"] == 1 and not rundir.is_finished(tmp_path / "f1")
-    assert torch.load(tmp_path / "f1" / rundir.CHECKPOINT, weights_only=False)["epoch"] == 1
-    fused = rundir.load_results(tmp_path / "f0")
-    alone = training.run(quick(method="erm", **schedule), tmp_path / "alone")
+    assert run_folder.failure(tmp_path / "f1")["checkpoint_epoch"] == 1 and not run_folder.is_finished(tmp_path / "f1")
+    assert torch.load(tmp_path / "f1" / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 1
+    fused = run_folder.load_results(tmp_path / "f0")
+    alone = trainer.run(quick(method="erm", **schedule), tmp_path / "alone")
     assert [h["epoch"] for h in fused["history"]] == [1, 2, 3]
     for a, b in zip(fused["history"], alone["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=FUSED_LOSS_RTOL)
     assert fused["final"]["confusion"] == alone["final"]["confusion"]
-    state_f = torch.load(tmp_path / "f0" / rundir.CHECKPOINT, weights_only=False)["model"]
-    state_a = torch.load(tmp_path / "alone" / rundir.CHECKPOINT, weights_only=False)["model"]
+    state_f = torch.load(tmp_path / "f0" / run_folder.CHECKPOINT, weights_only=False)["model"]
+    state_a = torch.load(tmp_path / "alone" / run_folder.CHECKPOINT, weights_only=False)["model"]
     for name in state_a:
         assert torch.isfinite(state_f[name]).all(), name
         torch.testing.assert_close(state_f[name], state_a[name], rtol=1e-2, atol=1e-3)
@@ -306,7 +307,7 @@ def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it
 )
 def test_bad_parameters_fail_before_training(overrides, message, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        training.run(quick(**overrides), tmp_path / "r")
+        trainer.run(quick(**overrides), tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
@@ -324,26 +325,26 @@ def test_fused_runs_train_as_each_would_alone(tmp_path):
     schedule = dict(epochs=2, switch_epoch=1, lr=0.01, warmup_epochs=0, lr_milestones=[1])
     variants = [quick(method="mm-drw", seed=0, **schedule),
                 quick(method="mm-drw", seed=1, beta=1.2, mm_variant="released", **schedule)]
-    fused = training.run_many(variants, [tmp_path / "f0", tmp_path / "f1"])
+    fused = trainer.run_many(variants, [tmp_path / "f0", tmp_path / "f1"])
     for k, params in enumerate(variants):
-        alone = training.run(params, tmp_path / f"alone{k}")
+        alone = trainer.run(params, tmp_path / f"alone{k}")
         for a, b in zip(fused[k]["history"], alone["history"]):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=FUSED_LOSS_RTOL)
         assert fused[k]["final"]["confusion"] == alone["final"]["confusion"]
-        state_f = torch.load(tmp_path / f"f{k}" / rundir.CHECKPOINT, weights_only=False)["model"]
-        state_a = torch.load(tmp_path / f"alone{k}" / rundir.CHECKPOINT, weights_only=False)["model"]
+        state_f = torch.load(tmp_path / f"f{k}" / run_folder.CHECKPOINT, weights_only=False)["model"]
+        state_a = torch.load(tmp_path / f"alone{k}" / run_folder.CHECKPOINT, weights_only=False)["model"]
         for name in state_a:  # float rounding of grouped vs plain convolutions
             torch.testing.assert_close(state_f[name], state_a[name], rtol=1e-2, atol=1e-3)
-    run0 = torch.load(tmp_path / "f0" / rundir.CHECKPOINT, weights_only=False)["model"]["conv1.weight"]
-    run1 = torch.load(tmp_path / "alone1" / rundir.CHECKPOINT, weights_only=False)["model"]["conv1.weight"]
+    run0 = torch.load(tmp_path / "f0" / run_folder.CHECKPOINT, weights_only=False)["model"]["conv1.weight"]
+    run1 = torch.load(tmp_path / "alone1" / run_folder.CHECKPOINT, weights_only=False)["model"]["conv1.weight"]
     assert (run0 - run1).abs().max() > 0.1  # the tolerance tells different runs apart
 
 
 def test_runs_that_cannot_fuse_are_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot train fused: they differ in epochs"):
-        training.run_many([quick(epochs=2), quick(epochs=3)], [tmp_path / "a", tmp_path / "b"])
+        trainer.run_many([quick(epochs=2), quick(epochs=3)], [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(ValueError, match="head"):
-        training.run_many([quick(method="erm"), quick(method="ldam")], [tmp_path / "a", tmp_path / "b"])
+        trainer.run_many([quick(method="erm"), quick(method="ldam")], [tmp_path / "a", tmp_path / "b"])
 
 
 # --- command line --------------------------------------------------------------------------
@@ -363,7 +364,7 @@ def test_cli_trains_a_run(tmp_path):
          "--arch", "resnet8", "--epochs", "2", "--method", "mm-drw", "--quiet"],
         capture_output=True, text=True, check=True, env={"MMLIB_CACHE": str(tmp_path), "PATH": ""},
     ).stdout
-    assert json.loads(out)["final_error"] == rundir.load_results(tmp_path / "r")["final"]["error"]
+    assert json.loads(out)["final_error"] == run_folder.load_results(tmp_path / "r")["final"]["error"]
 
 
 def test_cli_bad_parameter_is_one_clear_line(tmp_path):
@@ -381,13 +382,13 @@ SMALL_LR = dict(method="ldam-drw", epochs=2, switch_epoch=1, lr=0.01, warmup_epo
 
 
 def final_state(run_dir):
-    return torch.load(run_dir / rundir.CHECKPOINT, weights_only=False)["model"]
+    return torch.load(run_dir / run_folder.CHECKPOINT, weights_only=False)["model"]
 
 
 @pytest.mark.slow
 def test_channels_last_matches_the_plain_path(tmp_path):
-    plain = training.run(quick(channels_last=False, **SMALL_LR), tmp_path / "plain")
-    fast = training.run(quick(channels_last=True, **SMALL_LR), tmp_path / "channels_last")
+    plain = trainer.run(quick(channels_last=False, **SMALL_LR), tmp_path / "plain")
+    fast = trainer.run(quick(channels_last=True, **SMALL_LR), tmp_path / "channels_last")
     moved = (torch.tensor(fast["final"]["confusion"]) - torch.tensor(plain["final"]["confusion"])).abs().sum()
     assert moved <= 4  # at most two of 597 test predictions flip on float rounding
     for a, b in zip(fast["history"], plain["history"]):
@@ -398,8 +399,8 @@ def test_channels_last_matches_the_plain_path(tmp_path):
 
 
 def test_bf16_autocast_stays_close_to_float32(tmp_path):
-    plain = training.run(quick(**SMALL_LR), tmp_path / "plain")
-    bf16 = training.run(quick(bf16=True, **SMALL_LR), tmp_path / "bf16")
+    plain = trainer.run(quick(**SMALL_LR), tmp_path / "plain")
+    bf16 = trainer.run(quick(bf16=True, **SMALL_LR), tmp_path / "bf16")
     for a, b in zip(bf16["history"], plain["history"]):  # bf16 keeps 8 bits of mantissa
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2)
     assert bf16["final"]["error"] == pytest.approx(plain["final"]["error"], abs=5.0)
@@ -414,8 +415,8 @@ def test_compiled_step_matches_the_plain_path(tmp_path, monkeypatch):
     """
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, mode: real_compile(model, mode=mode, backend="aot_eager"))
-    plain = training.run(quick(**SMALL_LR), tmp_path / "plain")
-    compiled = training.run(quick(compile="default", **SMALL_LR), tmp_path / "compiled")
+    plain = trainer.run(quick(**SMALL_LR), tmp_path / "plain")
+    compiled = trainer.run(quick(compile="default", **SMALL_LR), tmp_path / "compiled")
     assert len(load_dataset("digits", imb_type="exp", ratio=10.0).train_labels) % 128 != 0  # a partial batch
     for a, b in zip(compiled["history"], plain["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -425,5 +426,5 @@ def test_compiled_step_matches_the_plain_path(tmp_path, monkeypatch):
 
 
 def test_tensorboard_scalars_are_written_when_asked(tmp_path):
-    training.run(quick(method="erm", epochs=1, tensorboard=True), tmp_path / "r")
+    trainer.run(quick(method="erm", epochs=1, tensorboard=True), tmp_path / "r")
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))

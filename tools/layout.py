@@ -9,8 +9,8 @@ arrow can run up between floors; an arrow runs back up where it goes against the
 (WINGS: each wing may import only the wings before it and the root's shared rooms).
 
 --trace follows a configuration from ``python -m mmlib train`` into the trainer: every call that receives it
-(a RunConfig, a list of them, or a parameters dict) until the first epoch starts, as a walk through the
-rooms; a climb back up is a step of the walk to a higher floor than the step before.
+(or one of its text values: method, dataset, data root, ...) until the first epoch starts, as a walk through
+the modules; a climb back up is a step of the walk to a higher floor of the top level than the step before.
 """
 
 import argparse
@@ -120,40 +120,42 @@ def describe(edges: dict[str, set[str]], title: str) -> str:
 
 
 def trace() -> str:
-    """Follow a configuration from `python -m mmlib train` to the first epoch (digits, one epoch, in a temp folder)."""
+    """Follow a configuration from `python -m mmlib train` to the first epoch (digits, one epoch, in a temp folder):
+    every call into mmlib that receives the configuration (a RunConfig, a list of them, a parameters dict, or an
+    object holding one as .config, .configs or .first) or one of its text values (method, dataset, data root,
+    network, ...), as a walk through the top level's rooms (a wing's modules each a room of their own)."""
     import tempfile
 
     from mmlib import __main__ as cli
     from mmlib.config import RunConfig
 
-    top = graph()
-    level = floors(top)
-    walk = []
+    level = floors(graph())
+    walk, texts = [], set()
 
     class FirstEpoch(Exception):
         pass
 
     def carries(value) -> bool:
         if isinstance(value, RunConfig):
+            texts.update(v for v in value.to_dict().values() if isinstance(v, str))
             return True
         if isinstance(value, (list, tuple)) and value and all(isinstance(v, RunConfig) for v in value):
             return True
-        return isinstance(value, dict) and {"method", "dataset", "seed"} <= set(value)
+        if isinstance(value, dict) and {"method", "dataset", "seed"} <= set(value):
+            return True
+        return isinstance(value, str) and value in texts
 
     def profile(frame, event, arg):
-        if event != "call":
-            return
         module = frame.f_globals.get("__name__", "")
-        if not module.startswith("mmlib") or module == "mmlib.__main__" and frame.f_code.co_name == "main":
+        if event != "call" or not module.startswith("mmlib"):
             return
         if module.endswith(".step") and frame.f_code.co_name == "epoch":
             raise FirstEpoch
-        values = [frame.f_locals[n] for n in frame.f_code.co_varnames[: frame.f_code.co_argcount] if n in frame.f_locals]
-        if any(carries(v) for v in values) or any(carries(getattr(v, a, None)) for v in values[:1]
-                                                  for a in ("config", "configs")):
-            here = room(module, None) or module
-            if not walk or walk[-1] != here:
-                walk.append(here)
+        code = frame.f_code
+        values = [frame.f_locals.get(n) for n in code.co_varnames[:code.co_argcount + code.co_kwonlyargcount]]
+        held = [getattr(v, a, None) for v in values[:1] for a in ("config", "configs", "first")]
+        if any(carries(v) for v in values + held) and (not walk or walk[-1] != module):
+            walk.append(module)
 
     with tempfile.TemporaryDirectory() as tmp:
         sys.setprofile(profile)
@@ -164,12 +166,15 @@ def trace() -> str:
             pass
         finally:
             sys.setprofile(None)
-    climbs = sum(level.get(b, 99) > level.get(a, 99) for a, b in zip(walk, walk[1:]))
+    top = [room(m, None) or m for m in walk]  # each step's room at the top level: the module, or its wing
+    climbs = sum(level.get(b, -1) > level.get(a, -1) for a, b in zip(top, top[1:]))
     entered = defaultdict(int)
-    for r in walk:
-        entered[r] += 1
-    return (f"a configuration from `python -m mmlib train` to the first epoch: {len(set(walk))} rooms, {climbs} "
-            f"climbs back up, {len(walk)} steps: " + " > ".join(r.removeprefix("mmlib.") for r in walk))
+    for module in walk:
+        entered[module.removeprefix("mmlib.")] += 1
+    return (f"a configuration from `python -m mmlib train` to the first epoch crosses {len(set(walk))} rooms "
+            f"(modules), with {climbs} climbs back up between the top level's floors, in {len(walk)} steps; rooms "
+            f"entered: {', '.join(f'{m} {n}x' for m, n in sorted(entered.items(), key=lambda e: -e[1]))}\n  "
+            + " > ".join(m.removeprefix("mmlib.") for m in walk))
 
 
 def draw(path: str) -> None:

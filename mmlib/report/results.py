@@ -13,7 +13,7 @@ A record keeps what a reader needs to check a run against the paper, in the run 
     FINISHED               written last
 
 No checkpoint and no notebook; a CIFAR-100 record is about 40 KB. ``load`` reads a record or a run
-directory into the same dict (``rundir.load_results``'s), so one report code reads either tree.
+directory into the same dict (``run_folder.load_results``'s), so one report code reads either tree.
 
 ``collect`` copies every finished run of a runs root into a results root. A run that is not a seed of
 its cell (mmlib.paper.departures: it was trained with other parameters than the cell's protocol)
@@ -31,9 +31,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib import jobs, paper, rundir
+from mmlib import files, paper
 from mmlib.config import SCHEDULE, describe, differences
 from mmlib.errors import CorruptFileError
+from mmlib.sweep import jobs
+from mmlib.train import run_folder
 
 SHORT = "short"  # <results>/short/<table>/...: records of the protocol shortened (only the schedule differs)
 OTHER = "other"  # <results>/other/<table>/...: records of other experiments (any other departure from the cell)
@@ -47,11 +49,11 @@ HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_error",
 
 
 def load(run_dir, details: bool = True) -> dict:
-    """A finished run directory's or record's results, as ``rundir.load_results`` gives a run's.
+    """A finished run directory's or record's results, as ``run_folder.load_results`` gives a run's.
 
     details False leaves out a record's history and confusion matrices (the tables need neither).
     """
-    results = rundir.load_results(run_dir)
+    results = run_folder.load_results(run_dir)
     run_dir = Path(run_dir)
     if not details:
         return results
@@ -78,23 +80,23 @@ def _history_entry(row: dict) -> dict:
 
 def record_files(run_dir) -> dict[str, bytes]:
     """The files of a finished run's record, by name (FINISHED last), deterministic to the byte."""
-    results = rundir.load_results(run_dir)
+    results = run_folder.load_results(run_dir)
     run_dir = Path(run_dir)
     metrics = {epoch: {k: v for k, v in results[epoch].items() if k != "confusion"} for epoch in EPOCHS}
     metrics.update({k: results.get(k) for k in ("seconds", "fused_runs", "finished_at", "step")})
     history = pd.DataFrame([_history_row(entry) for entry in results["history"]], columns=HISTORY_COLUMNS)
-    files = {
-        rundir.CONFIG: (run_dir / rundir.CONFIG).read_bytes(),
-        rundir.COUNTS: (run_dir / rundir.COUNTS).read_bytes(),
-        rundir.METRICS: (json.dumps(_rounded(metrics), indent=1) + "\n").encode(),
+    contents = {
+        run_folder.CONFIG: (run_dir / run_folder.CONFIG).read_bytes(),
+        run_folder.COUNTS: (run_dir / run_folder.COUNTS).read_bytes(),
+        run_folder.METRICS: (json.dumps(_rounded(metrics), indent=1) + "\n").encode(),
         HISTORY: history.to_csv(index=False, float_format="%.6g").encode(),
-        rundir.PER_CLASS: (run_dir / rundir.PER_CLASS).read_bytes(),
+        run_folder.PER_CLASS: (run_dir / run_folder.PER_CLASS).read_bytes(),
     }
     for epoch in EPOCHS:
         rows = "".join(",".join(str(int(v)) for v in row) + "\n" for row in results[epoch]["confusion"])
-        files[CONFUSION.format(epoch)] = gzip.compress(rows.encode(), mtime=0)
-    files[rundir.FINISHED] = (run_dir / rundir.FINISHED).read_bytes()
-    return files
+        contents[CONFUSION.format(epoch)] = gzip.compress(rows.encode(), mtime=0)
+    contents[run_folder.FINISHED] = (run_dir / run_folder.FINISHED).read_bytes()
+    return contents
 
 
 def _history_row(entry: dict) -> dict:
@@ -144,18 +146,18 @@ def run_folders(runs_root) -> list[Path]:
         raise FileNotFoundError(f"runs root {root} does not exist (or is not a folder)")
     return sorted(
         path for table in paper.TABLES if table not in NOT_COLLECTED
-        for path in root.glob(f"{table}/*/*/seed*") if path.is_dir() and rundir.SEED_FOLDER.fullmatch(path.name)
+        for path in root.glob(f"{table}/*/*/seed*") if path.is_dir() and run_folder.SEED_FOLDER.fullmatch(path.name)
     )
 
 
-def record_folder(run_folder: Path, runs_root, results_root) -> Path:
+def record_folder(run: Path, runs_root, results_root) -> Path:
     """Where a finished run's record goes: the same relative path; under short/ for the protocol shortened (its
     schedule alone departs from its cell's), under other/ for any other departure or a folder of no cell."""
-    relative = Path(run_folder).relative_to(runs_root)
+    relative = Path(run).relative_to(runs_root)
     table, setting, run_name = relative.parts[:3]
     cell = paper.cell_at(table, setting, run_name)
-    recorded = rundir.read_json(Path(run_folder) / rundir.CONFIG)["config"]
-    seed = int(rundir.SEED_FOLDER.fullmatch(relative.parts[3]).group(1))
+    recorded = files.read_json(Path(run) / run_folder.CONFIG)["config"]
+    seed = int(run_folder.SEED_FOLDER.fullmatch(relative.parts[3]).group(1))
     departed = {k for k, _, _ in paper.departures(cell, recorded, seed)} if cell else {"cell"}
     apart = None if not departed else SHORT if departed <= SCHEDULE else OTHER
     return Path(results_root) / (Path(apart) / relative if apart else relative)
@@ -168,47 +170,47 @@ def collect(runs_root=None, results_root=None, replace: bool = False) -> Collect
     identical (so collecting twice changes nothing), and otherwise refused (listing what differs)
     unless ``replace``.
     """
-    runs_root = Path(runs_root or rundir.RUNS)
-    results_root = Path(results_root or rundir.RESULTS)
+    runs_root = Path(runs_root or files.RUNS)
+    results_root = Path(results_root or files.RESULTS)
     done = Collection()
     for run in run_folders(runs_root):
-        if not rundir.is_finished(run):
+        if not run_folder.is_finished(run):
             failure = _failure(run)
             (done.failed if failure else done.unfinished).append((run, failure or _progress(run)))
             continue
         target = record_folder(run, runs_root, results_root)
-        files = record_files(run)
-        conflict = _conflict(files, target)
+        contents = record_files(run)
+        conflict = _conflict(contents, target)
         if conflict is None:
             done.unchanged.append((run, target))
         elif conflict and not replace:
             done.conflicting.append((run, f"{target} holds {conflict}; --replace to overwrite it"))
         else:
-            _write_record(files, target)
+            _write_record(contents, target)
             done.written.append((run, target))
     return done
 
 
-def _write_record(files: dict[str, bytes], target: Path) -> None:
+def _write_record(contents: dict[str, bytes], target: Path) -> None:
     """Write the record's files atomically, FINISHED last (removed first), and drop files it no longer has."""
-    (target / rundir.FINISHED).unlink(missing_ok=True)
-    for name, content in files.items():
-        rundir.atomic_write(target / name, lambda f, content=content: f.write(content))
-    for stale in set(p.name for p in target.iterdir() if p.is_file()) - set(files):
+    (target / run_folder.FINISHED).unlink(missing_ok=True)
+    for name, content in contents.items():
+        files.atomic_write(target / name, lambda f, content=content: f.write(content))
+    for stale in set(p.name for p in target.iterdir() if p.is_file()) - set(contents):
         (target / stale).unlink()
 
 
-def _conflict(files: dict[str, bytes], target: Path) -> str | None:
+def _conflict(contents: dict[str, bytes], target: Path) -> str | None:
     """None if target holds exactly this record, "" if it holds none, else what differs."""
     if not target.exists() or not any(target.iterdir()):
         return ""
     existing = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
-    if existing == files:
+    if existing == contents:
         return None
-    if rundir.CONFIG not in existing:
+    if run_folder.CONFIG not in existing:
         return "other files (no config.json)"
-    ours = json.loads(files[rundir.CONFIG])["config"]
-    theirs = json.loads(existing[rundir.CONFIG])["config"]
+    ours = json.loads(contents[run_folder.CONFIG])["config"]
+    theirs = json.loads(existing[run_folder.CONFIG])["config"]
     differing = differences(theirs, ours)
     if differing:
         return f"a record of another configuration ({describe(differing)}: there -> here)"
@@ -222,11 +224,11 @@ def _failure(run: Path) -> str | None:
 
 
 def _progress(run: Path) -> str:
-    config = run / rundir.CONFIG
-    epochs = rundir.read_json(config)["config"]["epochs"] if config.exists() else "?"
+    config = run / run_folder.CONFIG
+    epochs = files.read_json(config)["config"]["epochs"] if config.exists() else "?"
     done = "?"  # an unreadable checkpoint is the trainer's to report, on resume
     with contextlib.suppress(OSError, CorruptFileError):
-        info = rundir.checkpoint_info(run)
+        info = run_folder.checkpoint_info(run)
         done = 0 if info is None else info["epoch"]
     return f"not finished: {done} of {epochs} epochs checkpointed"
 

@@ -15,28 +15,18 @@
 """
 
 import contextlib
-import datetime
 import fcntl
-import io
-import itertools
-import json
 import os
 import re
 import socket
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-from mmlib.errors import CorruptFileError, NoSpaceError, RunDirBusyError, is_no_space
+from mmlib.errors import CorruptFileError, RunDirBusyError
+from mmlib.files import atomic_write, read_json, set_aside, write_json
 
-# Defaults of the notebooks and the CLI, the same wherever they are started from: the checkout's folders.
-REPOSITORY = Path(__file__).resolve().parent.parent
-RUNS = REPOSITORY / "runs"
 SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its table cell's: runs/<table>/<setting>/<run>/seed<k>
-RESULTS = REPOSITORY / "results"  # finished runs' records (mmlib.results), committed
-FIGURES = REPOSITORY / "figures"
-
 CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "config.json",
     "class_counts.json",
@@ -51,76 +41,6 @@ BUSY_RETRY = 1.0  # seconds a lock attempt retries before it calls the run busy 
 # Seconds a Ray task waits for its run's lock (--lock-wait): on NFSv4 a dead node's lock outlives it by the
 # server's lease, 90 s by default.
 LOCK_WAIT = 120
-
-
-class _FdWriter(io.RawIOBase):
-    """Writes through os.write, the one place a test can stand in for a full disk (ENOSPC)."""
-
-    def __init__(self, fd: int):
-        self._fd = fd
-
-    def writable(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self._fd
-
-    def write(self, data) -> int:
-        return os.write(self._fd, data)
-
-    def close(self) -> None:
-        if not self.closed:
-            os.close(self._fd)
-        super().close()
-
-
-def atomic_write(path: Path, write, keep_previous: Path | None = None) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    With ``keep_previous``, the file ``path`` held is first renamed to it, once the new one is complete.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the result should be an ordinary file
-    try:
-        with io.BufferedWriter(_FdWriter(fd), 1 << 20) as f:
-            write(f)
-            f.flush()
-            os.fsync(fd)
-        if keep_previous is not None and path.exists():
-            os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if is_no_space(err):  # torch reports it as "unexpected pos", the cause buried in the chain
-            raise NoSpaceError(f"no space left on the device writing {path}: free some space there and run the "
-                               "same command again (what was written before is kept)") from err
-        raise
-
-
-def write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: Path, obj) -> None:
-    write_text(path, json.dumps(obj, indent=1) + "\n")
-
-
-def save_torch(path: Path, obj) -> None:
-    import torch  # here, not at the top: reading records and planning need no torch (a second's import)
-
-    atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def read_json(path: Path):
-    try:
-        return json.loads(Path(path).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CorruptFileError(f"{path} is not readable JSON ({err}); restore it, or delete it and rerun "
-                               "to write it again") from err
 
 
 @contextlib.contextmanager
@@ -297,14 +217,3 @@ def failure(run_dir: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-def set_aside(path: Path, why: str) -> Path:
-    """Rename a file or folder to <stem>.<why>-<UTC time>[-n]<suffix> beside it (checkpoint.corrupt-...pt,
-    seed0.replaced-...): nothing is deleted. Call it holding the folder's lock (or the sweep's plan), so that
-    nobody else names files there. Returns the new path."""
-    path = Path(path)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    for n in itertools.count(1):
-        aside = path.with_name(f"{path.stem}.{why}-{stamp}{f'-{n}' if n > 1 else ''}{path.suffix}")
-        if not aside.exists():
-            os.replace(path, aside)
-            return aside

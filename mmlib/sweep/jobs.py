@@ -2,13 +2,13 @@
 
 A ``Job`` trains one run, or several as one fused model, in a fresh process: by default it executes
 notebooks/train.ipynb with papermill (the executed notebook is the run's provenance); with the
-"python" runner it runs ``python -m mmlib.jobs PARAMS.yaml``, the same training without a notebook
+"python" runner it runs ``python -m mmlib.sweep.jobs PARAMS.yaml``, the same training without a notebook
 kernel, for machines where Jupyter is not installed (its output goes to train.log).
 
 An executor runs a list of jobs, logging one line per run as its job ends, and returns an ``Outcome``:
 the runs that failed, stopped early (time limit, signal: they resume) or were not started.
-mmlib.local_backend.LocalExecutor runs them on worker threads of this machine, one per GPU;
-mmlib.ray_backend.RayExecutor runs each as a Ray task. Both execute a job with ``run_job`` and report
+mmlib.sweep.local_executor.LocalExecutor runs them on worker threads of this machine, one per GPU;
+mmlib.sweep.ray_executor.RayExecutor runs each as a Ray task. Both execute a job with ``run_job`` and report
 it with ``record_outcome``, so a run's files and lines are the same whichever ran it.
 """
 
@@ -21,19 +21,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import mmlib.notebook
-from mmlib import errors, rundir
+from mmlib import errors, files
 from mmlib.config import RunConfig
+from mmlib.data import sources
 from mmlib.stopping import Stop, when_orphaned
+from mmlib.train import run_folder
 
-TRAIN_NOTEBOOK = rundir.REPOSITORY / "notebooks" / "train.ipynb"
+TRAIN_NOTEBOOK = files.REPOSITORY / "notebooks" / "train.ipynb"
 OUTPUT_NOTEBOOK = "train.ipynb"  # the executed notebook, in every run directory of the job
 RUNNERS = {"notebook": "papermill.log", "python": "train.log"}  # how a job runs -> its log, in the first run directory
 EXIT_LINE = "exit code "  # a job's log ends with its process's: "exit code 0"
 # What a run directory holds for its readers, less what only its trainer needs (checkpoints, checkpoint.json,
-# .lock): the files collect takes (mmlib.results.record_files), FAILED, the executed notebook and the job's log,
+# .lock): the files collect takes (mmlib.report.results.record_files), FAILED, the executed notebook and the job's log,
 # the figures the notebook saves beside them (curves, per_class, confusion; .png and .pdf) and TensorBoard's
 # scalars. Glob patterns, relative to the run directory.
-OUTPUTS = (rundir.CONFIG, rundir.COUNTS, rundir.METRICS, rundir.PER_CLASS, rundir.FINISHED, rundir.FAILED,
+OUTPUTS = (run_folder.CONFIG, run_folder.COUNTS, run_folder.METRICS, run_folder.PER_CLASS, run_folder.FINISHED, run_folder.FAILED,
            OUTPUT_NOTEBOOK, *RUNNERS.values(), "*.png", "*.pdf", "tensorboard/*")
 
 
@@ -82,13 +84,13 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
     """Train the job in a fresh process (its own GPUs, its own failures); returns "done", "stopped" (early, its
     checkpoints written: StoppedError's exit code) or "failed".
 
-    runner "notebook": execute train.ipynb; "python": ``python -m mmlib.jobs`` (no notebook kernel needed).
+    runner "notebook": execute train.ipynb; "python": ``python -m mmlib.sweep.jobs`` (no notebook kernel needed).
     The executed notebook and the job's log land in every run directory of the job. ``started(process)``, if
     given, receives the job's process as it starts (to stop it at once). A run another process is training
     (e.g. a second sweep over the same folder) is left alone: its files are that process's.
     """
     check_runner(runner)
-    if any(rundir.lock_owner(d) is not None for d in job.run_dirs):
+    if any(run_folder.lock_owner(d) is not None for d in job.run_dirs):
         return "failed"
     first = job.run_dirs[0]
     first.mkdir(parents=True, exist_ok=True)
@@ -99,8 +101,8 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
         done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env,
                                   started=started)
     else:
-        done = mmlib.notebook.run_module("mmlib.jobs", [], job.notebook_parameters(), env, started=started)
-    rundir.write_text(first / RUNNERS[runner], done.stdout + done.stderr + f"{EXIT_LINE}{done.returncode}\n")
+        done = mmlib.notebook.run_module("mmlib.sweep.jobs", [], job.notebook_parameters(), env, started=started)
+    files.write_text(first / RUNNERS[runner], done.stdout + done.stderr + f"{EXIT_LINE}{done.returncode}\n")
     for other in job.run_dirs[1:]:  # every run of the job keeps its record of what happened
         other.mkdir(parents=True, exist_ok=True)
         for name in (OUTPUT_NOTEBOOK, RUNNERS[runner]) if runner == "notebook" else (RUNNERS[runner],):
@@ -130,6 +132,8 @@ def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
     first = {k: v for k, v in parameters.items() if k not in ("run_dir", "fused_runs", "deadline", "stop_file")}
     runs = [{"run_dir": parameters["run_dir"]}] + list(parameters.get("fused_runs", []))
     configs = [RunConfig.from_dict({**first, **{k: v for k, v in run.items() if k != "run_dir"}}) for run in runs]
+    for config in configs:
+        sources.check(config)
     return configs, [Path(run["run_dir"]) for run in runs]
 
 
@@ -159,7 +163,7 @@ def recorded_failure(run_dir: Path) -> str | None:
     """Why a run's last job failed, as its files tell: its FAILED marker's reason, else the error its executed
     notebook ended with (the notebook runner), else its log's last line before an exit code other than 0 and
     StoppedError's; None where they tell of no failure (a run not yet run, stopped early, or finished)."""
-    failure = rundir.failure(run_dir)
+    failure = run_folder.failure(run_dir)
     if failure is not None:
         return failure["reason"]
     log = _last_log(run_dir)
@@ -178,7 +182,7 @@ def recorded_failure(run_dir: Path) -> str | None:
 
 def failure_reason(run_dir: Path) -> str:
     """One line on why a run failed: another process holds it, else what its files tell."""
-    owner = rundir.lock_owner(run_dir)
+    owner = run_folder.lock_owner(run_dir)
     if owner is not None:
         return f"{run_dir} is in use by process {owner}"
     return recorded_failure(run_dir) or "no error recorded (the job did not run)"
@@ -190,14 +194,14 @@ def record_outcome(job: Job, status: str, seconds: float, done, total: int, log,
     (diverge) while the others finish."""
     for label, run_dir in zip(job.labels, job.run_dirs):
         line = f"[{next(done)}/{total}] {label}: "
-        if rundir.is_finished(run_dir):
-            metrics = rundir.read_json(run_dir / rundir.METRICS)
+        if run_folder.is_finished(run_dir):
+            metrics = files.read_json(run_dir / run_folder.METRICS)
             line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
-            if status == "failed" and not any(rundir.failure(d) for d in job.run_dirs):  # not a fused run diverging
+            if status == "failed" and not any(run_folder.failure(d) for d in job.run_dirs):  # not a fused run diverging
                 line += f"; its notebook then failed: {failure_reason(job.run_dirs[0])}"
-        elif status == "stopped" and rundir.failure(run_dir) is None:
+        elif status == "stopped" and run_folder.failure(run_dir) is None:
             outcome.stopped.append(label)
-            info = rundir.checkpoint_info(run_dir)
+            info = run_folder.checkpoint_info(run_dir)
             line += f"stopped early after epoch {info['epoch'] if info else 0}; it resumes ({seconds:.0f} s)"
         else:
             where = evidence(run_dir)
@@ -216,22 +220,22 @@ def record_error(job: Job, error: Exception, done, total: int, log, outcome: Out
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m mmlib.jobs PARAMS.yaml: train a job (its parameters as train.ipynb takes them) in this process;
+    """python -m mmlib.sweep.jobs PARAMS.yaml: train a job (its parameters as train.ipynb takes them) in this process;
     one line per finished run, or "error: ..." and the command line's exit code (mmlib.errors)."""
     import yaml
 
-    from mmlib import training
+    from mmlib.train import trainer
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m mmlib.jobs PARAMETERS.yaml", file=sys.stderr)
+        print("usage: python -m mmlib.sweep.jobs PARAMETERS.yaml", file=sys.stderr)
         return 2
     # a killed sweep or Ray worker must not leave its job training on: it stops as on SIGTERM (at the epoch's end)
     when_orphaned(lambda: os.kill(os.getpid(), signal.SIGTERM))
     try:
         parameters = yaml.safe_load(Path(args[0]).read_text())
         configs, run_dirs = configs_of(parameters)
-        results = training.run_many(configs, run_dirs, Stop(parameters.get("deadline"), parameters.get("stop_file")))
+        results = trainer.run_many(configs, run_dirs, Stop(parameters.get("deadline"), parameters.get("stop_file")))
     except Exception as err:
         code = errors.exit_code(err)
         if code is None:

@@ -14,17 +14,18 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmlib import rundir
-from mmlib.cache import cache_dir
+from mmlib import files
 from mmlib.config import RunConfig
+from mmlib.data.cache import cache_dir
+from mmlib.data.imbalance import ImbalancedDataset
+from mmlib.data.pipeline import TrainStream, to_device
 from mmlib.errors import NonFiniteLossError, StoppedError
-from mmlib.imbalance import ImbalancedDataset
-from mmlib.losses import CrossEntropyLoss
-from mmlib.models import build_model
-from mmlib.pipeline import TrainStream, to_device
-from mmlib.schedule import due, learning_rate
-from mmlib.step import SGDState, TrainStep
 from mmlib.stopping import Stop
+from mmlib.train import run_folder
+from mmlib.train.losses import CrossEntropyLoss
+from mmlib.train.models import build_model
+from mmlib.train.schedule import due, learning_rate
+from mmlib.train.step import SGDState, TrainStep
 
 
 def rotate(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
@@ -57,7 +58,7 @@ def ssp_backbone(config: RunConfig, dataset: ImbalancedDataset, device: torch.de
     folder = cache_dir() / "ssp" / key
     if (folder / "backbone.pt").exists():  # without taking the lock, so that a read-only cache serves
         return torch.load(folder / "backbone.pt", map_location="cpu")
-    with rundir.locked(folder, wait=True):  # runs started in parallel wait for one pre-training, then share it
+    with run_folder.locked(folder, wait=True):  # runs started in parallel wait for one pre-training, then share it
         return _ssp_pretrain(pretrain, determines, folder, dataset, device, config.quiet, stop or Stop())
 
 
@@ -66,8 +67,8 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
     """ssp_backbone's pre-training in its cache folder (held locked), resumed from its checkpoint."""
     if (folder / "backbone.pt").exists():  # pre-trained by the process this one waited for
         return torch.load(folder / "backbone.pt", map_location="cpu")
-    rundir.remove_stale_temp_files(folder)
-    rundir.write_json(folder / "determines.json", determines)
+    run_folder.remove_stale_temp_files(folder)
+    files.write_json(folder / "determines.json", determines)
     torch.manual_seed(pretrain.seed)
     memory_format = torch.channels_last if pretrain.channels_last else torch.preserve_format
     model = build_model(pretrain.arch, 4).to(device, memory_format=memory_format)
@@ -75,7 +76,7 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
     train_x, train_y = to_device(dataset.train_images, dataset.train_labels, device)
     stream = TrainStream(train_x, train_y, pretrain.batch_size, pretrain.data_seed)
     start = 0
-    saved = rundir.load_checkpoint(folder, set_aside_corrupt=True)
+    saved = run_folder.load_checkpoint(folder, set_aside_corrupt=True)
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -85,7 +86,7 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
                      transform=rotate)
 
     def save(epochs_done: int) -> None:
-        rundir.save_checkpoint(folder, {"epoch": epochs_done, "model": model.state_dict(),
+        run_folder.save_checkpoint(folder, {"epoch": epochs_done, "model": model.state_dict(),
                                         "optimizer": optimizer.state_dict(), "stream": stream.state_dict()})
 
     bar = tqdm(range(start, pretrain.epochs), initial=start, total=pretrain.epochs, desc="ssp pre-training",
@@ -113,5 +114,5 @@ def _ssp_pretrain(pretrain: RunConfig, determines: dict, folder: Path, dataset: 
         last_epoch_seconds = time.perf_counter() - started
         bar.set_postfix(loss=f"{losses[0]:.3f}", rotation_err=f"{errors[0]:.1f}")
     backbone = {k: v.cpu() for k, v in model.state_dict().items() if not k.startswith("fc.")}
-    rundir.save_torch(folder / "backbone.pt", backbone)
+    files.save_torch(folder / "backbone.pt", backbone)
     return backbone

@@ -14,7 +14,8 @@ import pandas as pd
 import seaborn as sns
 from matplotlib import ticker
 
-from mmlib import data, imbalance, paper, rundir
+from mmlib import files, paper
+from mmlib.data import imbalance, sources
 
 MAX_CLASS_TICKS = 25  # beyond this many classes, label every k-th only
 
@@ -23,10 +24,10 @@ def save_figure(fig, out_dir, name: str) -> list[Path]:
     """Write out_dir/<name>.png and .pdf (out_dir None: the repository's figures/), each atomically; returns their paths."""
     paths = []
     for kind in ("png", "pdf"):
-        path = Path(out_dir or rundir.FIGURES) / f"{name}.{kind}"
+        path = Path(out_dir or files.FIGURES) / f"{name}.{kind}"
         # no creation date in the pdf: the same figure gives the same file
         metadata = {"CreationDate": None} if kind == "pdf" else {}
-        rundir.atomic_write(path, lambda f, kind=kind, metadata=metadata: fig.savefig(
+        files.atomic_write(path, lambda f, kind=kind, metadata=metadata: fig.savefig(
             f, format=kind, dpi=150, bbox_inches="tight", metadata=metadata))
         paths.append(path)
     return paths
@@ -126,7 +127,7 @@ def setting_class_counts(setting: str) -> list[int]:
     if setting not in KNOWN_SETTINGS:
         raise ValueError(f"unknown setting {setting!r}; valid: {', '.join(KNOWN_SETTINGS)}")
     chosen = KNOWN_SETTINGS[setting]
-    return imbalance.class_counts(*data.dataset_size(chosen.dataset), chosen.imb_type, chosen.ratio)
+    return imbalance.class_counts(*sources.dataset_size(chosen.dataset), chosen.imb_type, chosen.ratio)
 
 
 def plot_class_counts(settings, ax=None, log: bool = True):

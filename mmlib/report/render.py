@@ -1,7 +1,7 @@
 """The report: the table and figure notebooks executed against finished runs, into figures/.
 
-``report`` executes a table notebook per table (mmlib.cells and mmlib.tables), the Fig. 1-3
-notebooks and compare.ipynb with papermill, then writes reproduction.md (mmlib.reproduction).
+``report`` executes a table notebook per table (mmlib.report.cells and mmlib.report.tables), the Fig. 1-3
+notebooks and compare.ipynb with papermill, then writes reproduction.md (mmlib.report.reproduction).
 """
 
 import concurrent.futures
@@ -10,10 +10,11 @@ import re
 from pathlib import Path
 
 import mmlib.notebook
-from mmlib import cells, paper, rundir
-from mmlib.reproduction import reproduction
+from mmlib import files, paper
+from mmlib.report import cells
+from mmlib.report.reproduction import reproduction
 
-NOTEBOOKS = rundir.REPOSITORY / "notebooks"
+NOTEBOOKS = files.REPOSITORY / "notebooks"
 REPORT_TABLES = tuple(t for t in paper.TABLES if t != "quick")
 FIGURE_NOTEBOOKS = [("fig1_class_counts.ipynb", {}), ("fig2_toy.ipynb", {}), ("fig3_per_class.ipynb", {}),
                     ("compare.ipynb", {})]
@@ -34,7 +35,7 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
                   protocol: dict | None = None) -> list[Path]:
     """Execute each notebook with papermill against results_root, writing into out_dir; the executed
     notebooks land in out_dir/notebooks. A failing notebook does not stop the others; returns the failed ones.
-    protocol: run parameters the runs took beyond their cells' (mmlib.cells.cell_runs), for the notebooks that take it."""
+    protocol: run parameters the runs took beyond their cells' (mmlib.report.cells.cell_runs), for the notebooks that take it."""
     results_root, out_dir = Path(results_root).resolve(), Path(out_dir).resolve()
     cells.existing_folder(results_root)
     executed_dir = out_dir / "notebooks"
@@ -50,7 +51,7 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
             parameters["results_root"] = str(results_root)
         if protocol is not None and "protocol" in names:
             parameters["protocol"] = protocol
-        done = mmlib.notebook.run(NOTEBOOKS / notebook, executed, parameters, cwd=rundir.REPOSITORY)
+        done = mmlib.notebook.run(NOTEBOOKS / notebook, executed, parameters, cwd=files.REPOSITORY)
         if done.returncode:
             error = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no message"]
             log(f"FAILED {notebook} {params or ''}: {error[0]} (see {executed})")
@@ -88,10 +89,10 @@ def report(results_root=None, out_dir=None, tables=REPORT_TABLES, log=print, pro
     """Every table, figure and the reproduction summary from results_root (default results/) into out_dir
     (default figures/); returns the failed notebooks. protocol: as run_notebooks'."""
     results_root = cells.existing_folder(results_root)
-    out_dir = Path(out_dir or rundir.FIGURES)
+    out_dir = Path(out_dir or files.FIGURES)
     failed = run_notebooks(report_notebooks(tables), results_root, out_dir, log, protocol=protocol)
     summary = reproduction({t: cells.gather(t, results_root, protocol=protocol) for t in tables})
-    rundir.write_text(out_dir / REPRODUCTION, summary)
+    files.write_text(out_dir / REPRODUCTION, summary)
     log(f"wrote {out_dir / REPRODUCTION}")
     return failed
 

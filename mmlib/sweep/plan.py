@@ -3,9 +3,9 @@
 Each run lands in <out>/<table>/<setting>/<run name>/seed<k>/ with the executed notebook beside its
 results (the notebook is the provenance). Finished runs are skipped, interrupted ones resume from
 their checkpoints (the trainer does that), a failed run does not stop the others. Runs of one
-setting that can train as one fused model (mmlib.fusion.fusion_key) are grouped, up to ``fuse``
-runs a job. The executor (mmlib.local_backend.LocalExecutor: worker threads, one per GPU; or
-mmlib.ray_backend.RayExecutor: Ray tasks) runs the jobs.
+setting that can train as one fused model (mmlib.train.fusion.fusion_key) are grouped, up to ``fuse``
+runs a job. The executor (mmlib.sweep.local_executor.LocalExecutor: worker threads, one per GPU; or
+mmlib.sweep.ray_executor.RayExecutor: Ray tasks) runs the jobs.
 """
 
 import contextlib
@@ -13,11 +13,14 @@ import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmlib import jobs, paper, rundir, stopping, timing
+from mmlib import files, paper, stopping
 from mmlib.config import RunConfig, describe, differences
+from mmlib.data import sources
 from mmlib.errors import CorruptFileError, RunDirBusyError, did_you_mean
-from mmlib.fusion import fusion_key
-from mmlib.local_backend import LocalExecutor
+from mmlib.sweep import jobs, timing
+from mmlib.sweep.local_executor import LocalExecutor
+from mmlib.train import run_folder
+from mmlib.train.fusion import fusion_key
 
 # The README's main job: a few minutes offline on a CPU, into a folder of its own.
 QUICK_PRESET = {"table": "quick", "seeds": [0, 1], "fuse": 2, "overrides": paper.PROTOCOLS["quick"]}
@@ -78,17 +81,18 @@ it resumes from its last good checkpoint).
         root = data_roots.get(cell.setting.name, data_roots.get(cell.setting.dataset, data_roots.get(None)))
         params = cell.run_params(**{"quiet": True, **(overrides or {})}, seed=seed, **({"data_root": root} if root else {}))
         config = RunConfig.from_dict(params)
+        sources.check(config)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
         epoch, recorded = _recorded(run_dir)
         changed = recorded is not None and differences(recorded, config.resolve().to_dict())
         if changed:
             result.changed.append((label, run_dir, describe(changed)))
             epoch = 0
-        elif rundir.is_finished(run_dir):
+        elif run_folder.is_finished(run_dir):
             result.finished.append(run_dir)
             continue
-        elif rundir.failure(run_dir) is not None:
-            result.failed.append((label, run_dir, rundir.failure(run_dir)["reason"]))
+        elif run_folder.failure(run_dir) is not None:
+            result.failed.append((label, run_dir, run_folder.failure(run_dir)["reason"]))
             if not retry_failed:
                 continue
         # every parameter, defaults included: the notebook's own defaults (a one-minute digits run) never apply
@@ -110,9 +114,9 @@ def _recorded(run_dir: Path) -> tuple[int, dict | None]:
     if the folder is unusable: the run then trains alone, so that its notebook fails with the reason and
     the others are not held back."""
     with contextlib.suppress(OSError, CorruptFileError, KeyError, TypeError):
-        if rundir.is_finished(run_dir):
-            return 0, rundir.read_json(run_dir / rundir.CONFIG)["config"]
-        info = rundir.checkpoint_info(run_dir)
+        if run_folder.is_finished(run_dir):
+            return 0, files.read_json(run_dir / run_folder.CONFIG)["config"]
+        info = run_folder.checkpoint_info(run_dir)
         return (0, None) if info is None else (info["epoch"], info["config"])
     return -1, None
 
@@ -134,14 +138,14 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
           mm_scale=None, data_roots=None, overrides=None, fuse: int = 1, executor=None, dry_run=False,
           rerun_changed: bool = False, retry_failed: bool = False, deadline: float | None = None,
           log=print) -> jobs.Outcome:
-    """Plan, then run a table's cells with ``executor`` (default: mmlib.local_backend.LocalExecutor, one worker);
+    """Plan, then run a table's cells with ``executor`` (default: mmlib.sweep.local_executor.LocalExecutor, one worker);
     returns what did not finish (jobs.Outcome): failed runs (now, or before and not retried), and runs stopped
     early or not started (a time limit, a signal), which the same call resumes.
 
     Runs of other parameters in the planned folders stop the sweep before anything trains, unless
     ``rerun_changed``: each is then moved aside (<run>.replaced-<UTC time>, never deleted) and trained anew.
     ``deadline`` (time.time(), --time-limit after the process started): every job stops, checkpoint written,
-    before it, and no job starts that could not reach its first checkpoint in the time left (mmlib.timing).
+    before it, and no job starts that could not reach its first checkpoint in the time left (mmlib.sweep.timing).
     The dry run prints the plan's estimated wall time from what was measured.
     """
     planned = plan(table, out, seeds, settings, methods, mm_variants, mm_scale, data_roots, overrides, fuse, retry_failed)
@@ -163,16 +167,16 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
         log(estimate(planned.jobs, times, getattr(executor, "workers", 1)))
         return jobs.Outcome()
     busy = [f"{run_dir} is in use by process {owner}" for _, run_dir, _ in planned.changed
-            for owner in [rundir.lock_owner(run_dir)] if owner is not None]
+            for owner in [run_folder.lock_owner(run_dir)] if owner is not None]
     if busy:
         raise RunDirBusyError("; ".join(busy) + ": --rerun-changed moves no run another process trains; wait for it "
                               "to end, or give another --out")
     for _, run_dir, _ in planned.changed:
-        with rundir.locked(run_dir):  # held while it moves: no trainer starts in it meanwhile
-            aside = rundir.set_aside(run_dir, "replaced")
+        with run_folder.locked(run_dir):  # held while it moves: no trainer starts in it meanwhile
+            aside = files.set_aside(run_dir, "replaced")
         log(f"moved {run_dir} aside to {aside}: it was trained with other parameters")
     for _, run_dir, _ in planned.failed if retry_failed else ():
-        rundir.set_aside(run_dir / rundir.FAILED, "retried")
+        files.set_aside(run_dir / run_folder.FAILED, "retried")
     outcome = (executor or LocalExecutor()).run(planned.jobs, log=log, deadline=deadline, times=times)
     outcome.failed += [] if retry_failed else [(label, jobs.evidence(run_dir)) for label, run_dir, _ in planned.failed]
     for line in summary(outcome):

@@ -9,10 +9,10 @@ that fits the GPUs' free memory. Nothing here imports Jupyter or, at import, tor
 import json
 from pathlib import Path
 
-from mmlib import rundir
-from mmlib.cache import cache_dir
+from mmlib import files
 from mmlib.choices import get_method
 from mmlib.config import RunConfig
+from mmlib.data.cache import cache_dir
 
 # Parameters that may differ between runs trained as one fused model.
 FUSABLE = {
@@ -20,14 +20,14 @@ FUSABLE = {
     "focal_gamma", "cb_beta", "sam_rho", "quiet", "tensorboard",
 }
 
-FUSE_CURVE = "fuse_curve.json"  # in mmlib.cache.cache_dir(), written by benchmarks/throughput.py --save-curve
+FUSE_CURVE = "fuse_curve.json"  # in mmlib.data.cache.cache_dir(), written by benchmarks/throughput.py --save-curve
 FUSE_MEMORY_SHARE = 0.8  # of a GPU's free memory, what --fuse auto lets a job's measured peak take
 
 
 def save_fuse_curve(device_name: str, settings: dict, points: list[dict]) -> Path:
     """The benchmark's K curve on this GPU: points of {"runs", "images_per_second", "peak_mib"}."""
     path = cache_dir() / FUSE_CURVE
-    rundir.write_json(path, {"device_name": device_name, "settings": settings, "points": points})
+    files.write_json(path, {"device_name": device_name, "settings": settings, "points": points})
     return path
 
 
@@ -52,7 +52,7 @@ def auto_fuse(gpus: list[int] | None = None) -> int:
 def saved_curve() -> dict | None:
     """The K curve benchmarks/throughput.py --save-curve saved (its GPU's name, its points), or None."""
     path = cache_dir() / FUSE_CURVE
-    return rundir.read_json(path) if path.exists() else None
+    return files.read_json(path) if path.exists() else None
 
 
 def curve_here() -> dict[int, float] | None:

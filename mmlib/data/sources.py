@@ -1,10 +1,10 @@
 """Where the images come from: the datasets' sources, read into the imbalanced setting a run trains on.
 
 CIFAR images are read from the official python pickles, from an image-folder tree (decoded once into
-mmlib.cache), or downloaded by torchvision on request; "digits" (scikit-learn's handwritten digits)
+mmlib.data.cache), or downloaded by torchvision on request; "digits" (scikit-learn's handwritten digits)
 is a small real dataset that needs no files at all. A data root ending in .npz is one setting
-exported to a single file (mmlib.datafile). ``load_dataset`` then keeps LDAM-DRW's imbalanced
-training subset (mmlib.imbalance) and the full test set.
+exported to a single file (mmlib.data.datafile). ``load_dataset`` then keeps LDAM-DRW's imbalanced
+training subset (mmlib.data.imbalance) and the full test set.
 """
 
 import contextlib
@@ -19,9 +19,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mmlib import cache, datafile
+from mmlib.data import cache
+from mmlib.data import datafile
 from mmlib.choices import DATASETS
-from mmlib.imbalance import ImbalancedDataset, class_counts, select_indices
+from mmlib.data.imbalance import ImbalancedDataset, class_counts, select_indices
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 IMAGE_SIZE = 32
@@ -89,6 +90,12 @@ def check_dataset_args(name, root, imb_type, ratio, download) -> None:
         raise _missing_data(name, None, "no data root given (root=None)")
     if not download and not Path(root).exists():
         raise _missing_data(name, Path(root), f"data root {root} does not exist")
+
+
+def check(config) -> None:
+    """A run's data (a RunConfig's dataset, imbalance, data root), checked without reading any images: every
+    route into training calls it before anything is written (the command line, a sweep's plan, the trainer)."""
+    check_dataset_args(config.dataset, config.data_root, config.imb_type, config.ratio, config.download)
 
 
 def load_dataset(name: str, root: str | os.PathLike | None = None, imb_type: str = "exp", ratio: float = 100.0,

@@ -1,11 +1,11 @@
 """Finished runs gathered into the cells of the paper's tables: one row per cell, and per-class errors.
 
-``gather`` turns a results root (results/<table>/<setting>/<run name>/seed<k>, mmlib.results's
+``gather`` turns a results root (results/<table>/<setting>/<run name>/seed<k>, mmlib.report.results's
 records, or a runs/ folder of the same layout) into one row per cell of a paper table: mean and
 std over seeds of the final-epoch error, and beside it of the best-epoch error (chosen on the test
 set, as the released code reports it, hence optimistic), with the paper's number and the
-difference. ``per_class`` gives Fig. 3's numbers (mmlib.figures draws them). mmlib.tables lays
-the rows out, mmlib.reproduction sums them up.
+difference. ``per_class`` gives Fig. 3's numbers (mmlib.report.figures draws them). mmlib.report.tables lays
+the rows out, mmlib.report.reproduction sums them up.
 
 Only finished runs (with a FINISHED file) count; a cell without any is kept and shown as missing.
 """
@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib import paper, results, rundir
+from mmlib import files, paper
 from mmlib.choices import MM_VARIANTS
 from mmlib.config import SPEED, RunConfig, describe
-from mmlib.results import EPOCHS, GROUPS
+from mmlib.report import results
+from mmlib.report.results import EPOCHS, GROUPS
+from mmlib.train import run_folder
 
 COLUMNS = [
     "table", "setting", "setting_label", "method", "row", "variant", "run_name", "beta", "delta_neg", "seeds",
@@ -49,7 +51,7 @@ def cell_runs(cell: paper.Cell, results_root, protocol: dict | None = None) -> C
     seeds = sorted(
         (int(match.group(1)), path)
         for path in folder.iterdir()
-        if (match := rundir.SEED_FOLDER.fullmatch(path.name)) and rundir.is_finished(path)
+        if (match := run_folder.SEED_FOLDER.fullmatch(path.name)) and run_folder.is_finished(path)
     )
     for seed, path in seeds:
         run = results.load(path, details=False)
@@ -82,7 +84,7 @@ def gather(table: str, results_root=None, settings=None, methods=None, mm_varian
 
 
 def existing_folder(path) -> Path:
-    path = rundir.RESULTS if path is None else Path(path)
+    path = files.RESULTS if path is None else Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"results root {path} does not exist (or is not a folder): give a results/ "
                                 "or runs/ folder")

@@ -3,7 +3,7 @@
 A job's epoch (its K fused runs, with their evaluation) is taken to last as long as the last one measured
 for it: its own runs' last checkpointed epoch (checkpoint.json), else the median epoch of finished runs
 of the same setting, fusion and step (SAM or plain) in the sweep's folder (metrics.json), else, on a
-GPU, the K curve that benchmarks/throughput.py --save-curve measured on it (mmlib.fusion). Each job's process adds STARTUP
+GPU, the K curve that benchmarks/throughput.py --save-curve measured on it (mmlib.train.fusion). Each job's process adds STARTUP
 seconds before its first epoch. Nothing measured, a job's time is unknown (None).
 """
 
@@ -11,9 +11,11 @@ import contextlib
 import statistics
 from pathlib import Path
 
-from mmlib import data, fusion, imbalance, rundir
+from mmlib import files
 from mmlib.config import RunConfig
+from mmlib.data import imbalance, sources
 from mmlib.errors import CorruptFileError
+from mmlib.train import fusion, run_folder
 
 STARTUP = 30.0  # seconds before a job's first epoch: process start, imports, data on the device, graph capture
 
@@ -23,31 +25,31 @@ class EpochTimes:
 
     def __init__(self, out: Path):
         self.by_setting: dict[tuple[str, int], list[float]] = {}
-        for metrics in Path(out).glob("*/*/*/seed*/" + rundir.METRICS):
-            if rundir.SEED_FOLDER.fullmatch(metrics.parent.name):  # not a run set aside (seed0.replaced-...)
+        for metrics in Path(out).glob("*/*/*/seed*/" + run_folder.METRICS):
+            if run_folder.SEED_FOLDER.fullmatch(metrics.parent.name):  # not a run set aside (seed0.replaced-...)
                 with contextlib.suppress(OSError, ValueError, KeyError, TypeError, CorruptFileError):
                     self.learn(metrics.parent)
         self.curve = fusion.curve_here()
 
     def learn(self, run_dir: Path) -> None:
         """Take a finished run's median epoch time (its setting's folder name, its fused runs)."""
-        results = rundir.read_json(Path(run_dir) / rundir.METRICS)
+        results = files.read_json(Path(run_dir) / run_folder.METRICS)
         seconds = [entry["seconds"] for entry in results["history"]]
-        sam = _sam(rundir.read_json(Path(run_dir) / rundir.CONFIG)["config"])
+        sam = _sam(files.read_json(Path(run_dir) / run_folder.CONFIG)["config"])
         key = (Path(run_dir).parent.parent.name, results.get("fused_runs") or 1, sam)
         self.by_setting.setdefault(key, []).append(statistics.median(seconds))
 
     def learn_job(self, job) -> None:
         """Take the epoch times of a job's runs that finished."""
         for run_dir in job.run_dirs:
-            if rundir.is_finished(run_dir):
+            if run_folder.is_finished(run_dir):
                 self.learn(run_dir)
 
     def epoch_seconds(self, job) -> float | None:
         """Seconds one epoch of the job takes, or None if nothing measured tells."""
         for run_dir in job.run_dirs:
             with contextlib.suppress(OSError, CorruptFileError):
-                info = rundir.read_json(run_dir / rundir.CHECKPOINT_INFO)
+                info = files.read_json(run_dir / run_folder.CHECKPOINT_INFO)
                 if info.get("seconds"):
                     return info["seconds"]
         sam = _sam(job.params[0])
@@ -64,7 +66,7 @@ class EpochTimes:
         if epoch is None:
             return None
         with contextlib.suppress(OSError, CorruptFileError):
-            done = min((rundir.checkpoint_info(d) or {"epoch": 0})["epoch"] for d in job.run_dirs)
+            done = min((run_folder.checkpoint_info(d) or {"epoch": 0})["epoch"] for d in job.run_dirs)
             return STARTUP + (_epochs(job.params[0]) - done) * epoch
         return STARTUP + _epochs(job.params[0]) * epoch
 
@@ -85,7 +87,7 @@ def _epochs(params: dict) -> int:
 
 def _train_images(params: dict) -> int:
     """The training set's size of a run's setting."""
-    n_max, classes = data.dataset_size(params["dataset"])
+    n_max, classes = sources.dataset_size(params["dataset"])
     return sum(imbalance.class_counts(n_max, classes, params["imb_type"], params["ratio"]))
 
 

@@ -3,10 +3,10 @@
 ``run(config, run_dir)`` trains a run (resuming it from its checkpoint if there is one) and returns
 its results. ``run_many(configs, run_dirs)`` trains runs that differ only in seeds, loss
 hyper-parameters or method (same head) as one model built of K grouped networks
-(mmlib.models, runs=K): each run keeps its own initialisation, data order, augmentation, class
+(mmlib.train.models, runs=K): each run keeps its own initialisation, data order, augmentation, class
 weights and BatchNorm statistics, so it trains as it would alone, and lands in its own run directory.
 
-The step itself is mmlib.step.TrainStep (eager, or whole-step CUDA graphs): no host sync per step;
+The step itself is mmlib.train.step.TrainStep (eager, or whole-step CUDA graphs): no host sync per step;
 losses and errors accumulate on the device and are read once an epoch.
 """
 
@@ -18,21 +18,29 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from mmlib import idle, provenance, rundir
+from mmlib import files
 from mmlib.choices import active, get_method
 from mmlib.config import INCIDENTAL, RunConfig, describe, differences, eval_batch_size
-from mmlib.data import load_dataset
+from mmlib.data import sources
+from mmlib.data.imbalance import ImbalancedDataset
+from mmlib.data.pipeline import TrainStream, eval_batches, to_device
+from mmlib.data.sources import load_dataset
 from mmlib.errors import CorruptFileError, NonFiniteLossError, StoppedError
-from mmlib.fusion import FUSABLE, fusion_key
-from mmlib.imbalance import ImbalancedDataset
-from mmlib.losses import build_loss, class_balanced_weights, log_prior
-from mmlib.models import build_model, merge_optimizer_states, merge_state_dicts, split_optimizer_state, split_state_dict
-from mmlib.pipeline import TrainStream, eval_batches, to_device
-from mmlib.records import Records, TensorBoard
-from mmlib.schedule import due, learning_rate
-from mmlib.ssp import ssp_backbone
-from mmlib.step import SGDState, TrainStep, resolve_compile
 from mmlib.stopping import Stop
+from mmlib.train import idle, provenance, run_folder
+from mmlib.train.fusion import FUSABLE, fusion_key
+from mmlib.train.losses import build_loss, class_balanced_weights, log_prior
+from mmlib.train.metrics import Records, TensorBoard
+from mmlib.train.models import (
+    build_model,
+    merge_optimizer_states,
+    merge_state_dicts,
+    split_optimizer_state,
+    split_state_dict,
+)
+from mmlib.train.schedule import due, learning_rate
+from mmlib.train.ssp import ssp_backbone
+from mmlib.train.step import SGDState, TrainStep, resolve_compile
 
 
 def select_device(name: str) -> torch.device:
@@ -51,8 +59,8 @@ def run(config: RunConfig | dict, run_dir: str | Path, stop: Stop | None = None)
 def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: Stop | None = None) -> list[dict]:
     """Train several runs as one fused model; finished runs are skipped, interrupted ones resumed.
 
-    Each unfinished run directory is locked (rundir.locked) before anything is written into it. A run whose
-    loss goes non-finite is marked failed (rundir.FAILED) and the others train to the end; then
+    Each unfinished run directory is locked (run_folder.locked) before anything is written into it. A run whose
+    loss goes non-finite is marked failed (run_folder.FAILED) and the others train to the end; then
     NonFiniteLossError names the failed ones. A run marked failed is refused until its marker is removed.
     ``stop`` (mmlib.stopping.Stop: a deadline, a sweep's stop file; SIGTERM and SIGUSR1 are caught while the
     runs train) ends the training early, checkpoint written, with StoppedError.
@@ -60,30 +68,32 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
     idle.follow()  # a kernel an idle sweep started sits in a session of its own: keep that one idle too
     configs = [c if isinstance(c, RunConfig) else RunConfig.from_dict(c) for c in configs]
     configs = [c.resolve() for c in configs]
+    for config in configs:
+        sources.check(config)
     run_dirs = [Path(d) for d in run_dirs]
     _check_group(configs, run_dirs)
     device = select_device(configs[0].device)
     resolve_compile(configs[0].compile, device)  # a mode this device cannot run fails before anything is written
     provenance.deterministic_cublas(configs[0].deterministic, device)
     for d in run_dirs:
-        failure = rundir.failure(d)
+        failure = run_folder.failure(d)
         if failure is not None:
             raise NonFiniteLossError(f"{d} failed before: {failure['reason']}. To retry it from its last checkpoint, "
-                                     f"delete {d / rundir.FAILED} (a sweep: --retry-failed)")
+                                     f"delete {d / run_folder.FAILED} (a sweep: --retry-failed)")
     stop = stop or Stop()
     with contextlib.ExitStack() as locks:
         locks.enter_context(stop.catching_signals())
         for d in run_dirs:
-            if not rundir.is_finished(d):
-                locks.enter_context(rundir.locked(d))
+            if not run_folder.is_finished(d):
+                locks.enter_context(run_folder.locked(d))
         epochs = [_resumable_epoch(c, d) for c, d in zip(configs, run_dirs)]
-        pending = [i for i, d in enumerate(run_dirs) if not rundir.is_finished(d)]
+        pending = [i for i, d in enumerate(run_dirs) if not run_folder.is_finished(d)]
         if pending:
             first = configs[0]
             dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
             by_epoch = {}
             for i in pending:  # runs fuse only when they resume from the same epoch
-                rundir.remove_stale_temp_files(run_dirs[i])
+                run_folder.remove_stale_temp_files(run_dirs[i])
                 by_epoch.setdefault(epochs[i], []).append(i)
             diverged = []
             for group in by_epoch.values():
@@ -93,7 +103,7 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
                     diverged.append(str(err))
             if diverged:
                 raise NonFiniteLossError("; ".join(diverged))
-    return [rundir.load_results(d) for d in run_dirs]
+    return [run_folder.load_results(d) for d in run_dirs]
 
 
 def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
@@ -119,16 +129,16 @@ def _resumable_epoch(config: RunConfig, run_dir: Path) -> int:
     An unfinished run is compared with its checkpoint's configuration, the authority; a finished one
     with config.json, the record its results were written with (no checkpoint is read for it).
     """
-    if rundir.is_finished(run_dir):
-        _refuse_other_parameters(rundir.read_json(run_dir / rundir.CONFIG)["config"], config, run_dir / rundir.CONFIG)
+    if run_folder.is_finished(run_dir):
+        _refuse_other_parameters(files.read_json(run_dir / run_folder.CONFIG)["config"], config, run_dir / run_folder.CONFIG)
         return 0
-    info = rundir.checkpoint_info(run_dir)
+    info = run_folder.checkpoint_info(run_dir)
     if info is None:
         return 0
     if info["config"] is None:
-        raise CorruptFileError(f"{run_dir / rundir.CHECKPOINT} does not record its configuration (an older "
+        raise CorruptFileError(f"{run_dir / run_folder.CHECKPOINT} does not record its configuration (an older "
                                "mmlib wrote it); give another run_dir")
-    _refuse_other_parameters(info["config"], config, run_dir / rundir.CHECKPOINT)
+    _refuse_other_parameters(info["config"], config, run_dir / run_folder.CHECKPOINT)
     return info["epoch"]
 
 
@@ -312,7 +322,7 @@ class _Group:
     def _resume(self) -> dict:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""
         self.records = Records(len(self.configs), self.dataset.groups, [m.posthoc for m in self.methods])
-        saved = [rundir.load_checkpoint(d, set_aside_corrupt=True) for d in self.run_dirs]
+        saved = [run_folder.load_checkpoint(d, set_aside_corrupt=True) for d in self.run_dirs]
         self.checkpointed_epoch = None
         if any(s is not None for s in saved):
             epochs = {s and s["epoch"] for s in saved}
@@ -320,7 +330,7 @@ class _Group:
                 raise CorruptFileError(f"the checkpoints of {', '.join(map(str, self.run_dirs))} changed under "
                                        f"their checkpoint.json (epochs {sorted(epochs, key=str)}); train them one by one")
             for s, config, run_dir in zip(saved, self.configs, self.run_dirs):
-                _refuse_other_parameters(s["config"], config, run_dir / rundir.CHECKPOINT)
+                _refuse_other_parameters(s["config"], config, run_dir / run_folder.CHECKPOINT)
             self.model.load_state_dict(merge_state_dicts([s["model"] for s in saved]))
             self.optimizer.load_state_dict(merge_optimizer_states([s["optimizer"] for s in saved]))
             for stream, s in zip(self.streams, saved):
@@ -332,8 +342,8 @@ class _Group:
             self.checkpointed_epoch = self.records.epoch
         environment = provenance.environment(self.device)
         for config, run_dir in zip(self.configs, self.run_dirs):
-            rundir.write_json(run_dir / rundir.CONFIG, {**environment, "config": config.to_dict()})
-            rundir.write_json(run_dir / rundir.COUNTS, {
+            files.write_json(run_dir / run_folder.CONFIG, {**environment, "config": config.to_dict()})
+            files.write_json(run_dir / run_folder.COUNTS, {
                 "classes": self.dataset.classes,
                 "cls_num_list": self.counts,
                 "groups": self.dataset.groups,
@@ -348,7 +358,7 @@ class _Group:
         for k, run_dir in enumerate(self.run_dirs):
             if k in self.diverged:  # its last checkpoint before it diverged stays
                 continue
-            rundir.save_checkpoint(run_dir, {
+            run_folder.save_checkpoint(run_dir, {
                 "config": self.configs[k].to_dict(),
                 "model": models[k],
                 "optimizer": optimizers[k],
@@ -374,7 +384,7 @@ class _Group:
                 f"step {step + 1} of {math.ceil(len(self.dataset.train_labels) / self.first.batch_size)}; "
                 f"{kept}. Try a lower lr (or check the data), in another run_dir"
             )
-            rundir.mark_failed(self.run_dirs[k], {"reason": self.diverged[k], "epoch": epoch + 1, "step": step + 1,
+            run_folder.mark_failed(self.run_dirs[k], {"reason": self.diverged[k], "epoch": epoch + 1, "step": step + 1,
                                                   "checkpoint_epoch": self.checkpointed_epoch})
         if len(self.diverged) == len(self.configs):
             raise NonFiniteLossError("; ".join(self.diverged.values()))

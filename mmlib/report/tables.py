@@ -1,4 +1,4 @@
-"""The cells of a paper table laid out as Markdown, CSV and LaTeX (mmlib.cells gathers them).
+"""The cells of a paper table laid out as Markdown, CSV and LaTeX (mmlib.report.cells gathers them).
 
 Table 1 and the beyond table are laid out as the paper's Table 1: methods down, settings across,
 once for the final and once for the best epoch. Tables 2, 3, quick and the ablation are grouped by
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mmlib import paper, rundir
-from mmlib.cells import NOTE_SEPARATOR
-from mmlib.results import EPOCHS
+from mmlib import files, paper
+from mmlib.report.cells import NOTE_SEPARATOR
+from mmlib.report.results import EPOCHS
 
 TITLES = {
     "table1": "Table 1: top-1 error (%) on imbalanced CIFAR-10 and CIFAR-100",
@@ -61,7 +61,7 @@ def render(df: pd.DataFrame, table: str) -> dict[str, str]:
         legend = LEGENDS["grouped"]
         blocks = [(label, *_setting_grid(rows)) for label, rows in shown.groupby("setting_label", sort=False)]
     md = [f"## {TITLES[table]}", "", legend, ""]
-    tex = [f"% {TITLES[table]} (written by mmlib.reports)", f"\\textbf{{{_tex_escape(TITLES[table])}}}\\\\",
+    tex = [f"% {TITLES[table]} (written by mmlib.report.render)", f"\\textbf{{{_tex_escape(TITLES[table])}}}\\\\",
            _tex_escape(legend), ""]
     for title, header, rows in blocks:
         md += [f"### {title}", "", markdown(header, rows), ""]
@@ -83,8 +83,8 @@ def write_table(df: pd.DataFrame, table: str, out_dir=None) -> list[Path]:
     """Write out_dir/<table>.md, .csv and .tex (default: the repository's figures/), each atomically; returns their paths."""
     paths = []
     for kind, text in render(df, table).items():
-        path = Path(out_dir or rundir.FIGURES) / f"{table}.{kind}"
-        rundir.write_text(path, text)
+        path = Path(out_dir or files.FIGURES) / f"{table}.{kind}"
+        files.write_text(path, text)
         paths.append(path)
     return paths
 

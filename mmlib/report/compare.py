@@ -22,9 +22,10 @@ import pandas as pd
 import seaborn as sns
 from scipy import stats
 
-from mmlib import cells, figures, paper, rundir, tables
+from mmlib import files, paper
 from mmlib.choices import MM_VARIANTS
-from mmlib.results import EPOCHS
+from mmlib.report import cells, figures, tables
+from mmlib.report.results import EPOCHS
 
 DEFAULT_PAIRS = (
     ("mm-drw", "ldam-drw"),
@@ -52,7 +53,7 @@ def paired_differences(results_root, pairs=None, settings=None, tables=None, epo
     pairs: (A, B) method specs (None: DEFAULT_PAIRS); settings: setting names (None: every setting of
     the tables where A or B has a cell); tables: where runs are looked up, in order (None:
     DEFAULT_TABLES). results_root: the records (None: the repository's results/) or a runs/ folder. protocol:
-    run parameters the runs took beyond their cells' (mmlib.cells.cell_runs).
+    run parameters the runs took beyond their cells' (mmlib.report.cells.cell_runs).
     """
     pairs = DEFAULT_PAIRS if pairs is None else pairs
     tables = DEFAULT_TABLES if tables is None else tables
@@ -190,8 +191,8 @@ def write(df: pd.DataFrame, out_dir=None, name: str = "compare", figure=None) ->
     figure: plot(df) if already drawn (a notebook shows it), else it is drawn here and closed."""
     paths = []
     for kind, text in render(df).items():
-        paths.append(Path(out_dir or rundir.FIGURES) / f"{name}.{kind}")
-        rundir.write_text(paths[-1], text)
+        paths.append(Path(out_dir or files.FIGURES) / f"{name}.{kind}")
+        files.write_text(paths[-1], text)
     drawn = plot(df) if figure is None else figure
     paths += figures.save_figure(drawn, out_dir, name)
     if figure is None:

@@ -4,7 +4,7 @@ import pandas as pd
 
 from mmlib.choices import MM_VARIANTS, get_method
 from mmlib.paper import VARIANT_NAMES
-from mmlib.tables import TITLES, markdown, number
+from mmlib.report.tables import TITLES, markdown, number
 
 RANKED = ("ldam-drw", "mm-drw", "mm-ldam-drw")  # the paper's claim: MM-LDAM-DRW < MM-DRW < LDAM-DRW
 CLOSE = (0.5, 1.0)  # points of error

@@ -1,8 +1,8 @@
 """The local executor of sweeps: jobs on worker threads of this machine, one worker per GPU.
 
-Each worker takes the next job and runs it in a fresh process (mmlib.jobs.run_job) that sees only its
+Each worker takes the next job and runs it in a fresh process (mmlib.sweep.jobs.run_job) that sees only its
 GPU. With a deadline (--time-limit) a job that could not reach its first checkpoint in the time left
-(mmlib.timing, from what was measured, with the stop's margin) is not started (and reported apart where
+(mmlib.sweep.timing, from what was measured, with the stop's margin) is not started (and reported apart where
 it needs more than the whole limit, which no rerun would change), and every started job stops before
 the deadline with its checkpoint written. SIGTERM or SIGUSR1 (pre-emption; Slurm's --signal) stops the sweep the same
 way: no job starts any more, and the running ones checkpoint at the end of their epoch (the executor
@@ -19,13 +19,14 @@ import uuid
 from pathlib import Path
 
 import mmlib
-from mmlib import jobs, stopping, timing
+from mmlib import stopping
 from mmlib.stopping import handling
+from mmlib.sweep import jobs, timing
 
 
 class LocalExecutor:
     """Jobs on this machine: one worker thread per GPU of ``gpus`` (each job seeing only its GPU), or one;
-    each job run by ``runner`` (mmlib.jobs.run_job)."""
+    each job run by ``runner`` (mmlib.sweep.jobs.run_job)."""
 
     def __init__(self, gpus: list[int] | None = None, runner: str = "notebook"):
         jobs.check_runner(runner)
@@ -33,7 +34,7 @@ class LocalExecutor:
         self.workers = len(self.gpus)
 
     def run(self, planned: list[jobs.Job], log=print, deadline: float | None = None, times=None) -> jobs.Outcome:
-        """Run the jobs; ``deadline`` (time.time()) stops them in time, ``times`` (mmlib.timing.EpochTimes)
+        """Run the jobs; ``deadline`` (time.time()) stops them in time, ``times`` (mmlib.sweep.timing.EpochTimes)
         tells which can still reach a checkpoint before it."""
         todo = queue.Queue()
         for job in planned:

@@ -1,6 +1,6 @@
 """The training step of K fused runs as a few tensor ops over static buffers: eager, or as CUDA graphs.
 
-One step: gather and augment the K runs' batches from this epoch's draws (mmlib.pipeline.TrainStream),
+One step: gather and augment the K runs' batches from this epoch's draws (mmlib.data.pipeline.TrainStream),
 forward the fused model, the K runs' losses, backward, the SGD update, and the accumulation of each
 run's loss sum, wrong predictions and first non-finite step. Everything a step reads that changes
 during training lives in tensors on the device that are updated in place: the epoch's draws, the
@@ -17,7 +17,7 @@ it (compile="graphs", StepCheckError). ``TrainStep.paths`` says which step train
 the first replay cannot show (an input replaced later, which a graph would not see) is refused at
 each epoch instead: class weights and optimizer state must change in place.
 
-The K losses stay K module calls (mmlib.losses, one formula each): batching them over
+The K losses stay K module calls (mmlib.train.losses, one formula each): batching them over
 (batch, K, classes) would need every formula written a second time over per-run parameter tensors,
 and inside a CUDA graph the K calls cost no Python or launch time anyway.
 
@@ -43,8 +43,8 @@ from collections.abc import Callable
 import torch
 
 from mmlib.choices import COMPILE_MODES
+from mmlib.data.pipeline import TrainStream
 from mmlib.errors import StepCheckError
-from mmlib.pipeline import TrainStream
 
 SAM_EPSILON = 1e-12  # added to the gradient norm, as the SAM code of Rangwani et al. does
 GRAPH_WARMUP_STEPS = 3  # steps run (and undone) before a capture: cuDNN autotuning and lazy allocations
@@ -128,7 +128,7 @@ def sgd_update(params, grads, momentum_buffers, neg_lr: torch.Tensor, momentum: 
 def sam_ascent(params, grads, saved, rho: torch.Tensor) -> None:
     """SAM's ascent for K fused runs: w saved into ``saved``, then each run moved to w + rho_k g_k / (||g_k|| + eps).
 
-    Every parameter holds the K runs' tensors concatenated along dim 0 (mmlib.models), so run k's
+    Every parameter holds the K runs' tensors concatenated along dim 0 (mmlib.train.models), so run k's
     slice of p is p.unflatten(0, (K, -1))[k], and ||g_k|| is the L2 norm of run k's slices of all the
     gradients together. rho: (K,) on the device, so nothing here waits for the host.
     """

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mmlib.rundir import atomic_write
+from mmlib.files import atomic_write
 
 FORMAT = "mmlib dataset file v1"
 MOSAIC_COLUMNS = 256
@@ -34,7 +34,7 @@ def is_dataset_file(root) -> bool:
 
 
 def export(dataset, path) -> Path:
-    """Write an ``mmlib.imbalance.ImbalancedDataset`` to ``path`` (written atomically); returns the path."""
+    """Write an ``mmlib.data.imbalance.ImbalancedDataset`` to ``path`` (written atomically); returns the path."""
     path = Path(path)
     if path.suffix != ".npz":
         raise ValueError(f"--out {path}: a dataset file's name must end in .npz")
@@ -58,7 +58,7 @@ def export(dataset, path) -> Path:
 def read(path, name: str, imb_type: str, ratio: float, rand_number: int) -> dict:
     """The arrays and metadata of a dataset file, after checking its setting and checksums.
 
-    Returns the keyword arguments of ``mmlib.imbalance.ImbalancedDataset``.
+    Returns the keyword arguments of ``mmlib.data.imbalance.ImbalancedDataset``.
     """
     path = Path(path)
     remedy = (f"write it again with `python -m mmlib export-data --dataset {name} --imb-type {imb_type} "

@@ -3,7 +3,7 @@
 Each CIFAR image folder is decoded once into a file named by a hash of its images' content, so a
 moved or copied folder finds it; an index remembers each folder's files so that an unchanged folder
 is not hashed again. ``entries`` lists what is cached, ``clear`` deletes it (all is rebuilt when needed).
-The K curve that benchmarks/throughput.py --save-curve measured (mmlib.fusion) lives in the same folder,
+The K curve that benchmarks/throughput.py --save-curve measured (mmlib.train.fusion) lives in the same folder,
 but it is a measurement, not a cache: neither lists nor deletes it.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmlib.rundir import atomic_write, read_json, write_json
+from mmlib.files import atomic_write, read_json, write_json
 
 
 def cache_dir() -> Path:

@@ -1,10 +1,10 @@
 """The Ray executor of sweeps: every job is one Ray task, on this machine or across a cluster.
 
 A task executes notebooks/train.ipynb through papermill on its worker exactly as the local executor
-does (mmlib.jobs.run_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
+does (mmlib.sweep.jobs.run_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
 filesystem that every node mounts, tasks write straight into the run directories under ``out``.
 Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its runs'
-outputs (mmlib.jobs.OUTPUTS: record, notebook, log, figures; no checkpoint); the driver writes them under
+outputs (mmlib.sweep.jobs.OUTPUTS: record, notebook, log, figures; no checkpoint); the driver writes them under
 ``out``. A task whose worker dies is retried (MAX_RETRIES) and resumes from its checkpoint where that
 survives; a notebook that fails for its own reasons is not retried. Ctrl-C cancels every pending task.
 """
@@ -20,7 +20,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from mmlib import jobs, rundir
+from mmlib import files
+from mmlib.sweep import jobs
+from mmlib.train import run_folder
 
 try:
     import ray
@@ -58,7 +60,7 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
         local = job.moved([scratch / d.relative_to(out) for d in job.run_dirs])
     # A retried task's killed attempt is reaped a moment late, a dead node's lock on NFS outlives it by the
     # lease; still held after lock_wait, a run is another live process's: run_job leaves it alone and says so.
-    _wait_for(lambda: all(rundir.lock_owner(d) is None for d in local.run_dirs), lock_wait)
+    _wait_for(lambda: all(run_folder.lock_owner(d) is None for d in local.run_dirs), lock_wait)
     start = time.perf_counter()
     status = jobs.run_job(local, runner=runner)
     seconds = time.perf_counter() - start
@@ -66,7 +68,7 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
         return status, seconds, None
     records = [_output_files(d) for d in local.run_dirs]
     for run_dir in local.run_dirs:
-        if rundir.is_finished(run_dir):  # its files are on their way to the driver
+        if run_folder.is_finished(run_dir):  # its files are on their way to the driver
             shutil.rmtree(run_dir)
     return status, seconds, records
 
@@ -82,25 +84,25 @@ def _wait_for(condition, seconds: float) -> bool:
 
 
 def _output_files(run_dir: Path) -> dict[str, bytes]:
-    """A run directory's outputs (mmlib.jobs.OUTPUTS) by relative path, with their contents."""
+    """A run directory's outputs (mmlib.sweep.jobs.OUTPUTS) by relative path, with their contents."""
     return {path.relative_to(run_dir).as_posix(): path.read_bytes() for path in jobs.outputs(run_dir)}
 
 
-def _write_records(run_dir: Path, files: dict[str, bytes]) -> None:
+def _write_records(run_dir: Path, contents: dict[str, bytes]) -> None:
     """Write a run's files under the driver's run directory, FINISHED last (as a run writes them)."""
-    for name in sorted(files, key=lambda n: n == rundir.FINISHED):
-        rundir.atomic_write(run_dir / name, lambda f, data=files[name]: f.write(data))
+    for name in sorted(contents, key=lambda n: n == run_folder.FINISHED):
+        files.atomic_write(run_dir / name, lambda f, data=contents[name]: f.write(data))
 
 
 class RayExecutor:
     """Jobs as Ray tasks, on the cluster at ``address`` (None: a new local Ray instance), each asking for
     ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and one CPU; run directories under
     ``out``, written by the tasks (``shared_fs``) or sent back to the driver; each job run by ``runner``
-    (mmlib.jobs.run_job). A task finding one of its runs locked waits up to ``lock_wait`` seconds for it, then
+    (mmlib.sweep.jobs.run_job). A task finding one of its runs locked waits up to ``lock_wait`` seconds for it, then
     fails it naming the holder's pid and host."""
 
     def __init__(self, out: str | Path, address: str | None = None, gpus_per_job: float | None = None,
-                 shared_fs: bool = True, runner: str = "notebook", lock_wait: float = rundir.LOCK_WAIT):
+                 shared_fs: bool = True, runner: str = "notebook", lock_wait: float = run_folder.LOCK_WAIT):
         if gpus_per_job is not None:
             check_gpus_per_job(gpus_per_job)
         jobs.check_runner(runner)
@@ -124,7 +126,7 @@ class RayExecutor:
         try:
             task = _run_job.options(num_gpus=self._gpus_per_job())
             if marker is not None:
-                rundir.write_text(marker, "a sweep's workers check that they see this file\n")
+                files.write_text(marker, "a sweep's workers check that they see this file\n")
             for job in planned:
                 job.deadline = deadline
             pending = {task.remote(job, self.out, marker, self.runner, self.lock_wait): job for job in planned}
@@ -134,8 +136,8 @@ class RayExecutor:
                     [ref], _ = ray.wait(list(pending), num_returns=1)
                     job = pending.pop(ref)
                     status, seconds, records = _outcome(ref, job, log)
-                    for run_dir, files in zip(job.run_dirs, records or []):
-                        _write_records(run_dir, files)
+                    for run_dir, contents in zip(job.run_dirs, records or []):
+                        _write_records(run_dir, contents)
                     with tqdm.external_write_mode():
                         jobs.record_outcome(job, status, seconds, done, total, log, outcome)
                     bar.update(len(job.run_dirs))

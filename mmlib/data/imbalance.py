@@ -2,7 +2,7 @@
 
 A dataset is the full balanced test set plus a long-tailed ("exp") or step-imbalanced subset of the
 training set, selected exactly as LDAM-DRW's IMBALANCECIFAR10/100 do it; classes are then many-,
-medium- or few-shot by their training images. mmlib.data reads the images from wherever they are.
+medium- or few-shot by their training images. mmlib.data.sources reads the images from wherever they are.
 """
 
 import math

@@ -2,8 +2,8 @@
 
 Per epoch, each run's history entry (lr, train loss and error, seconds, test error when evaluated); the
 error records of its final epoch and of its best one (top-1, per-class and many/medium/few-shot
-errors, confusion matrix); the step paths that trained it (mmlib.step: graphs or eager, and why); at
-the end metrics.json and per_class.csv (mmlib.rundir). The trainer (mmlib.training) feeds it each
+errors, confusion matrix); the step paths that trained it (mmlib.train.step: graphs or eager, and why); at
+the end metrics.json and per_class.csv (mmlib.train.run_folder). The trainer (mmlib.train.trainer) feeds it each
 epoch's numbers and stores ``of_run(k)`` in run k's checkpoint.
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from mmlib import rundir
+from mmlib import files
+from mmlib.train import run_folder
 
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
 PLAIN_NOTE = "the same epoch's errors of the plain logits z (ERM as trained); the enclosing record's are of z - tau log(prior)"
@@ -94,7 +95,7 @@ class Records:
             if k in skip:
                 continue
             final, best, history = self.final[k], self.best[k], self.history[k]
-            rundir.write_json(run_dir / rundir.METRICS, {
+            files.write_json(run_dir / run_folder.METRICS, {
                 "final": final,
                 "best": {**best, "note": BEST_NOTE},
                 "history": history,
@@ -107,8 +108,8 @@ class Records:
             for c, name in enumerate(dataset.classes):
                 lines.append(f"{c},{name},{dataset.cls_num_list[c]},{group_of[c]},"
                              f"{final['per_class_error'][c]:.4f},{best['per_class_error'][c]:.4f}")
-            rundir.write_text(run_dir / rundir.PER_CLASS, "\n".join(lines) + "\n")
-            rundir.write_text(run_dir / rundir.FINISHED, f"finished after {final['epoch']} epochs\n")
+            files.write_text(run_dir / run_folder.PER_CLASS, "\n".join(lines) + "\n")
+            files.write_text(run_dir / run_folder.FINISHED, f"finished after {final['epoch']} epochs\n")
 
 
 class TensorBoard:

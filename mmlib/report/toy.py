@@ -42,7 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from matplotlib.lines import Line2D
 
-from mmlib.losses import build_loss
+from mmlib.train.losses import build_loss
 
 MAJOR, MINOR = 0, 1
 CLASS_NAMES = ("majority", "minority")
@@ -56,7 +56,7 @@ CE_SCALE = 10.0
 """Scale of the cosine logits for the losses without their own s (ce, focal): the paper's s = 10."""
 
 UNSCALED_LOSSES = ("ce", "focal")
-"""Losses of mmlib.losses that take the logits as they are, so the toy scales the cosines for them."""
+"""Losses of mmlib.train.losses that take the logits as they are, so the toy scales the cosines for them."""
 
 
 @dataclass(frozen=True)
