@@ -7,6 +7,7 @@ length: ``default_schedule``).
 """
 
 import argparse
+import copy
 import dataclasses
 import importlib.util
 import math
@@ -121,18 +122,21 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def resolve(self) -> "RunConfig":
-        """A copy with every None default derived."""
+        """This configuration with every derived parameter filled in (itself once resolved). Not validated again:
+        each derived value follows from values validated when the configuration was made."""
+        derived = (self.warmup_epochs, self.lr_milestones, self.switch_epoch, self.data_seed, self.ssp_epochs)
+        scale = None if self.s is not None else LOSSES[get_method(self.method).loss].scale
+        if None not in derived and scale is None:  # s given, or a loss without a scale
+            return self
         warmup, milestones = _schedule(self)
-        loss = get_method(self.method).loss
-        return dataclasses.replace(
-            self,
-            warmup_epochs=warmup,
-            lr_milestones=milestones,
-            switch_epoch=(milestones[0] if milestones else 0) if self.switch_epoch is None else self.switch_epoch,
-            s=LOSSES[loss].scale if self.s is None else self.s,
-            data_seed=self.seed if self.data_seed is None else self.data_seed,
-            ssp_epochs=self.epochs if self.ssp_epochs is None else self.ssp_epochs,
-        )
+        resolved = copy.copy(self)
+        resolved.warmup_epochs, resolved.lr_milestones = warmup, milestones
+        if self.switch_epoch is None:
+            resolved.switch_epoch = milestones[0] if milestones else 0
+        resolved.s = self.s if self.s is not None else scale
+        resolved.data_seed = self.seed if self.data_seed is None else self.data_seed
+        resolved.ssp_epochs = self.epochs if self.ssp_epochs is None else self.ssp_epochs
+        return resolved
 
     def loss_params(self) -> dict:
         """The keyword arguments of mmlib.train.losses.build_loss for this run's method (resolved config)."""

@@ -13,7 +13,6 @@ mmlib.notebook IN OUT PARAMS.yaml`` does the same from a shell (the sweeps run i
 
 import ast
 import contextlib
-import json
 import os
 import subprocess
 import sys
@@ -94,17 +93,6 @@ def _check_type(name: str, value, default) -> None:
     if not ok:
         raise ParameterError(f"parameter {name} must be of type {kind.__name__} like its default {default!r}, "
                              f"got {value!r}")
-
-
-def error_of(executed: str | Path) -> str | None:
-    """"Name: message" (first line) of the error an executed notebook ended with; None if it has none or
-    cannot be read."""
-    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
-        for cell in json.loads(Path(executed).read_text())["cells"]:
-            for output in cell.get("outputs", []):
-                if output.get("output_type") == "error":
-                    return f"{output['ename']}: {output['evalue']}".splitlines()[0]
-    return None
 
 
 def kernel_config():

@@ -40,7 +40,7 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     final = metrics.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
     best = metrics.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
                                   groups)
-    history = [{"epoch": e + 1, "lr": schedule.learning_rate(config, e), "train_loss": 2.0 / (e + 1),
+    history = [{"epoch": e + 1, "lr": schedule.learning_rate(config.resolve(), e), "train_loss": 2.0 / (e + 1),
                 "train_error": 50.0 / (e + 1), "seconds": 1.5, "test_error": final["error"] + 10.0 / (e + 1),
                 "group_error": final["group_error"]} for e in range(config.epochs)]
     files.write_json(run_dir / run_folder.CONFIG, {

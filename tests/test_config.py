@@ -44,12 +44,12 @@ def test_the_default_schedule_keeps_the_protocols_shape(epochs, warmup, mileston
 )
 def test_short_runs_learn_at_the_full_rate_first(epochs, rates):
     config = RunConfig(**DIGITS, epochs=epochs)
-    assert [schedule.learning_rate(config, e) for e in range(epochs)] == pytest.approx(rates, rel=1e-9)
+    assert [schedule.learning_rate(config.resolve(), e) for e in range(epochs)] == pytest.approx(rates, rel=1e-9)
 
 
 def test_every_phase_has_an_epoch_where_the_run_is_long_enough():
     for epochs in [*range(1, 61), 99, 199, 201]:
-        rates = [schedule.learning_rate(RunConfig(**DIGITS, epochs=epochs), e) for e in range(epochs)]
+        rates = [schedule.learning_rate(RunConfig(**DIGITS, epochs=epochs).resolve(), e) for e in range(epochs)]
         counts = {r: sum(x == pytest.approx(r, rel=1e-9) for x in rates) for r in (0.1, 1e-3, 1e-5)}
         assert counts[0.1] >= 1, epochs
         if epochs >= 2:
@@ -63,7 +63,7 @@ def test_every_phase_has_an_epoch_where_the_run_is_long_enough():
 def test_a_one_epoch_run_of_a_deferred_method_re_balances_its_only_epoch():
     config = RunConfig(**{**DIGITS, "method": "mm-drw"}, epochs=1)
     assert (config.resolve().lr_milestones, config.resolve().switch_epoch) == ([], 0)
-    assert schedule.learning_rate(config, 0) == pytest.approx(0.1)
+    assert schedule.learning_rate(config.resolve(), 0) == pytest.approx(0.1)
     assert RunConfig(**{**DIGITS, "method": "mm-drw"}, epochs=2).resolve().switch_epoch == 1
 
 
@@ -84,10 +84,17 @@ def test_an_unknown_parameter_names_the_closest_valid_one():
 def test_an_explicit_empty_milestone_list_means_a_constant_rate():
     config = RunConfig(**DIGITS, epochs=10, warmup_epochs=0, lr_milestones=[], switch_epoch=3)
     assert config.resolve().lr_milestones == []
-    assert {schedule.learning_rate(config, e) for e in range(10)} == {0.1}
+    assert {schedule.learning_rate(config.resolve(), e) for e in range(10)} == {0.1}
 
 
 def test_the_evaluation_batch_is_the_runs_own_or_the_faster_default_of_its_device():
     assert config.eval_batch_size(RunConfig(**DIGITS), "cpu") == 128  # activations that stay in the caches
     assert config.eval_batch_size(RunConfig(**DIGITS), "cuda") == 1024
     assert config.eval_batch_size(RunConfig(**DIGITS, eval_batch_size=300), "cpu") == 300
+
+
+def test_a_configuration_resolves_once():
+    resolved = RunConfig(**DIGITS, epochs=30).resolve()
+    assert resolved.resolve() is resolved and (resolved.warmup_epochs, resolved.lr_milestones) == (3, [24, 27])
+    with pytest.raises(ValueError, match=r"learning_rate needs a resolved configuration: RunConfig.resolve\(\)"):
+        schedule.learning_rate(RunConfig(**DIGITS), 0)

@@ -13,6 +13,7 @@ import pytest
 from mmlib import files
 from mmlib.sweep import jobs, plan
 from mmlib.sweep.local_executor import LocalExecutor
+from mmlib.train import run_folder
 
 TINY = {"arch": "resnet8", "epochs": 2}
 
@@ -34,7 +35,7 @@ def test_a_job_the_sweep_cannot_run_fails_alone_and_the_next_runs(tmp_path, monk
     lines = []
     outcome = LocalExecutor(runner="python").run(planned, log=lines.append)
     assert started == [job.labels[0] for job in planned]
-    assert outcome.failed[0] == (planned[0].labels[0], jobs.evidence(planned[0].run_dirs[0]))
+    assert outcome.failed[0] == (planned[0].labels[0], run_folder.state(planned[0].run_dirs[0]).evidence)
     assert lines[0] == (f"[1/2] {planned[0].labels[0]}: FAILED: the sweep could not run its job: OSError: [Errno 28] "
                         "No space left on device")
 
@@ -68,12 +69,12 @@ def write_log(run_dir, text):
 ])
 def test_a_python_jobs_log_tells_whether_it_failed(tmp_path, log, reason):
     write_log(tmp_path / "r", log)
-    assert jobs.recorded_failure(tmp_path / "r") == reason
+    assert run_folder.state(tmp_path / "r").failure == reason
 
 
 def write_notebook(run_dir, ename, evalue):
     nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(outputs=[nbformat.v4.new_output(
-        "error", ename=ename, evalue=evalue, traceback=[])])]), run_dir / jobs.OUTPUT_NOTEBOOK)
+        "error", ename=ename, evalue=evalue, traceback=[])])]), run_dir / run_folder.NOTEBOOK)
 
 
 def test_the_last_jobs_log_speaks_for_a_run_whose_runner_changed(tmp_path):
@@ -81,17 +82,17 @@ def test_the_last_jobs_log_speaks_for_a_run_whose_runner_changed(tmp_path):
     run_dir.mkdir()
     write_notebook(run_dir, "ValueError", "bad lr")  # a notebook-runner attempt
     files.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 1\n")
-    assert jobs.recorded_failure(run_dir) == "ValueError: bad lr" and jobs.evidence(run_dir).name == "train.ipynb"
+    assert run_folder.state(run_dir).failure == "ValueError: bad lr" and run_folder.state(run_dir).evidence.name == "train.ipynb"
     old = time.time() - 60
     os.utime(run_dir / jobs.RUNNERS["notebook"], (old, old))
     write_log(run_dir, "error: r: the loss became NaN\nexit code 6\n")  # then one on the python runner
-    assert jobs.evidence(run_dir) == run_dir / jobs.RUNNERS["python"]
-    assert jobs.failure_reason(run_dir) == "error: r: the loss became NaN"
+    assert run_folder.state(run_dir).evidence == run_dir / jobs.RUNNERS["python"]
+    assert run_folder.state(run_dir).why() == "error: r: the loss became NaN"
 
     os.utime(run_dir / jobs.RUNNERS["python"], (old - 60, old - 60))  # the notebook runner's again, stopped early
     write_notebook(run_dir, "StoppedError", "r: stopped")
     files.write_text(run_dir / jobs.RUNNERS["notebook"], "error: r.ipynb failed in cell 3\nexit code 75\n")
-    assert jobs.recorded_failure(run_dir) is None
+    assert run_folder.state(run_dir).failure is None
 
 
 def test_a_notebook_jobs_log_tells_why_it_failed_where_its_notebook_does_not(tmp_path):
@@ -101,9 +102,9 @@ def test_a_notebook_jobs_log_tells_why_it_failed_where_its_notebook_does_not(tmp
     run_dir.mkdir()
     files.write_text(run_dir / jobs.RUNNERS["notebook"], "Traceback ...\nRuntimeError: Kernel died before replying "
                                                           "to kernel_info\nexit code 1\n")
-    nbformat.write(nbformat.v4.new_notebook(), run_dir / jobs.OUTPUT_NOTEBOOK)  # written after the log
-    assert jobs.recorded_failure(run_dir) == "RuntimeError: Kernel died before replying to kernel_info"
-    assert jobs.evidence(run_dir) == run_dir / jobs.RUNNERS["notebook"]
+    nbformat.write(nbformat.v4.new_notebook(), run_dir / run_folder.NOTEBOOK)  # written after the log
+    assert run_folder.state(run_dir).failure == "RuntimeError: Kernel died before replying to kernel_info"
+    assert run_folder.state(run_dir).evidence == run_dir / jobs.RUNNERS["notebook"]
 
 
 def test_a_process_whose_parent_is_killed_acts_on_it(tmp_path):

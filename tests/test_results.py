@@ -10,6 +10,7 @@ import torch
 from fixture_runs import cell_of, confusion, write_run
 
 from mmlib import files
+from mmlib.config import resolved
 from mmlib.report import results
 from mmlib.train import run_folder, trainer
 
@@ -75,7 +76,7 @@ def test_unfinished_and_failed_runs_are_refused_and_listed(tmp_path):
     protocol_run(runs, seed=0)
     interrupted = CELL.path(runs) / "seed1"
     write_run(interrupted, CELL.run_params(seed=1), 1000, CORRECT, finished=False)
-    torch.save({"epoch": 37}, interrupted / run_folder.CHECKPOINT)
+    torch.save({"epoch": 37, "config": resolved(CELL.run_params(seed=1))}, interrupted / run_folder.CHECKPOINT)
     failed = CELL.path(runs) / "seed2"
     failed.mkdir(parents=True)
     error = {"output_type": "error", "ename": "FileNotFoundError", "evalue": "no data root given", "traceback": []}

@@ -56,7 +56,7 @@ def test_learning_rate_at_the_protocols_key_epochs():
     config = RunConfig(**quick(epochs=200))
     expected = {0: 0.02, 3: 0.08, 4: 0.1, 5: 0.1, 159: 0.1, 160: 1e-3, 179: 1e-3, 180: 1e-5, 199: 1e-5}
     for epoch, lr in expected.items():
-        assert schedule.learning_rate(config, epoch) == pytest.approx(lr, rel=1e-9), epoch
+        assert schedule.learning_rate(config.resolve(), epoch) == pytest.approx(lr, rel=1e-9), epoch
 
 
 def test_short_runs_keep_the_schedules_shape():

@@ -22,7 +22,6 @@ is filed apart from the paper's tables: under <results>/short/ when only its sch
 collected.
 """
 
-import contextlib
 import dataclasses
 import gzip
 import json
@@ -33,8 +32,6 @@ import pandas as pd
 
 from mmlib import files, paper
 from mmlib.config import SCHEDULE, describe, differences
-from mmlib.errors import CorruptFileError
-from mmlib.sweep import jobs
 from mmlib.train import run_folder
 
 SHORT = "short"  # <results>/short/<table>/...: records of the protocol shortened (only the schedule differs)
@@ -174,9 +171,14 @@ def collect(runs_root=None, results_root=None, replace: bool = False) -> Collect
     results_root = Path(results_root or files.RESULTS)
     done = Collection()
     for run in run_folders(runs_root):
-        if not run_folder.is_finished(run):
-            failure = _failure(run)
-            (done.failed if failure else done.unfinished).append((run, failure or _progress(run)))
+        held = run_folder.state(run)
+        if held.failure is not None:
+            done.failed.append((run, f"{held.failure} (see {held.evidence})"))
+            continue
+        if not held.finished:
+            epochs = held.config["epochs"] if held.config else "?"
+            done.unfinished.append((run, f"not finished: {'?' if held.epoch is None else held.epoch} of {epochs} "
+                                         "epochs checkpointed"))
             continue
         target = record_folder(run, runs_root, results_root)
         contents = record_files(run)
@@ -215,22 +217,6 @@ def _conflict(contents: dict[str, bytes], target: Path) -> str | None:
     if differing:
         return f"a record of another configuration ({describe(differing)}: there -> here)"
     return "a record of the same configuration with other results (another run of it)"
-
-
-def _failure(run: Path) -> str | None:
-    """Why the run's last job failed, and where it says so; None if its files tell of no failure."""
-    error = jobs.recorded_failure(run)
-    return None if error is None else f"{error} (see {jobs.evidence(run)})"
-
-
-def _progress(run: Path) -> str:
-    config = run / run_folder.CONFIG
-    epochs = files.read_json(config)["config"]["epochs"] if config.exists() else "?"
-    done = "?"  # an unreadable checkpoint is the trainer's to report, on resume
-    with contextlib.suppress(OSError, CorruptFileError):
-        info = run_folder.checkpoint_info(run)
-        done = 0 if info is None else info["epoch"]
-    return f"not finished: {done} of {epochs} epochs checkpointed"
 
 
 def summarize_runs(runs: list[dict]) -> pd.DataFrame:

@@ -12,7 +12,6 @@ mmlib.sweep.ray_executor.RayExecutor runs each as a Ray task. Both execute a job
 it with ``record_outcome``, so a run's files and lines are the same whichever ran it.
 """
 
-import contextlib
 import os
 import shutil
 import signal
@@ -28,15 +27,13 @@ from mmlib.stopping import Stop, when_orphaned
 from mmlib.train import run_folder
 
 TRAIN_NOTEBOOK = files.REPOSITORY / "notebooks" / "train.ipynb"
-OUTPUT_NOTEBOOK = "train.ipynb"  # the executed notebook, in every run directory of the job
-RUNNERS = {"notebook": "papermill.log", "python": "train.log"}  # how a job runs -> its log, in the first run directory
-EXIT_LINE = "exit code "  # a job's log ends with its process's: "exit code 0"
+RUNNERS = run_folder.LOGS  # how a job runs -> its log, written into every run directory of the job
 # What a run directory holds for its readers, less what only its trainer needs (checkpoints, checkpoint.json,
 # .lock): the files collect takes (mmlib.report.results.record_files), FAILED, the executed notebook and the job's log,
 # the figures the notebook saves beside them (curves, per_class, confusion; .png and .pdf) and TensorBoard's
 # scalars. Glob patterns, relative to the run directory.
 OUTPUTS = (run_folder.CONFIG, run_folder.COUNTS, run_folder.METRICS, run_folder.PER_CLASS, run_folder.FINISHED, run_folder.FAILED,
-           OUTPUT_NOTEBOOK, *RUNNERS.values(), "*.png", "*.pdf", "tensorboard/*")
+           run_folder.NOTEBOOK, *RUNNERS.values(), "*.png", "*.pdf", "tensorboard/*")
 
 
 @dataclass
@@ -98,14 +95,14 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if runner == "notebook":
-        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / OUTPUT_NOTEBOOK, job.notebook_parameters(), env,
+        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / run_folder.NOTEBOOK, job.notebook_parameters(), env,
                                   started=started)
     else:
         done = mmlib.notebook.run_module("mmlib.sweep.jobs", [], job.notebook_parameters(), env, started=started)
-    files.write_text(first / RUNNERS[runner], done.stdout + done.stderr + f"{EXIT_LINE}{done.returncode}\n")
+    files.write_text(first / RUNNERS[runner], done.stdout + done.stderr + f"{run_folder.EXIT_LINE}{done.returncode}\n")
     for other in job.run_dirs[1:]:  # every run of the job keeps its record of what happened
         other.mkdir(parents=True, exist_ok=True)
-        for name in (OUTPUT_NOTEBOOK, RUNNERS[runner]) if runner == "notebook" else (RUNNERS[runner],):
+        for name in (run_folder.NOTEBOOK, RUNNERS[runner]) if runner == "notebook" else (RUNNERS[runner],):
             shutil.copyfile(first / name, other / name)
     return {0: "done", errors.StoppedError.exit_code: "stopped"}.get(done.returncode, "failed")
 
@@ -137,76 +134,24 @@ def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
     return configs, [Path(run["run_dir"]) for run in runs]
 
 
-def _last_log(run_dir: Path) -> Path | None:
-    """The log of the run's last job (run_job writes one at its end, by runner; the runner may have changed
-    between attempts), or None."""
-    logs = [Path(run_dir) / name for name in RUNNERS.values() if (Path(run_dir) / name).exists()]
-    return max(logs, key=lambda path: path.stat().st_mtime) if logs else None
-
-
-def _notebook_error(run_dir: Path) -> str | None:
-    """The error the run's executed notebook ended with, unless it stopped early (StoppedError: it resumes)."""
-    error = mmlib.notebook.error_of(Path(run_dir) / OUTPUT_NOTEBOOK)
-    return None if error is None or error.startswith(f"{errors.StoppedError.__name__}:") else error
-
-
-def evidence(run_dir: Path) -> Path:
-    """Where a run's last job tells what happened: its executed notebook where a cell failed (the notebook
-    runner), else its log."""
-    run_dir, log = Path(run_dir), _last_log(run_dir)
-    if (log is None or log.name == RUNNERS["notebook"]) and _notebook_error(run_dir) is not None:
-        return run_dir / OUTPUT_NOTEBOOK
-    return log or run_dir / OUTPUT_NOTEBOOK
-
-
-def recorded_failure(run_dir: Path) -> str | None:
-    """Why a run's last job failed, as its files tell: its FAILED marker's reason, else the error its executed
-    notebook ended with (the notebook runner), else its log's last line before an exit code other than 0 and
-    StoppedError's; None where they tell of no failure (a run not yet run, stopped early, or finished)."""
-    failure = run_folder.failure(run_dir)
-    if failure is not None:
-        return failure["reason"]
-    log = _last_log(run_dir)
-    if log is None or log.name == RUNNERS["notebook"]:
-        error = _notebook_error(run_dir)
-        if error is not None:
-            return error
-    with contextlib.suppress(OSError, ValueError):
-        lines = [line.strip() for line in log.read_text().splitlines() if line.strip()] if log else []
-        if lines and lines[-1].startswith(EXIT_LINE):
-            code = int(lines[-1].removeprefix(EXIT_LINE))
-            if code not in (0, errors.StoppedError.exit_code):
-                return lines[-2] if len(lines) > 1 else f"exit code {code}"
-    return None
-
-
-def failure_reason(run_dir: Path) -> str:
-    """One line on why a run failed: another process holds it, else what its files tell."""
-    owner = run_folder.lock_owner(run_dir)
-    if owner is not None:
-        return f"{run_dir} is in use by process {owner}"
-    return recorded_failure(run_dir) or "no error recorded (the job did not run)"
-
-
 def record_outcome(job: Job, status: str, seconds: float, done, total: int, log, outcome: Outcome) -> None:
     """Log one line per run of a job that ended with ``status`` (run_job's; ``done`` counts runs), and add its
-    unfinished runs to ``outcome``. A run is judged by its own files: in a fused job one run can fail
-    (diverge) while the others finish."""
-    for label, run_dir in zip(job.labels, job.run_dirs):
+    unfinished runs to ``outcome``. A run is judged by its own folder (run_folder.state): in a fused job one run
+    can fail (diverge) while the others finish."""
+    states = [run_folder.state(d) for d in job.run_dirs]
+    for label, state in zip(job.labels, states):
         line = f"[{next(done)}/{total}] {label}: "
-        if run_folder.is_finished(run_dir):
-            metrics = files.read_json(run_dir / run_folder.METRICS)
+        if state.finished:
+            metrics = files.read_json(state.path / run_folder.METRICS)
             line += f"final {metrics['final']['error']:.2f}%, best {metrics['best']['error']:.2f}% ({seconds:.0f} s)"
-            if status == "failed" and not any(run_folder.failure(d) for d in job.run_dirs):  # not a fused run diverging
-                line += f"; its notebook then failed: {failure_reason(job.run_dirs[0])}"
-        elif status == "stopped" and run_folder.failure(run_dir) is None:
+            if status == "failed" and not any(s.diverged for s in states):  # not a fused run diverging
+                line += f"; its notebook then failed: {states[0].why()}"
+        elif status == "stopped" and state.diverged is None:
             outcome.stopped.append(label)
-            info = run_folder.checkpoint_info(run_dir)
-            line += f"stopped early after epoch {info['epoch'] if info else 0}; it resumes ({seconds:.0f} s)"
+            line += f"stopped early after epoch {state.epoch or 0}; it resumes ({seconds:.0f} s)"
         else:
-            where = evidence(run_dir)
-            outcome.failed.append((label, where))
-            line += f"FAILED: {failure_reason(run_dir)} (see {where})"
+            outcome.failed.append((label, state.evidence))
+            line += f"FAILED: {state.why()} (see {state.evidence})"
         log(line)
 
 
@@ -214,7 +159,7 @@ def record_error(job: Job, error: Exception, done, total: int, log, outcome: Out
     """Log and record as failed every run of a job the sweep could not run or judge (``error``, e.g. a full disk
     as it wrote the job's log): the job fails alone, and the sweep goes on."""
     for label, run_dir in zip(job.labels, job.run_dirs):
-        outcome.failed.append((label, evidence(run_dir)))
+        outcome.failed.append((label, run_folder.state(run_dir).evidence))
         log(f"[{next(done)}/{total}] {label}: FAILED: the sweep could not run its job: "
             f"{type(error).__name__}: {error}")
 

@@ -8,7 +8,6 @@ runs a job. The executor (mmlib.sweep.local_executor.LocalExecutor: worker threa
 mmlib.sweep.ray_executor.RayExecutor: Ray tasks) runs the jobs.
 """
 
-import contextlib
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 from mmlib import files, paper, stopping
 from mmlib.config import RunConfig, describe, differences
 from mmlib.data import sources
-from mmlib.errors import CorruptFileError, RunDirBusyError, did_you_mean
+from mmlib.errors import RunDirBusyError, did_you_mean
 from mmlib.sweep import jobs, timing
 from mmlib.sweep.local_executor import LocalExecutor
 from mmlib.train import run_folder
@@ -83,16 +82,18 @@ it resumes from its last good checkpoint).
         config = RunConfig.from_dict(params)
         sources.check(config)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
-        epoch, recorded = _recorded(run_dir)
-        changed = recorded is not None and differences(recorded, config.resolve().to_dict())
+        held = run_folder.state(run_dir)
+        # an unusable folder (epoch -1) trains alone, so that its job fails with the reason and holds back no other
+        epoch = -1 if held.epoch is None else held.epoch
+        changed = held.config is not None and differences(held.config, config.resolve().to_dict())
         if changed:
             result.changed.append((label, run_dir, describe(changed)))
             epoch = 0
-        elif run_folder.is_finished(run_dir):
+        elif held.finished:
             result.finished.append(run_dir)
             continue
-        elif run_folder.failure(run_dir) is not None:
-            result.failed.append((label, run_dir, run_folder.failure(run_dir)["reason"]))
+        elif held.diverged is not None:
+            result.failed.append((label, run_dir, held.diverged["reason"]))
             if not retry_failed:
                 continue
         # every parameter, defaults included: the notebook's own defaults (a one-minute digits run) never apply
@@ -106,19 +107,6 @@ it resumes from its last good checkpoint).
     for chunk in sorted(chunks, key=lambda chunk: order[chunk[0][3]]):
         result.jobs.append(jobs.Job([c[2] for c in chunk], [c[3] for c in chunk], [c[4] for c in chunk]))
     return result
-
-
-def _recorded(run_dir: Path) -> tuple[int, dict | None]:
-    """(the epoch a run resumes from, the configuration it was trained with) of a run folder: (0, None) if it
-    holds none; a finished run's from config.json, an interrupted one's from its checkpoint. The epoch is -1
-    if the folder is unusable: the run then trains alone, so that its notebook fails with the reason and
-    the others are not held back."""
-    with contextlib.suppress(OSError, CorruptFileError, KeyError, TypeError):
-        if run_folder.is_finished(run_dir):
-            return 0, files.read_json(run_dir / run_folder.CONFIG)["config"]
-        info = run_folder.checkpoint_info(run_dir)
-        return (0, None) if info is None else (info["epoch"], info["config"])
-    return -1, None
 
 
 def check_overrides(overrides: dict, cells: list[paper.Cell]) -> None:
@@ -166,8 +154,7 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
             log(("fused: " if len(job.labels) > 1 else "") + " | ".join(job.labels))
         log(estimate(planned.jobs, times, getattr(executor, "workers", 1)))
         return jobs.Outcome()
-    busy = [f"{run_dir} is in use by process {owner}" for _, run_dir, _ in planned.changed
-            for owner in [run_folder.lock_owner(run_dir)] if owner is not None]
+    busy = [held.why() for _, run_dir, _ in planned.changed for held in [run_folder.state(run_dir)] if held.holder]
     if busy:
         raise RunDirBusyError("; ".join(busy) + ": --rerun-changed moves no run another process trains; wait for it "
                               "to end, or give another --out")
@@ -178,7 +165,8 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
     for _, run_dir, _ in planned.failed if retry_failed else ():
         files.set_aside(run_dir / run_folder.FAILED, "retried")
     outcome = (executor or LocalExecutor()).run(planned.jobs, log=log, deadline=deadline, times=times)
-    outcome.failed += [] if retry_failed else [(label, jobs.evidence(run_dir)) for label, run_dir, _ in planned.failed]
+    outcome.failed += [] if retry_failed else [(label, run_folder.state(run_dir).evidence)
+                                               for label, run_dir, _ in planned.failed]
     for line in summary(outcome):
         log(line)
     return outcome
@@ -211,5 +199,5 @@ def summary(outcome: jobs.Outcome) -> list[str]:
                      "give a longer one")
     if outcome.failed:
         lines.append(f"{len(outcome.failed)} runs failed:")
-        lines += [f"  {label}: {jobs.failure_reason(notebook.parent)} (see {notebook})" for label, notebook in outcome.failed]
+        lines += [f"  {label}: {run_folder.state(where.parent).why()} (see {where})" for label, where in outcome.failed]
     return lines

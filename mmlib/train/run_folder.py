@@ -1,4 +1,4 @@
-"""The run directory: what a run writes, written so that a crash never leaves a half file.
+"""A run's folder: what a run writes (whole files: mmlib.files), its lock, and the one reader of its state.
 
     config.json        every resolved parameter, mmlib / torch versions, device, git commit
     class_counts.json  the training set's class names, counts, many/medium/few groups, description
@@ -12,10 +12,19 @@
     per_class.csv      per-class training count, group, final and best error
     FINISHED           written last: the run is complete
     FAILED             the run stopped for good: why, at which epoch and step (a diverging run of a fused group)
+    train.ipynb        the executed notebook of the job that trained it (a sweep's notebook runner)
+    papermill.log, train.log   the output of the job that last trained it (notebook or python runner), ending
+                       with its exit code
+
+``state`` reads all of it the one way every reader needs it (the trainer, a sweep's plan, the executors,
+collect): finished, failed and why, the epoch it resumes from, the configuration it was trained with, and
+the process holding it.
 """
 
 import contextlib
+import dataclasses
 import fcntl
+import json
 import os
 import re
 import socket
@@ -23,7 +32,7 @@ import time
 import warnings
 from pathlib import Path
 
-from mmlib.errors import CorruptFileError, RunDirBusyError
+from mmlib.errors import CorruptFileError, RunDirBusyError, StoppedError
 from mmlib.files import atomic_write, read_json, set_aside, write_json
 
 SEED_FOLDER = re.compile(r"seed(\d+)")  # a run's folder under its table cell's: runs/<table>/<setting>/<run>/seed<k>
@@ -36,6 +45,9 @@ CONFIG, COUNTS, CHECKPOINT, METRICS, PER_CLASS, FINISHED = (
     "FINISHED",
 )
 PREVIOUS_CHECKPOINT, CHECKPOINT_INFO, LOCK = "checkpoint.prev.pt", "checkpoint.json", ".lock"
+NOTEBOOK = "train.ipynb"  # the executed notebook of the job that trained the run
+LOGS = {"notebook": "papermill.log", "python": "train.log"}  # a job's log, by how it ran (mmlib.sweep.jobs)
+EXIT_LINE = "exit code "  # a job's log ends with its process's: "exit code 0"
 FAILED = "FAILED"  # a run that failed for good (a diverged fused run): why, at which epoch and step
 BUSY_RETRY = 1.0  # seconds a lock attempt retries before it calls the run busy (outlasting any probe)
 # Seconds a Ray task waits for its run's lock (--lock-wait): on NFSv4 a dead node's lock outlives it by the
@@ -217,3 +229,81 @@ def failure(run_dir: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
+
+
+@dataclasses.dataclass(frozen=True)
+class State:
+    """What a run folder holds, as every reader needs it (``state``)."""
+
+    path: Path
+    finished: bool
+    epoch: int | None  # epochs its checkpoint completed (0: none yet); None: no usable checkpoint (see unreadable)
+    config: dict | None  # the resolved configuration it was trained with: config.json's once finished, else the
+    # checkpoint's (None without either, or from an mmlib that did not record it)
+    failure: str | None  # why its last job failed, as its files tell (None: no failure told)
+    evidence: Path | None  # where its last job tells what happened (unfinished runs): the executed notebook where a
+    # cell failed, else the job's log
+    holder: str | None  # "<pid> on <host>" of the process training it now, None if none
+    diverged: dict | None  # its FAILED marker: it failed for good (a diverged run), left alone until retried
+    unreadable: str | None = None  # why its checkpoint could not be read
+
+    def why(self) -> str:
+        """One line on why the run did not finish: another process holds it, else what its files tell."""
+        if self.holder is not None:
+            return f"{self.path} is in use by process {self.holder}"
+        return self.failure or self.unreadable or "no error recorded (the job did not run)"
+
+
+def state(run_dir: Path) -> State:
+    """The run folder's state, without loading a checkpoint where checkpoint.json describes it and without
+    raising for a folder that is broken: that is said in ``failure`` or ``unreadable``.
+
+    A failure is, in this order: the FAILED marker's reason (it diverged), the error the executed notebook
+    ended with (the notebook runner), or the last line of the job's log before an exit code other than 0 and
+    StoppedError's; a job that stopped early (a time limit, a signal) did not fail, it resumes.
+    """
+    run_dir = Path(run_dir)
+    finished = is_finished(run_dir)
+    epoch, config, unreadable = 0, None, None
+    try:
+        if finished:
+            config = read_json(run_dir / CONFIG)["config"]
+        else:
+            info = checkpoint_info(run_dir)
+            epoch, config = (0, None) if info is None else (info["epoch"], info["config"])
+    except (OSError, CorruptFileError, KeyError, TypeError) as err:
+        epoch, unreadable = None, str(err)
+    failure_told, evidence = (None, None) if finished else _failure(run_dir)
+    return State(run_dir, finished, epoch, config, failure_told, evidence, lock_owner(run_dir), failure(run_dir),
+                 unreadable)
+
+
+def _failure(run_dir: Path) -> tuple[str | None, Path | None]:
+    logs = [run_dir / name for name in LOGS.values() if (run_dir / name).exists()]
+    log = max(logs, key=lambda path: path.stat().st_mtime) if logs else None  # the last job's (its runner may vary)
+    error = notebook_error(run_dir / NOTEBOOK) if log is None or log.name == LOGS["notebook"] else None
+    error = None if error is not None and error.startswith(f"{StoppedError.__name__}:") else error
+    evidence = run_dir / NOTEBOOK if error is not None else log or run_dir / NOTEBOOK
+    marker = failure(run_dir)
+    if marker is not None:
+        return marker["reason"], evidence
+    if error is not None:
+        return error, evidence
+    with contextlib.suppress(OSError, ValueError):
+        lines = [line.strip() for line in log.read_text().splitlines() if line.strip()] if log else []
+        if lines and lines[-1].startswith(EXIT_LINE):
+            code = int(lines[-1].removeprefix(EXIT_LINE))
+            if code not in (0, StoppedError.exit_code):
+                return (lines[-2] if len(lines) > 1 else f"exit code {code}"), evidence
+    return None, evidence
+
+
+def notebook_error(executed: Path) -> str | None:
+    """"Name: message" (first line) of the error an executed notebook ended with; None if it has none or
+    cannot be read."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, KeyError, TypeError):
+        for cell in json.loads(Path(executed).read_text())["cells"]:
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    return f"{output['ename']}: {output['evalue']}".splitlines()[0]
+    return None

@@ -86,8 +86,9 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
         for d in run_dirs:
             if not run_folder.is_finished(d):
                 locks.enter_context(run_folder.locked(d))
-        epochs = [_resumable_epoch(c, d) for c, d in zip(configs, run_dirs)]
-        pending = [i for i, d in enumerate(run_dirs) if not run_folder.is_finished(d)]
+        held = [run_folder.state(d) for d in run_dirs]  # read under the locks: nobody writes there meanwhile
+        epochs = [_resumable_epoch(c, h) for c, h in zip(configs, held)]
+        pending = [i for i, h in enumerate(held) if not h.finished]
         if pending:
             first = configs[0]
             dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
@@ -123,23 +124,22 @@ def _check_group(configs: list[RunConfig], run_dirs: list[Path]) -> None:
             )
 
 
-def _resumable_epoch(config: RunConfig, run_dir: Path) -> int:
-    """Epochs the run's checkpoint completed (0 without one), refusing a run of other parameters.
+def _resumable_epoch(config: RunConfig, held: run_folder.State) -> int:
+    """Epochs the run's checkpoint completed (0 without one, or finished), refusing a run of other parameters.
 
     An unfinished run is compared with its checkpoint's configuration, the authority; a finished one
     with config.json, the record its results were written with (no checkpoint is read for it).
     """
-    if run_folder.is_finished(run_dir):
-        _refuse_other_parameters(files.read_json(run_dir / run_folder.CONFIG)["config"], config, run_dir / run_folder.CONFIG)
+    if held.epoch is None:
+        raise CorruptFileError(held.unreadable)
+    if not held.finished and held.epoch == 0:
         return 0
-    info = run_folder.checkpoint_info(run_dir)
-    if info is None:
-        return 0
-    if info["config"] is None:
-        raise CorruptFileError(f"{run_dir / run_folder.CHECKPOINT} does not record its configuration (an older "
-                               "mmlib wrote it); give another run_dir")
-    _refuse_other_parameters(info["config"], config, run_dir / run_folder.CHECKPOINT)
-    return info["epoch"]
+    source = held.path / (run_folder.CONFIG if held.finished else run_folder.CHECKPOINT)
+    if held.config is None:
+        raise CorruptFileError(f"{source} does not record its configuration (an older mmlib wrote it); give another "
+                               "run_dir")
+    _refuse_other_parameters(held.config, config, source)
+    return 0 if held.finished else held.epoch
 
 
 def _refuse_other_parameters(before: dict, config: RunConfig, source: Path) -> None:
