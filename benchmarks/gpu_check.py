@@ -99,7 +99,7 @@ def throughput_summary(rows_file: Path) -> list[str]:
 
 def real_runs(data_root: str, epochs: int, out: str) -> None:
     """Stage 3 (run in its own process): one run alone, then three fused; a JSON line per group."""
-    from mmlib.train.trainer import run_many
+    from mmlib.train.trainer import train_many
 
     shutil.rmtree(Path(out) / "runs", ignore_errors=True)  # an earlier check's finished runs would be skipped
     groups = {"alone": [ALONE], "fused": FUSED}
@@ -108,7 +108,7 @@ def real_runs(data_root: str, epochs: int, out: str) -> None:
                         epochs=epochs, bf16=True, quiet=True, **extra) for method, extra in methods]
         names = [c["method"] + (f"-{c['mm_variant']}" if "mm_variant" in c else "") for c in configs]
         start = time.perf_counter()
-        results = run_many(configs, [Path(out) / "runs" / label / name for name in names])
+        results = train_many(configs, [Path(out) / "runs" / label / name for name in names])
         print(json.dumps({
             "group": label, "wall": time.perf_counter() - start, "epoch_seconds": [h["seconds"] for h in results[0]["history"]],
             "runs": [{"name": n, "final": r["final"]["error"], "best": r["best"]["error"], "step": r["step"]}
@@ -159,8 +159,8 @@ def main() -> None:
     print(lines[0], flush=True)
 
     junit = out / "cuda_tests.xml"
-    run_logged("CUDA tests", [sys.executable, "-m", "pytest", "tests/test_step.py", "tests/test_losses.py",
-                              "tests/test_models.py", "tests/test_sam.py", "-m", "cuda", "-q", "-rs",
+    run_logged("CUDA tests", [sys.executable, "-m", "pytest", "tests/train/test_step.py", "tests/train/test_losses.py",
+                              "tests/train/test_models.py", "tests/train/test_sam.py", "-m", "cuda", "-q", "-rs",
                               "-p", "no:cacheprovider", f"--junitxml={junit}", "-o", "junit_family=xunit1"],
                TIME_LIMITS["tests"], out / "cuda_tests.log", lines)
     lines += [*cuda_tests_summary(junit), ""]

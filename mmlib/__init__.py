@@ -11,20 +11,24 @@ import importlib.abc
 import importlib.util
 import sys
 import time
+import types
 import warnings
 
 __version__ = "0.2.0"
 STARTED = time.time()  # when this process imported mmlib, before torch: the command line's --time-limit counts from it
 
-# mmlib 0.1's module paths, kept for one release: importing one gives its new module (the same object) with a
-# FutureWarning, and `python -m mmlib.jobs` still runs mmlib.sweep.jobs. mmlib.data is a package now: its
-# load_dataset is still there; the rest of the old module is mmlib.data.sources.
+# mmlib 0.1's module paths, kept for one release: importing one gives its new module (the same object; for those
+# in RENAMED, a stand-in that also answers to the old names) with a FutureWarning, and `python -m mmlib.jobs` still
+# runs mmlib.sweep.jobs. mmlib.data is a package now: its load_dataset is still there; the rest of the old module is
+# mmlib.data.sources.
 MOVED = {
-    "mmlib.imbalance": "mmlib.data.imbalance", "mmlib.cache": "mmlib.data.cache", "mmlib.datafile": "mmlib.data.datafile",
+    "mmlib.imbalance": "mmlib.data.imbalance", "mmlib.cache": "mmlib.data.cache",
+    "mmlib.datafile": "mmlib.data.datafile",
     "mmlib.pipeline": "mmlib.data.pipeline", "mmlib.losses": "mmlib.train.losses", "mmlib.models": "mmlib.train.models",
     "mmlib.step": "mmlib.train.step", "mmlib.schedule": "mmlib.train.schedule", "mmlib.records": "mmlib.train.metrics",
     "mmlib.ssp": "mmlib.train.ssp", "mmlib.provenance": "mmlib.train.provenance", "mmlib.fusion": "mmlib.train.fusion",
-    "mmlib.training": "mmlib.train.trainer", "mmlib.rundir": "mmlib.train.run_folder", "mmlib.sweeps": "mmlib.sweep.plan",
+    "mmlib.training": "mmlib.train.trainer", "mmlib.rundir": "mmlib.train.run_folder",
+    "mmlib.sweeps": "mmlib.sweep.plan",
     "mmlib.jobs": "mmlib.sweep.jobs", "mmlib.local_backend": "mmlib.sweep.local_executor",
     "mmlib.ray_backend": "mmlib.sweep.ray_executor", "mmlib.timing": "mmlib.sweep.timing",
     "mmlib.results": "mmlib.report.results", "mmlib.cells": "mmlib.report.cells", "mmlib.tables": "mmlib.report.tables",
@@ -32,6 +36,23 @@ MOVED = {
     "mmlib.figures": "mmlib.report.figures", "mmlib.compare": "mmlib.report.compare", "mmlib.toy": "mmlib.report.toy",
     "mmlib.methods": "mmlib.choices", "mmlib.identity": "mmlib.config",
 }
+# ... and the names that changed with them (old module -> {old name: new name}), kept as long.
+RENAMED = {
+    "mmlib.training": {"run": "train", "run_many": "train_many"},
+    "mmlib.records": {"Records": "Metrics", "error_record": "evaluation"},
+    "mmlib.results": {"record_files": "result_files", "record_folder": "result_folder"},
+}
+
+
+class _Renamed(types.ModuleType):
+    """An old module path whose names partly changed: the new module's names, and the old ones with a warning."""
+
+    def __getattr__(self, name):
+        new = RENAMED[self.__name__].get(name)
+        if new is not None:
+            warnings.warn(f"{self.__name__}.{name} is now {MOVED[self.__name__]}.{new}; the old name goes in "
+                          "mmlib 0.3", FutureWarning, stacklevel=2)
+        return getattr(importlib.import_module(MOVED[self.__name__]), new or name)
 
 
 class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
@@ -43,7 +64,7 @@ class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     def create_module(self, spec):
         warnings.warn(f"{spec.name} is now {MOVED[spec.name]}; the old name goes in mmlib 0.3", FutureWarning,
                       stacklevel=2)
-        return importlib.import_module(MOVED[spec.name])
+        return _Renamed(spec.name) if spec.name in RENAMED else importlib.import_module(MOVED[spec.name])
 
     def exec_module(self, module):
         pass  # the new module is already executed

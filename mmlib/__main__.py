@@ -5,8 +5,8 @@
   python -m mmlib export-data --dataset D --data-root PATH --out FILE.npz   one setting in one file
   python -m mmlib sweep TABLE [options]                  a table's runs as papermill (or python) jobs
   python -m mmlib sweep --preset quick                   the offline quick sweep, table and figures
-  python -m mmlib collect [--from runs] [--to results]   finished runs' records into results/
-  python -m mmlib report [--results results] [--out figures]   every table and figure from the records
+  python -m mmlib collect [--from runs] [--to results]   finished runs' results into results/
+  python -m mmlib report [--results results] [--out figures]   every table and figure from the results
   python -m mmlib cache [--clear]                        list (or delete) mmlib's caches
 
 Errors are one line, "error: ...", with an exit code per kind (mmlib.errors); --debug (or
@@ -53,8 +53,9 @@ IDLE_HELP = ("train at the CPU's idle priority, behind everything else this mach
 
 def _table_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--settings", nargs="+", help="only these settings, e.g. cifar10-exp-100 cifar100-step-10")
-    parser.add_argument("--methods", nargs="+", help="only these methods, in this order (a sweep runs each seed's cells in it), "
-                        "e.g. ldam-drw mm-drw erm")
+    parser.add_argument("--methods", nargs="+",
+                        help="only these methods, in this order (a sweep runs each seed's cells in it), "
+                             "e.g. ldam-drw mm-drw erm")
     parser.add_argument("--mm-variants", nargs="+", default=["equations"], choices=list(MM_VARIANTS),
                         help="run the MM cells as the paper's equations, as the released code behaves, and/or with one "
                              "of its departures alone (first-label, mask-zero)")
@@ -70,9 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train one run into a run directory (resumes it if interrupted)",
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=_method_table() + "\n\nAn image-folder data root is decoded once into mmlib's cache "
-                                       "($MMLIB_CACHE, default ~/.cache/mmlib);\npython -m mmlib cache lists the caches, "
-                                       "python -m mmlib cache --clear deletes them.",
+                                epilog=_method_table() + "\n\nAn image-folder data root is decoded once into "
+                                       "mmlib's cache ($MMLIB_CACHE, default ~/.cache/mmlib);\npython -m mmlib cache "
+                                       "lists the caches, python -m mmlib cache --clear deletes them.",
                                 parents=[common])
     train.add_argument("--run-dir", required=True, help="the run directory (created; resumed if it holds a checkpoint)")
     train.add_argument("--time-limit", type=stopping.parse_duration, metavar="DURATION",
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     _table_filters(listing)
 
     export = commands.add_parser(
-        "export-data", help="write one imbalanced setting (training subset, test set, counts, checksums) to one .npz file",
+        "export-data",
+        help="write one imbalanced setting (training subset, test set, counts, checksums) to one .npz file",
         description="Write one setting to a single file that --data-root (data_root in notebooks) reads: take it "
                     "to a GPU node or a machine without internet instead of the whole dataset.", parents=[common])
     run_config.add_arguments(export, run_config.DATASET_FIELDS)
@@ -99,8 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 parents=[common])
     sweep.add_argument("table", nargs="?", choices=paper.TABLES)
     sweep.add_argument("--preset", choices=["quick"],
-                       help="quick: the offline sweep of the quick table (digits, ResNet-8, 20 epochs of batch 32, seeds "
-                            "0 1, fused in pairs) into <out>/quick, then its table and per-class figure into <out>/quick/figures")
+                       help="quick: the offline sweep of the quick table (digits, ResNet-8, 20 epochs of batch 32, "
+                            "seeds 0 1, fused in pairs) into <out>/quick, then its table and per-class figure into "
+                            "<out>/quick/figures")
     _table_filters(sweep)
     sweep.add_argument("--seeds", nargs="+", type=int, help="seeds of every cell (default: 0; 0 1 for the preset)")
     sweep.add_argument("--epochs", type=int, help="epochs of every run (default: the protocol's 200)")
@@ -126,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "command resumes). SIGTERM and SIGUSR1 stop a local sweep the same way (a second signal: "
                             "at once); a Ray sweep stops its tasks on Ctrl-C")
     sweep.add_argument("--idle", action="store_true",
-                       help=IDLE_HELP + "; its jobs inherit it, and checkpoint every epoch unless --set checkpoint_every=N")
+                       help=IDLE_HELP + "; its jobs inherit it, and checkpoint every epoch unless --set "
+                                        "checkpoint_every=N")
     sweep.add_argument("--rerun-changed", action="store_true",
                        help="runs in the planned folders that were trained with other parameters (a sweep refuses "
                             "them) are moved aside to <run>.replaced-<UTC time> and trained anew")
@@ -148,11 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                             "CPUs (default: 1 where the cluster has GPUs, else 0)")
     sweep.add_argument("--lock-wait", type=float, metavar="SECONDS",
                        help="how long a Ray task waits for a run another process holds before failing it, naming "
-                            f"the holder's pid and host (default: {run_folder.LOCK_WAIT}; a dead node's lock on NFSv4 outlives "
-                            "it by the server's lease, 90 s by default: give more if yours is longer)")
+                            f"the holder's pid and host (default: {run_folder.LOCK_WAIT}; a dead node's lock on NFSv4 "
+                            "outlives it by the server's lease, 90 s by default: give more if yours is longer)")
     sweep.add_argument("--no-shared-fs", action="store_true",
                        help="Ray nodes share no filesystem: each notebook trains in node-local scratch and sends back, "
-                            "to be written under --out, its runs' records, notebooks and figures only: "
+                            "to be written under --out, its runs' results, notebooks and figures only: "
                             f"{', '.join(jobs.OUTPUTS)} where present (no checkpoints, checkpoint.json or .lock)")
 
     caching = commands.add_parser(
@@ -163,14 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "they are rebuilt when needed.", parents=[common])
     caching.add_argument("--clear", action="store_true", help="delete every cache entry listed")
 
-    collect = commands.add_parser("collect", help="copy finished runs' records (no checkpoints) from runs/ into results/", parents=[common])
+    collect = commands.add_parser("collect",
+                                  help="copy finished runs' results (no checkpoints) from runs/ into results/",
+                                  parents=[common])
     collect.add_argument("--from", dest="source", help="runs root (default: the checkout's runs/)")
     collect.add_argument("--to", dest="target", help="results root (default: the checkout's results/; "
                          "runs of another schedule than 200 epochs go under <to>/short/)")
     collect.add_argument("--replace", action="store_true",
-                         help="overwrite records of another configuration or with other results")
+                         help="overwrite results of another configuration or with other results")
 
-    report = commands.add_parser("report", help="execute the table and figure notebooks against the records",
+    report = commands.add_parser("report", help="execute the table and figure notebooks against the results",
                                    parents=[common])
     report.add_argument("--results", help="results root, or a runs root (default: the checkout's results/)")
     report.add_argument("--out", help="where tables, figures and reproduction.md go (default: the checkout's figures/)")
@@ -196,10 +202,10 @@ def _train(args) -> int:
     with sources.download_option("--download"):
         config = run_config.from_args(args)  # a bad parameter or missing data is said before torch is imported
         sources.check(config)
-        from mmlib.train.trainer import run
+        from mmlib.train import trainer
 
         finished = run_folder.is_finished(args.run_dir)
-        results = run(config, args.run_dir, stopping.Stop(deadline))
+        results = trainer.train(config, args.run_dir, stopping.Stop(deadline))
     if finished:
         print(f"note: {args.run_dir} holds a finished run, so nothing was trained; its results follow. To train "
               f"again, give another --run-dir or delete {args.run_dir}.", file=sys.stderr)
@@ -296,8 +302,8 @@ def _collect(args) -> int:
     from mmlib.report import results
 
     done = results.collect(args.source, args.target, args.replace)
-    for run, record in done.written:
-        print(f"recorded {run} -> {record}")
+    for run, result in done.written:
+        print(f"collected {run} -> {result}")
     print("\n".join(done.lines()))
     return 1 if done.refused else 0
 
@@ -326,27 +332,24 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "idle", False):
         from mmlib.train.idle import run_idle
 
-        return run_idle(lambda: _run(args))
-    return _run(args)
+        return run_idle(lambda: _dispatch(args))
+    return _dispatch(args)
 
 
-def _run(args) -> int:
+def _dispatch(args) -> int:
     """The command's exit code; an error as one line and its exit code (mmlib.errors)."""
     command = {"train": _train, "list": _list, "export-data": _export_data, "sweep": _sweep, "collect": _collect,
                "report": _report, "cache": _cache}[args.command]
-    try:
-        code = command(args)
-        sys.stdout.flush()  # a reader that left shows here rather than at exit
-        return code
-    except BrokenPipeError:  # the reader left (python -m mmlib list table1 | head): stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout once more at exit
-        return 0
-    except Exception as err:
-        code = errors.exit_code(err)
-        if code is None or args.debug or os.environ.get("MMLIB_DEBUG") == "1":
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return code
+    def flushed() -> int:
+        try:
+            code = command(args)
+            sys.stdout.flush()  # a reader that left shows here rather than at exit
+            return code
+        except BrokenPipeError:  # the reader left (python -m mmlib list table1 | head): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python flushes stdout once more at exit
+            return 0
+
+    return errors.exit_status(flushed, args.debug or os.environ.get("MMLIB_DEBUG") == "1")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ from mmlib.errors import did_you_mean
 # resolved configurations (RunConfig.resolve().to_dict(), as config.json and the checkpoint record them) by them.
 # How or where a run computes, not what: these may change on resume and never make two runs differ.
 RESUMABLE_CHANGES = {
-    "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic", "checkpoint_every",
+    "quiet", "tensorboard", "device", "compile", "eval_batch_size", "channels_last", "deterministic",
+    "checkpoint_every",
 }
 INCIDENTAL = RESUMABLE_CHANGES | {"data_root", "download"}
 # Free among a table cell's seeds, each shown in the table's notes ("bf16: 3 of 3 seeds"): speed options
@@ -43,7 +44,8 @@ class RunConfig:
     dataset: str = _param("cifar10", "cifar10, cifar100, or digits (offline, ships with scikit-learn)", DATASETS)
     imb_type: str = _param("exp", "imbalance: exp (long-tailed), step, balanced", IMBALANCE_TYPES)
     ratio: float = _param(100.0, "imbalance ratio n_max / n_min, at least 1 (1 for balanced)")
-    data_root: str | None = _param(None, "folder holding CIFAR (pickle layout or train/ and test/ image folders), or a dataset file (.npz) written by export-data")
+    data_root: str | None = _param(None, "folder holding CIFAR (pickle layout, or train/ and test/ image "
+                                             "folders) or a dataset file (.npz) written by export-data")
     download: bool = _param(False, "download CIFAR into data_root with torchvision")
     rand_number: int = _param(0, "seed of the imbalanced subset's selection (LDAM-DRW's rand_number)")
     arch: str = _param("resnet32", "network", tuple(ARCHS))
@@ -53,23 +55,28 @@ class RunConfig:
     lr: float = _param(0.1, "base learning rate")
     momentum: float = _param(0.9, "SGD momentum")
     weight_decay: float = _param(2e-4, "weight decay, on all parameters")
-    sam_rho: float = _param(0.0, "sharpness-aware minimization's radius rho (Foret et al. 2021, as Rangwani et al. 2022 "
-                                 "use it with DRW; mmlib.train.step): each step's gradient is taken at w + rho g / ||g||, "
-                                 "which costs a second forward and backward pass; 0: plain SGD")
-    warmup_epochs: int | None = _param(None, "linear warm-up epochs (default: 5; a tenth of a shorter run, at least 2; none under 5 epochs)")
-    lr_milestones: list[int] | None = _param(None, "epochs where the lr is multiplied by lr_decay (default: 0.8 and 0.9 of the run, each phase at least one epoch)")
+    sam_rho: float = _param(0.0, "SAM's radius rho (Foret et al. 2021; with DRW as Rangwani et al. 2022): a "
+                                 "second pass a step; 0: plain SGD")
+    warmup_epochs: int | None = _param(None, "linear warm-up epochs (default: 5; a tenth of a shorter run, at "
+                                                 "least 2; none under 5 epochs)")
+    lr_milestones: list[int] | None = _param(None, "epochs where the lr is multiplied by lr_decay (default: 0.8 "
+                                                      "and 0.9 of the run, each phase at least one epoch)")
     lr_decay: float = _param(0.01, "lr factor at each milestone")
     switch_epoch: int | None = _param(None, "epoch where DRW / DRS switch on (default: the first milestone)")
     # losses
-    s: float | None = _param(None, "logit scale of the margin losses (default: 30 for LDAM as released, and for hinge and M-DRW, whose scale is unpublished; 10 for MM as the paper states)")
+    s: float | None = _param(None, "logit scale of the margin losses (default: 30 for LDAM, hinge and M-DRW; 10 "
+                                            "for MM, as the paper states)")
     max_m: float = _param(0.5, "LDAM's largest margin (that of the rarest class)")
     margin: float = _param(0.5, "uniform margin of HG-DRS and M-DRW (unpublished; LDAM's largest margin by default)")
     delta_neg: float = _param(0.6, "MM's delta^- (Eq. 3; default: Table 2's best for CIFAR-10 long-tailed 100)")
     beta: float = _param(1.5, "MM's beta: delta^+ is beta times delta^- (Eq. 5)")
-    mm_variant: str = _param("equations", "MM as the paper's equations, as the released code behaves, or with one of its two departures alone (first-label, mask-zero)", tuple(MM_VARIANTS))
-    tau: float = _param(1.0, "logit adjustment's tau: la / la-drw train on z + tau log(prior), erm-posthoc predicts with z - tau log(prior)")
+    mm_variant: str = _param("equations", "MM as the paper's equations, as the released code, or with one of its "
+                                        "two departures alone (first-label, mask-zero)", tuple(MM_VARIANTS))
+    tau: float = _param(1.0, "logit adjustment's tau: la / la-drw train on z + tau log(prior), erm-posthoc "
+                             "predicts with z - tau log(prior)")
     focal_gamma: float = _param(1.0, "focal loss gamma (1, as the released LDAM-DRW code)")
-    cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.; LDAM-DRW's 0.9999; 1 gives inverse class frequency, Algorithm 1's n_y^-1)")
+    cb_beta: float = _param(0.9999, "class-balanced weights' beta (Cui et al.; LDAM-DRW's 0.9999; 1 gives "
+                                    "inverse class frequency, Algorithm 1's n_y^-1)")
     ssp_epochs: int | None = _param(None, "rotation pre-training epochs of ldam-drw-ssp (default: the run's epochs)")
     ssp_seed: int = _param(0, "seed of ldam-drw-ssp's pre-training (runs of any seed share one pre-trained backbone)")
     # randomness and hardware
@@ -79,16 +86,15 @@ class RunConfig:
     bf16: bool = _param(False, "bf16 autocast (the classifier head and the losses stay in float32)")
     channels_last: bool = _param(True, "channels-last memory format (faster convolutions on CPU and with bf16 on GPU)")
     deterministic: bool = _param(False, "deterministic algorithms only")
-    compile: str = _param("auto", "the training step: auto (graphs on CUDA, off on the CPU), off (eager), graphs (the whole step as CUDA graphs), or a torch.compile mode for the model inside the eager step", COMPILE_MODES)
+    compile: str = _param("auto", "the step: auto (graphs on CUDA, off on the CPU), off (eager), graphs (whole "
+                                   "step as CUDA graphs), or a torch.compile mode",
+                           COMPILE_MODES)
     # evaluation and output
     eval_every: int = _param(1, "evaluate on the test set every this many epochs (and at the end)")
-    eval_batch_size: int | None = _param(None, "evaluation batch size (default: 1024 on CUDA, 128 on the CPU, where "
-                                               "a smaller batch's activations stay in the caches)")
-    checkpoint_every: int = _param(10, "write the checkpoint every this many epochs and after the last; a killed run "
-                                       "redoes at most this many. Not every epoch: on a GPU a CIFAR-LT epoch is expected to "
-                                       "take well under a second, while one run's checkpoint (ResNet-32 and its optimizer, "
-                                       "3.6 MB, fsync'ed) took 60 ms and 8 fused runs' 0.8 s on a CPU machine "
-                                       "(benchmarks/checkpoint_write.py)")
+    eval_batch_size: int | None = _param(None, "evaluation batch size (default: 1024 on CUDA, 128 on the CPU, "
+                                               "where a smaller batch's activations stay in the caches)")
+    checkpoint_every: int = _param(10, "write the checkpoint every this many epochs and after the last; a killed "
+                                       "run redoes at most this many")
     quiet: bool = _param(False, "no progress bar")
     tensorboard: bool = _param(False, "write TensorBoard scalars into the run directory")
 
@@ -173,28 +179,32 @@ def _schedule(config: RunConfig) -> tuple[int, list[int]]:
             milestones if config.lr_milestones is None else list(config.lr_milestones))
 
 
-def _check_type(name: str, value, annotation) -> None:
-    """Papermill and dicts bypass argparse, so types are checked here once for every route."""
-    allowed = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
-    optional = "None" in str(annotation)
+def check_type(name: str, value, annotation, default=None) -> None:
+    """``value`` must be of the type ``annotation`` names ("int", "float | None", "list[int] | None"; an int will
+    do for a float). Papermill, YAML and dicts bypass argparse, so a run's parameters and a notebook's (against
+    its ``default``'s type) are checked here whichever route they took."""
+    like = "" if default is None else f" like its default {default!r}"
     if value is None:
-        if not optional:
+        if "None" not in str(annotation):
             raise ValueError(f"{name} must not be None")
         return
-    base = next(t for t in (list, bool, int, float, str) if re.search(rf"\b{t.__name__}\b", str(annotation)))
+    base = next(t for t in (list, dict, bool, int, float, str) if re.search(rf"\b{t.__name__}\b", str(annotation)))
     if base is list:
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
-            raise ValueError(f"{name} must be a list of integers, got {value!r}")
+        element = re.search(r"list\[(\w+)\]", str(annotation))
+        if not isinstance(value, (list, tuple)) or element and not all(
+                type(v).__name__ == element.group(1) for v in value):
+            raise ValueError(f"{name} must be a list{element and f' of {element.group(1)}' or ''}{like}, got {value!r}")
         return
-    if not isinstance(value, allowed[base]) or (base is not bool and isinstance(value, bool)):
-        raise ValueError(f"{name} must be of type {base.__name__}, got {value!r}")
+    allowed = {dict: (dict,), int: (int,), float: (int, float), bool: (bool,), str: (str,)}[base]
+    if not isinstance(value, allowed) or (base is not bool and isinstance(value, bool)):
+        raise ValueError(f"{name} must be of type {base.__name__}{like}, got {value!r}")
 
 
 def validate(config: RunConfig) -> None:
     """Raises one ValueError naming the first bad parameter; nothing is loaded or trained."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        _check_type(f.name, value, f.type)
+        check_type(f.name, value, f.type)
         if f.metadata["choices"] and value not in f.metadata["choices"]:
             raise ValueError(f"unknown {f.name} {value!r}; valid: {', '.join(f.metadata['choices'])}")
 
@@ -207,7 +217,8 @@ def validate(config: RunConfig) -> None:
         at_least(name, 1)
     for name in ("lr", "s"):
         at_least(name, 0, strict=True)
-    for name in ("weight_decay", "sam_rho", "max_m", "margin", "delta_neg", "beta", "tau", "focal_gamma", "warmup_epochs"):
+    for name in ("weight_decay", "sam_rho", "max_m", "margin", "delta_neg", "beta", "tau", "focal_gamma",
+                 "warmup_epochs"):
         at_least(name, 0)
     at_least("ratio", 1)
     if not 0 <= config.momentum < 1:
@@ -222,11 +233,14 @@ def validate(config: RunConfig) -> None:
         raise ValueError(f"cb_beta must be in [0, 1], got {config.cb_beta}")
     if config.switch_epoch is not None and not 0 <= config.switch_epoch < config.epochs:
         raise ValueError(
-            f"switch_epoch {config.switch_epoch} is beyond the run: it must be in [0, {config.epochs}) for {config.epochs} epochs"
+            f"switch_epoch {config.switch_epoch} is beyond the run: it must be in [0, {config.epochs}) for "
+            f"{config.epochs} epochs"
         )
     if config.lr_milestones is not None:
-        if list(config.lr_milestones) != sorted(config.lr_milestones) or not all(0 <= m <= config.epochs for m in config.lr_milestones):
-            raise ValueError(f"lr_milestones must be ascending epochs in [0, {config.epochs}], got {config.lr_milestones}")
+        if (list(config.lr_milestones) != sorted(config.lr_milestones)
+                or not all(0 <= m <= config.epochs for m in config.lr_milestones)):
+            raise ValueError(f"lr_milestones must be ascending epochs in [0, {config.epochs}], "
+                             f"got {config.lr_milestones}")
         if not config.lr_milestones and config.switch_epoch is None:
             raise ValueError("lr_milestones is empty: give switch_epoch explicitly")
     if config.warmup_epochs is not None and config.warmup_epochs > config.epochs:

@@ -17,6 +17,7 @@ Bad parameters stay ValueError and missing or inaccessible files OSError, as Pyt
 
 import difflib
 import errno
+import sys
 
 
 class MMLibError(Exception):
@@ -79,6 +80,20 @@ def exit_code(err: BaseException) -> int | None:
     if isinstance(err, OSError):
         return 3
     return None
+
+
+def exit_status(command, debug: bool = False) -> int:
+    """``command()``'s exit code; an error the user can act on as one line on stderr ("error: ...") and its exit
+    code; an unexpected one (or any, with debug) raised, so that its traceback shows. Every command line of
+    mmlib (python -m mmlib, mmlib.sweep.jobs, mmlib.notebook) ends through here."""
+    try:
+        return command()
+    except Exception as err:
+        code = exit_code(err)
+        if code is None or debug:
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return code
 
 
 def did_you_mean(name: str, valid) -> str:

@@ -17,13 +17,22 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from pathlib import Path
 
-from mmlib.errors import StoppedError, did_you_mean
-from mmlib.stopping import when_orphaned
+from mmlib.config import check_type
+from mmlib.errors import MMLibError, StoppedError, did_you_mean, exit_status
+from mmlib.stopping import new_stop_file, when_orphaned
 
 INJECTED_HEADER = "# Parameters"  # papermill's first line of the injected-parameters cell
+
+
+class NotebookFailed(MMLibError):
+    """A cell of an executed notebook raised; its exit code is 75 when it was a run stopped early (the same command
+    resumes it), else 1."""
+
+    def __init__(self, output, failure):
+        super().__init__(f"{output} failed in cell {failure.exec_count}: {failure.ename}: {failure.evalue}")
+        self.exit_code = StoppedError.exit_code if failure.ename == StoppedError.__name__ else 1
 
 
 class ParameterError(ValueError):
@@ -58,7 +67,10 @@ def check_parameters(namespace: dict) -> None:
         if name not in declared:
             hint = did_you_mean(name, declared) or f"; this notebook's parameters: {', '.join(declared)}"
             raise ParameterError(f"unknown parameter {name}{hint}")
-        _check_type(name, namespace[name], declared[name])
+        if declared[name] is not None:  # None: "the default" or "everything"; the library refuses one it cannot take
+            with parameter_errors():
+                check_type(f"parameter {name}", namespace[name], f"{type(declared[name]).__name__} | None",
+                           declared[name])
 
 
 def _assignments(source: str) -> dict | None:
@@ -77,22 +89,6 @@ def _assignments(source: str) -> dict | None:
         except ValueError:
             values[statement.targets[0].id] = None
     return values
-
-
-def _check_type(name: str, value, default) -> None:
-    """A value must have its default's type (an int will do for a float); a default of None takes anything.
-
-    None is accepted too: the notebooks use it for "the default" or "everything trained", and a None a
-    parameter cannot take is refused by the library's own validation (RunConfig, reports)."""
-    if default is None or value is None:
-        return
-    kind = type(default)
-    ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
-    if kind is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok:
-        raise ParameterError(f"parameter {name} must be of type {kind.__name__} like its default {default!r}, "
-                             f"got {value!r}")
 
 
 def kernel_config():
@@ -125,14 +121,14 @@ def execute(notebook: str | Path, output: str | Path, parameters: dict | None = 
             print(f"{notebook}: the kernel died as it started ({error}); starting another", file=sys.stderr)
 
 
-def run(notebook: str | Path, output: str | Path, parameters: dict, env: dict | None = None,
-        cwd: str | Path | None = None, started=None) -> subprocess.CompletedProcess:
+def execute_in_new_process(notebook: str | Path, output: str | Path, parameters: dict, env: dict | None = None,
+                           cwd: str | Path | None = None, started=None) -> subprocess.CompletedProcess:
     """``python -m mmlib.notebook`` in a fresh process (its own GPUs, its own failures)."""
-    return run_module("mmlib.notebook", [str(notebook), str(output)], parameters, env, cwd, started)
+    return call_module("mmlib.notebook", [str(notebook), str(output)], parameters, env, cwd, started)
 
 
-def run_module(module: str, args: list[str], parameters: dict, env: dict | None = None,
-               cwd: str | Path | None = None, started=None) -> subprocess.CompletedProcess:
+def call_module(module: str, args: list[str], parameters: dict, env: dict | None = None,
+                cwd: str | Path | None = None, started=None) -> subprocess.CompletedProcess:
     """``python -m MODULE ARGS PARAMS.yaml`` in a fresh process, its output captured; the parameters are passed in
     a YAML file in the system's temp folder, so that a killed run leaves nothing beside its outputs.
     ``started(process)``, if given, receives the process (subprocess.Popen) once it runs."""
@@ -166,18 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     own_stop_file = None
     if "stop_file" in parameters:  # a training job: orphaned (its sweep killed), its kernel stops at the epoch's end
         if parameters["stop_file"] is None:
-            own_stop_file = Path(tempfile.gettempdir()) / f"mmlib-stop-{uuid.uuid4().hex}"
+            own_stop_file = new_stop_file()
             parameters["stop_file"] = str(own_stop_file)
         when_orphaned(Path(parameters["stop_file"]).touch)
-    try:
-        execute(args[0], args[1], parameters)
-    except papermill.PapermillExecutionError as err:
-        print(f"error: {args[1]} failed in cell {err.exec_count}: {err.ename}: {err.evalue}", file=sys.stderr)
-        return StoppedError.exit_code if err.ename == StoppedError.__name__ else 1  # the same command resumes it
-    finally:
-        if own_stop_file is not None:
-            own_stop_file.unlink(missing_ok=True)
-    return 0
+
+    def execute_it() -> int:
+        try:
+            execute(args[0], args[1], parameters)
+        except papermill.PapermillExecutionError as err:
+            raise NotebookFailed(args[1], err) from None
+        finally:
+            if own_stop_file is not None:
+                own_stop_file.unlink(missing_ok=True)
+        return 0
+
+    return exit_status(execute_it)
 
 
 if __name__ == "__main__":

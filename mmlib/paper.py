@@ -219,7 +219,8 @@ QUICK_METHODS = ("erm", "ldam-drw", "mm-drw")
 QUICK_MM = (1.5, 0.6)  # (beta, delta^-): Table 2's best for CIFAR-10 long-tailed 100
 
 
-def _mm_cells(table: str, setting: Setting, method: str, beta: float, delta_neg: float, error, variants, scale) -> list[Cell]:
+def _mm_cells(table: str, setting: Setting, method: str, beta: float, delta_neg: float, error, variants,
+              scale) -> list[Cell]:
     notes = [RELEASED_NOTES.get((setting.name, method), "")]
     if scale is None:
         notes.insert(0, "s=10 as the paper states; the scale of each cell was not published")
@@ -234,7 +235,8 @@ def _mm_cells(table: str, setting: Setting, method: str, beta: float, delta_neg:
     ]
 
 
-def cells(table: str, settings=None, methods=None, mm_variants=("equations",), mm_scale: float | None = None) -> list[Cell]:
+def cells(table: str, settings=None, methods=None, mm_variants=("equations",),
+          mm_scale: float | None = None) -> list[Cell]:
     """The cells of ``table``, optionally only some settings / methods (then in the order ``methods`` names them,
     e.g. a campaign's most wanted rows first); MM cells once per variant, in the order of ``mm_variants``.
 
@@ -270,7 +272,8 @@ def cells(table: str, settings=None, methods=None, mm_variants=("equations",), m
     elif table == "beyond":
         for method, errors in BEYOND_ERRORS.items():
             for setting, error in zip(_COLUMNS, errors):
-                out.append(Cell(table, SETTINGS[setting], method, {}, error, () if error is not None else (BEYOND_NOTE,)))
+                out.append(Cell(table, SETTINGS[setting], method, {}, error,
+                                () if error is not None else (BEYOND_NOTE,)))
         out += _sam_cells(mm_variants, mm_scale)
     elif table == "ablation":
         unknown = sorted(set(settings or ()) - set(SETTINGS))
@@ -327,7 +330,8 @@ def protocol(cell: Cell, seed: int, overrides: dict | None = None) -> dict:
     return config.resolved(cell.run_params(**extra, seed=seed))
 
 
-def departures(cell: Cell, recorded: dict, seed: int, overrides: dict | None = None) -> list[tuple[str, object, object]]:
+def departures(cell: Cell, recorded: dict, seed: int,
+               overrides: dict | None = None) -> list[tuple[str, object, object]]:
     """How a run's recorded configuration departs from its cell's protocol for ``seed`` (the seed its folder names):
     config.differences() of the two, incidental and speed parameters free; none for that seed of the cell."""
     return config.differences(recorded, protocol(cell, seed, overrides), free=config.INCIDENTAL | config.SPEED)

@@ -13,8 +13,11 @@ import contextlib
 import os
 import re
 import signal
+import tempfile
 import threading
 import time
+import uuid
+from pathlib import Path
 
 from mmlib.errors import StoppedError
 
@@ -60,6 +63,12 @@ class Stop:
             return (f"the time limit is {left:.0f} s away, less than another epoch and its checkpoint take with "
                     f"{MARGIN:g} times the last one's time ({MARGIN * next_epoch_seconds:.0f} s)")
         return None
+
+
+def new_stop_file() -> Path:
+    """A fresh path in the system's temp folder whose creation asks runs to stop at their epoch's end (Stop's
+    stop_file); its owner deletes it when done."""
+    return Path(tempfile.gettempdir()) / f"mmlib-stop-{uuid.uuid4().hex}"
 
 
 def when_orphaned(action) -> None:

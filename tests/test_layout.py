@@ -20,9 +20,10 @@ def test_each_wing_imports_only_the_wings_before_it_and_the_root_only_the_root()
 
 def test_an_old_module_path_imports_its_new_module_with_a_warning():
     code = ("import warnings\nwarnings.simplefilter('always')\nimport mmlib.losses, mmlib.train.losses\n"
-            "assert mmlib.losses is mmlib.train.losses\nfrom mmlib.training import run\nprint(run.__module__)")
+            "assert mmlib.losses is mmlib.train.losses\nfrom mmlib.training import run\nprint(run.__qualname__)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout.strip() == "mmlib.train.trainer", done.stderr
+    assert done.returncode == 0 and done.stdout.strip() == "train", done.stderr
+    assert "FutureWarning: mmlib.training.run is now mmlib.train.trainer.train; the old name goes in" in done.stderr
     assert "FutureWarning: mmlib.losses is now mmlib.train.losses; the old name goes in mmlib 0.3" in done.stderr
 
 

@@ -1,11 +1,12 @@
 """The notebooks' parameters as papermill reads them, and the parameters every notebook refuses in its first
 code cell.
 
-The notebooks are executed in tests/test_report.py, as the sweeps and ``report`` run them: train.ipynb by the
+The notebooks are executed in tests/report/test_report_notebooks.py, as the sweeps and ``report`` run them: train.ipynb by the
 quick preset's sweep (progress bars on), the report's notebooks (tables, Fig. 1-3, compare) on a fixture tree
 of records and on the committed results/.
 """
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,10 @@ import yaml
 from papermill.translators import PythonTranslator
 
 import mmlib.notebook
+from mmlib.config import RunConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import train_notebook  # noqa: E402  (tools/train_notebook.py writes train.ipynb's parameters cell)
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
@@ -30,7 +35,25 @@ def test_every_notebook_has_parameters_papermill_can_read():
         assert len(tagged) == 1, path.name
         names = [p.name for p in PythonTranslator.inspect(tagged[0])]
         assert names == [line.split(" =")[0] for line in tagged[0].source.splitlines() if " = " in line and not line.startswith("#")], path.name
-        assert all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{path.name} holds outputs"
+        assert path.name == "walkthrough.ipynb" or all(not c.get("outputs") for c in notebook.cells if c.cell_type == "code"), f"{path.name} holds outputs"
+
+
+def test_every_parameter_of_every_notebook_has_its_help_for_papermill():
+    """`papermill --help-notebook NOTEBOOK` lists each parameter with the comment on its line."""
+    for path in NOTEBOOKS:
+        undocumented = [name for name, p in papermill.inspect_notebook(str(path)).items() if not p["help"]]
+        assert undocumented == [], path.name
+
+
+def test_the_train_notebooks_parameters_are_runconfigs_with_their_help():
+    """The cell is written by tools/train_notebook.py from RunConfig: every run parameter, its help, in order."""
+    notebook = nbformat.read(ROOT / "notebooks" / "train.ipynb", as_version=4)
+    declared = papermill.inspect_notebook(str(ROOT / "notebooks" / "train.ipynb"))
+    fields = {f.name: f.metadata["help"] for f in dataclasses.fields(RunConfig)}
+    assert [name for name in declared if name in fields] == list(fields)
+    assert {name: declared[name]["help"] for name in fields} == fields
+    assert next(c for c in notebook.cells if "parameters" in c.metadata.get("tags", [])).source == \
+        train_notebook.parameters_source(), "python tools/train_notebook.py rewrites the cell"
 
 
 def test_train_notebook_rejects_a_bad_parameter_in_its_first_cells(tmp_path):

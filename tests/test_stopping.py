@@ -1,6 +1,7 @@
 """Stopping cleanly: a time limit, SIGTERM and SIGUSR1 for real train and sweep processes, resumed exactly; the
 sweep's time estimates and the jobs it does not start."""
 
+import os
 import re
 import signal
 import subprocess
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import quick
+from helpers.tiny import quick
 
 import mmlib
 from mmlib import files, stopping
@@ -88,10 +89,13 @@ def test_durations_and_when_a_stop_says_to_stop(tmp_path):
     assert stop.reason(9.0).startswith("the time limit is ") and stop.reason(9.0).endswith("(11 s)")  # 9 s, +20%
     (tmp_path / "stop").touch()
     assert stop.reason(0.0) == f"its sweep asked it to ({tmp_path / 'stop'})"
-    stop.signalled = "SIGTERM"
-    assert stop.reason(0.0) == "it received SIGTERM"
-    with pytest.raises(StoppedError, match="stopped at once by a second signal"):
-        stop._on_signal(signal.SIGUSR1, None)
+    before = signal.getsignal(signal.SIGTERM)
+    with stop.catching_signals():
+        os.kill(os.getpid(), signal.SIGTERM)  # Python runs the handler before the next statement
+        assert stop.reason(0.0) == "it received SIGTERM"
+        with pytest.raises(StoppedError, match="stopped at once by a second signal"):
+            os.kill(os.getpid(), signal.SIGUSR1)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handlers before are back
 
 
 @pytest.mark.slow
@@ -128,7 +132,7 @@ def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp
     planned = plan.plan("quick", tmp_path, seeds=[0, 1], settings=["digits-exp-10"], methods=["erm"],
                           overrides=TINY).jobs
     started = []
-    monkeypatch.setattr("mmlib.sweep.jobs.run_job", lambda *args, **kwargs: started.append(args) or "done")
+    monkeypatch.setattr("mmlib.sweep.jobs.execute_job", lambda *args, **kwargs: started.append(args) or "done")
 
     class Measured:  # an epoch of 60 s measured: with 30 s of start-up, 90 s before a first checkpoint
         def first_checkpoint_seconds(self, job):
@@ -138,16 +142,16 @@ def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp
             pass
 
     monkeypatch.setattr(mmlib, "STARTED", time.time() - 3600)  # the sweep started an hour ago
-    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 80, times=Measured())
+    outcome = LocalExecutor().execute(planned, log=print, deadline=time.time() + 80, times=Measured())
     assert started == [] and outcome.not_started == [label for job in planned for label in job.labels]
     assert outcome.interrupted and plan.summary(outcome) == [
         "stopped early: 0 runs stopped with their checkpoints written and 2 not started; the same command resumes them"]
-    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 120, times=Measured())  # 108 s fit
+    outcome = LocalExecutor().execute(planned, log=print, deadline=time.time() + 120, times=Measured())  # 108 s fit
     assert len(started) == 2 and outcome.not_started == []
 
     started.clear()
     monkeypatch.setattr(mmlib, "STARTED", time.time())  # a limit of 80 s in all: no rerun would start them
-    outcome = LocalExecutor().run(planned, log=print, deadline=time.time() + 80, times=Measured())
+    outcome = LocalExecutor().execute(planned, log=print, deadline=time.time() + 80, times=Measured())
     assert started == [] and not outcome.interrupted and outcome.too_long == [(job.labels, 108.0) for job in planned]
     assert plan.summary(outcome) == [
         f"not started: {job.labels[0]}: its first checkpoint needs about 1 min 48 s (measured, times 1.2 for safety), "
@@ -155,7 +159,7 @@ def test_a_job_that_cannot_reach_its_first_checkpoint_in_time_is_not_started(tmp
 
 
 def test_the_dry_run_estimates_the_wall_time_from_the_epochs_measured(tmp_path, capsys):
-    from fixture_runs import write_run
+    from helpers.fixture_runs import write_run
 
     out = tmp_path / "runs"
     done = plan.plan("quick", out, seeds=[0], settings=["digits-exp-10"], methods=["erm"], overrides=TINY).jobs[0]
@@ -217,7 +221,7 @@ def test_ssp_pretraining_stops_between_its_epochs_with_its_checkpoint_and_resume
     stop_file.touch()  # its sweep asked its jobs to stop before this one started
     with pytest.raises(StoppedError, match=r"SSP pre-training stopped before its first epoch because its sweep asked "
                                            r"it to .*; nothing was trained, and the same command starts it$"):
-        trainer.run_many([config], [tmp_path / "run"], stopping.Stop(stop_file=str(stop_file)))
+        trainer.train_many([config], [tmp_path / "run"], stopping.Stop(stop_file=str(stop_file)))
 
     class AfterOneEpoch(stopping.Stop):  # a stop asked for while the first epoch trains
         def reason(self, next_epoch_seconds):
@@ -226,8 +230,8 @@ def test_ssp_pretraining_stops_between_its_epochs_with_its_checkpoint_and_resume
 
     with pytest.raises(StoppedError, match=r"SSP pre-training stopped after epoch 1 of 3 because it was asked to; "
                                            r"the checkpoint is written, and the same command resumes from it$"):
-        trainer.run_many([config], [tmp_path / "run"], AfterOneEpoch())
+        trainer.train_many([config], [tmp_path / "run"], AfterOneEpoch())
     [folder] = (cache_dir() / "ssp").iterdir()
     assert run_folder.checkpoint_info(folder)["epoch"] == 1 and not (folder / "backbone.pt").exists()
-    trainer.run_many([config], [tmp_path / "run"], stopping.Stop())
+    trainer.train_many([config], [tmp_path / "run"], stopping.Stop())
     assert run_folder.is_finished(tmp_path / "run") and (folder / "backbone.pt").exists()

@@ -81,9 +81,11 @@ def entries() -> list[tuple[Path, int, str]]:
     found = []
     for path in sorted(folder.glob("imagefolder-*.npz")):
         users = [r for r, e in roots.items() if path.name == f"imagefolder-{e['content']}.npz"]
-        found.append((path, path.stat().st_size, "decoded image folder of " + (", ".join(users) or "a folder not seen lately")))
+        found.append((path, path.stat().st_size,
+                      "decoded image folder of " + (", ".join(users) or "a folder not seen lately")))
     if (folder / IMAGE_CACHE_INDEX).is_file():
-        found.append((folder / IMAGE_CACHE_INDEX, (folder / IMAGE_CACHE_INDEX).stat().st_size, "index of the image folders"))
+        found.append((folder / IMAGE_CACHE_INDEX, (folder / IMAGE_CACHE_INDEX).stat().st_size,
+                      "index of the image folders"))
     for path in sorted(p for p in (folder / "ssp").glob("*") if p.is_dir()):
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         found.append((path, size, "ldam-drw-ssp pre-trained backbone"))

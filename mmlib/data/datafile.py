@@ -49,7 +49,7 @@ def export(dataset, path) -> Path:
         "sha256": {name: _checksum(array) for name, array in arrays.items()},
     }
     stored = {name: arrays[name] for name in PLAIN_ARRAYS}
-    stored.update({name: _encode_mosaic(arrays[name]) for name in IMAGE_ARRAYS})
+    stored.update({name: encode_mosaic(arrays[name]) for name in IMAGE_ARRAYS})
     stored["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     atomic_write(path, lambda f: np.savez(f, **stored))
     return path
@@ -69,7 +69,7 @@ def read(path, name: str, imb_type: str, ratio: float, rand_number: int) -> dict
         with np.load(path) as stored:
             meta = json.loads(stored["meta"].tobytes())
             arrays = {key: stored[key] for key in PLAIN_ARRAYS}
-            arrays.update({key: _decode_mosaic(stored[key], meta["shapes"][key]) for key in IMAGE_ARRAYS})
+            arrays.update({key: decode_mosaic(stored[key], meta["shapes"][key]) for key in IMAGE_ARRAYS})
     except Exception as err:  # a truncated or foreign file fails in many ways; all mean the same to the user
         raise ValueError(f"dataset file {path} is unreadable ({type(err).__name__}: {err}); {remedy}") from err
     if meta.get("format") != FORMAT:
@@ -97,7 +97,7 @@ def _checksum(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
-def _encode_mosaic(images: np.ndarray) -> np.ndarray:
+def encode_mosaic(images: np.ndarray) -> np.ndarray:
     """uint8 (N, H, W, 3) images as one lossless WebP picture, MOSAIC_COLUMNS images a row (padded with black)."""
     n, height, width, channels = images.shape
     rows = max(1, math.ceil(n / MOSAIC_COLUMNS))
@@ -112,7 +112,7 @@ def _encode_mosaic(images: np.ndarray) -> np.ndarray:
     return np.frombuffer(buffer.getvalue(), dtype=np.uint8)
 
 
-def _decode_mosaic(encoded: np.ndarray, shape: list[int]) -> np.ndarray:
+def decode_mosaic(encoded: np.ndarray, shape: list[int]) -> np.ndarray:
     n, height, width, channels = shape
     with Image.open(io.BytesIO(encoded.tobytes())) as picture:
         mosaic = np.asarray(picture.convert("RGB"))

@@ -118,11 +118,13 @@ class TrainStream:
         for start in range(0, len(order), self.batch_size):
             window = slice(start, start + self.batch_size)
             idx = order[window]
-            images = self.gather(idx, None if offsets is None else offsets[window], None if flips is None else flips[window])
+            images = self.gather(idx, None if offsets is None else offsets[window],
+                                 None if flips is None else flips[window])
             yield images, self.labels.index_select(0, idx)
 
     def draw(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """One epoch's random draws: sample order (N,), crop offsets (N, 2) and flips (N,) (None without augmentation)."""
+        """One epoch's random draws: sample order (N,), crop offsets (N, 2) and flips (N,) (None without
+        augmentation)."""
         n, device = len(self.labels), self.labels.device
         if self.sample_weights is None:
             order = torch.randperm(n, generator=self.generator, device=device)

@@ -82,7 +82,8 @@ def check_dataset_args(name, root, imb_type, ratio, download) -> None:
     if datafile.is_dataset_file(root):
         if not Path(root).is_file():
             raise FileNotFoundError(f"dataset file {root} does not exist; write it with `python -m mmlib export-data "
-                                    f"--dataset {name} --imb-type {imb_type} --ratio {ratio:g} --data-root PATH --out {root}`")
+                                    f"--dataset {name} --imb-type {imb_type} --ratio {ratio:g} --data-root PATH "
+                                    f"--out {root}`")
         return
     if name == "digits":
         return
@@ -136,7 +137,8 @@ def _load_digits() -> _BalancedSplit:
     to all three channels.
     """
     # load_digits() reads this file of scikit-learn's; importing scikit-learn for it takes 1.5 s a process.
-    path = Path(importlib.util.find_spec("sklearn").submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    path = (Path(importlib.util.find_spec("sklearn").submodule_search_locations[0])
+            / "datasets" / "data" / "digits.csv.gz")
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",")
     images = np.round(table[:, :-1].reshape(-1, 8, 8) * (255.0 / 16.0)).astype(np.uint8)
@@ -236,7 +238,8 @@ def _read_pickle(name: str, path: Path) -> dict:
         with open(path, "rb") as f:
             content = pickle.load(f, encoding="bytes")
     except Exception as err:  # a damaged pickle can fail in many ways; all mean the same to the user
-        raise ValueError(str(_missing_data(name, path.parent, f"{path} is not a readable CIFAR pickle ({err!r})"))) from err
+        raise ValueError(str(_missing_data(name, path.parent,
+                                           f"{path} is not a readable CIFAR pickle ({err!r})"))) from err
     if not isinstance(content, dict):
         raise ValueError(f"{path}: expected a dict, found {type(content).__name__}")
     return content
@@ -320,13 +323,13 @@ def _decode_image_folder(train_files: dict[str, list[Path]], test_files: dict[st
     """Decode both splits, class by class; a label is its class's position in the sorted class names."""
     arrays = []
     for split in (train_files, test_files):
-        images = [_decode_image(path) for files in split.values() for path in files]
+        images = [decode_image(path) for files in split.values() for path in files]
         labels = [cls for cls, files in enumerate(split.values()) for _ in files]
         arrays += [np.stack(images), np.array(labels, dtype=np.int64)]
     return _BalancedSplit(list(train_files), *arrays, source=source)
 
 
-def _decode_image(path: Path) -> np.ndarray:
+def decode_image(path: Path) -> np.ndarray:
     """One image as uint8 (32, 32, 3), refusing anything that is not a 32x32 RGB image."""
     try:
         with Image.open(path) as image:

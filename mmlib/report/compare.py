@@ -82,7 +82,8 @@ def _matching(searched: list[paper.Cell], spec: str) -> list[paper.Cell]:
     method, variant = cells.parse_method(spec)
     found = [c for c in searched if c.name == method and c.variant == variant]
     if not found:
-        raise ValueError(f"{spec}: no such cell in the tables searched (a method, optionally @{'/@'.join(list(MM_VARIANTS)[1:])})")
+        raise ValueError(f"{spec}: no such cell in the tables searched "
+                         f"(a method, optionally @{'/@'.join(list(MM_VARIANTS)[1:])})")
     return found
 
 
@@ -112,7 +113,8 @@ def t_interval(differences: list[float], confidence: float = CONFIDENCE) -> tupl
 
 
 def _paired_row(pair, setting: str, a_cells, b_cells, root: Path, epoch: str, protocol: dict | None) -> dict:
-    (a_errors, a_run), (b_errors, b_run) = (_runs_by_seed(found, setting, root, epoch, protocol) for found in (a_cells, b_cells))
+    (a_errors, a_run), (b_errors, b_run) = (_runs_by_seed(found, setting, root, epoch, protocol)
+                                            for found in (a_cells, b_cells))
     seeds = sorted(set(a_errors) & set(b_errors))
     differences = [a_errors[s] - b_errors[s] for s in seeds]
     mean, std, quantile, half = t_interval(differences)
@@ -141,8 +143,8 @@ def render(df: pd.DataFrame) -> dict[str, str]:
     """The "md" and "csv" texts: one block per pair, a row per setting."""
     epoch = df["epoch"].iloc[0] if len(df) else "final"
     md = [f"## Paired differences of top-1 error (%), {tables.EPOCH_TITLES[epoch]}", "",
-          f"A − B over the seeds both have (n): mean and {CONFIDENCE:.0%} t-interval (Student's t, n − 1 degrees of "
-          "freedom). Negative: A has the lower error. An interval that excludes 0 is a difference these seeds "
+          f"A − B over the seeds both have (n): mean and {CONFIDENCE:.0%} t-interval (Student's t, n − 1 degrees "
+          "of freedom). Negative: A has the lower error. An interval that excludes 0 is a difference these seeds "
           "resolve; with n < 2 there is no interval.", ""]
     for pair, rows in df.groupby("pair", sort=False):
         header = ["Setting", "n", "A", "B", "A − B [95% CI]", "seeds"]

@@ -21,7 +21,8 @@ MAX_CLASS_TICKS = 25  # beyond this many classes, label every k-th only
 
 
 def save_figure(fig, out_dir, name: str) -> list[Path]:
-    """Write out_dir/<name>.png and .pdf (out_dir None: the repository's figures/), each atomically; returns their paths."""
+    """Write out_dir/<name>.png and .pdf (out_dir None: the repository's figures/), each atomically; returns their
+    paths."""
     paths = []
     for kind in ("png", "pdf"):
         path = Path(out_dir or files.FIGURES) / f"{name}.{kind}"
@@ -71,10 +72,12 @@ def plot_per_class(per_class) -> plt.Figure:
         _bars(group_ax, grouped, "group", colors)
         group_ax.set_xticks(range(grouped["group"].nunique()),
                             [f"{g}\n({n} class{'es' if n > 1 else ''})" for g, n in
-                             grouped.drop_duplicates("group")[["group", "classes"]].itertuples(index=False)], fontsize=8)
+                             grouped.drop_duplicates("group")[["group", "classes"]].itertuples(index=False)],
+                            fontsize=8)
         group_ax.set(title=f"{setting}: by group", ylabel="top-1 error (%)",
                      xlabel=f"training images per class: many > {imbalance.MANY_SHOT_ABOVE},\n"
-                            f"medium {imbalance.FEW_SHOT_BELOW}-{imbalance.MANY_SHOT_ABOVE}, few < {imbalance.FEW_SHOT_BELOW}")
+                            f"medium {imbalance.FEW_SHOT_BELOW}-{imbalance.MANY_SHOT_ABOVE}, "
+                            f"few < {imbalance.FEW_SHOT_BELOW}")
         for ax in (class_ax, group_ax):
             ax.set_ylim(0, min(100.0, 1.08 * np.nanmax(shown["error_mean"] + shown["error_std"].fillna(0))) or 1)
     seeds = classes.drop_duplicates("row").set_index("row")["seeds"]
@@ -170,7 +173,8 @@ def plot_history(result: dict):
         fig, (loss_ax, lr_ax, error_ax) = plt.subplots(1, 3, figsize=(13.0, 3.8))
     loss_ax.plot(history["epoch"], history["train_loss"])
     loss_ax.set(xlabel="epoch", title="training loss")
-    loss_ax.set_ylabel("training loss (mean per image" + (", log scale)" if _log_axis(loss_ax, history["train_loss"]) else ")"))
+    loss_ax.set_ylabel("training loss (mean per image"
+                       + (", log scale)" if _log_axis(loss_ax, history["train_loss"]) else ")"))
     lr_ax.plot(history["epoch"], history["lr"])
     lr_ax.set(xlabel="epoch", title="learning rate")
     lr_ax.set_ylabel("learning rate" + (" (log scale)" if _log_axis(lr_ax, history["lr"]) else ""))

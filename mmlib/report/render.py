@@ -6,8 +6,9 @@ notebooks and compare.ipynb with papermill, then writes reproduction.md (mmlib.r
 
 import concurrent.futures
 import json
-import re
 from pathlib import Path
+
+import papermill
 
 import mmlib.notebook
 from mmlib import files, paper
@@ -35,7 +36,8 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
                   protocol: dict | None = None) -> list[Path]:
     """Execute each notebook with papermill against results_root, writing into out_dir; the executed
     notebooks land in out_dir/notebooks. A failing notebook does not stop the others; returns the failed ones.
-    protocol: run parameters the runs took beyond their cells' (mmlib.report.cells.cell_runs), for the notebooks that take it."""
+    protocol: run parameters the runs took beyond their cells' (mmlib.report.cells.cell_runs), for the notebooks
+    that take it."""
     results_root, out_dir = Path(results_root).resolve(), Path(out_dir).resolve()
     cells.existing_folder(results_root)
     executed_dir = out_dir / "notebooks"
@@ -46,12 +48,12 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
         name = params.get("name", params.get("table", Path(notebook).stem))  # fig3 of a table has a name of its own
         executed = executed_dir / f"{name}.ipynb"
         parameters = {"out_dir": str(out_dir), **params}
-        names = _parameter_names(NOTEBOOKS / notebook)
+        names = papermill.inspect_notebook(str(NOTEBOOKS / notebook))  # its parameters cell's names
         if "results_root" in names:
             parameters["results_root"] = str(results_root)
         if protocol is not None and "protocol" in names:
             parameters["protocol"] = protocol
-        done = mmlib.notebook.run(NOTEBOOKS / notebook, executed, parameters, cwd=files.REPOSITORY)
+        done = mmlib.notebook.execute_in_new_process(NOTEBOOKS / notebook, executed, parameters, cwd=files.REPOSITORY)
         if done.returncode:
             error = [line for line in done.stderr.splitlines() if line.strip()][-1:] or ["no message"]
             log(f"FAILED {notebook} {params or ''}: {error[0]} (see {executed})")
@@ -61,13 +63,6 @@ def run_notebooks(notebooks: list[tuple[str, dict]], results_root, out_dir, log=
 
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         return [path for path in pool.map(execute, notebooks) if path is not None]
-
-
-def _parameter_names(notebook: Path) -> set[str]:
-    """The names assigned in a notebook's cell tagged "parameters"."""
-    source = "".join("".join(c["source"]) for c in json.loads(notebook.read_text())["cells"]
-                     if "parameters" in c["metadata"].get("tags", []))
-    return set(re.findall(r"^(\w+)\s*=", source, flags=re.M))
 
 
 def _written(executed: Path) -> list[str]:
@@ -85,7 +80,8 @@ def _written(executed: Path) -> list[str]:
     return lines
 
 
-def report(results_root=None, out_dir=None, tables=REPORT_TABLES, log=print, protocol: dict | None = None) -> list[Path]:
+def report(results_root=None, out_dir=None, tables=REPORT_TABLES, log=print,
+           protocol: dict | None = None) -> list[Path]:
     """Every table, figure and the reproduction summary from results_root (default results/) into out_dir
     (default figures/); returns the failed notebooks. protocol: as run_notebooks'."""
     results_root = cells.existing_folder(results_root)

@@ -1,6 +1,6 @@
-"""Records of finished runs, small enough to commit: results/<table>/<setting>/<run name>/seed<k>/.
+"""Results: the files of finished runs, small enough to commit: results/<table>/<setting>/<run name>/seed<k>/.
 
-A record keeps what a reader needs to check a run against the paper, in the run directory's layout:
+A result keeps what a reader needs to check a run against the paper, in the run directory's layout:
 
     config.json            the run's: every resolved parameter, mmlib / torch / CUDA versions, device, commit
     class_counts.json      the run's: class names, training counts, many / medium / few groups
@@ -12,7 +12,7 @@ A record keeps what a reader needs to check a run against the paper, in the run 
     per_class.csv          the run's
     FINISHED               written last
 
-No checkpoint and no notebook; a CIFAR-100 record is about 40 KB. ``load`` reads a record or a run
+No checkpoint and no notebook; a CIFAR-100 result is about 40 KB. ``load`` reads a result or a run
 directory into the same dict (``run_folder.load_results``'s), so one report code reads either tree.
 
 ``collect`` copies every finished run of a runs root into a results root. A run that is not a seed of
@@ -34,8 +34,8 @@ from mmlib import files, paper
 from mmlib.config import SCHEDULE, describe, differences
 from mmlib.train import run_folder
 
-SHORT = "short"  # <results>/short/<table>/...: records of the protocol shortened (only the schedule differs)
-OTHER = "other"  # <results>/other/<table>/...: records of other experiments (any other departure from the cell)
+SHORT = "short"  # <results>/short/<table>/...: results of the protocol shortened (only the schedule differs)
+OTHER = "other"  # <results>/other/<table>/...: results of other experiments (any other departure from the cell)
 NOT_COLLECTED = {"quick"}  # tables whose runs stay in runs/ (the quick preset)
 HISTORY = "history.csv"
 CONFUSION = "confusion_{}.csv.gz"
@@ -46,9 +46,9 @@ HISTORY_COLUMNS = ["epoch", "lr", "train_loss", "train_error", "test_error",
 
 
 def load(run_dir, details: bool = True) -> dict:
-    """A finished run directory's or record's results, as ``run_folder.load_results`` gives a run's.
+    """A finished run directory's or result's results, as ``run_folder.load_results`` gives a run's.
 
-    details False leaves out a record's history and confusion matrices (the tables need neither).
+    details False leaves out a result's history and confusion matrices (the tables need neither).
     """
     results = run_folder.load_results(run_dir)
     run_dir = Path(run_dir)
@@ -75,8 +75,8 @@ def _history_entry(row: dict) -> dict:
     return entry
 
 
-def record_files(run_dir) -> dict[str, bytes]:
-    """The files of a finished run's record, by name (FINISHED last), deterministic to the byte."""
+def result_files(run_dir) -> dict[str, bytes]:
+    """The files of a finished run's result, by name (FINISHED last), deterministic to the byte."""
     results = run_folder.load_results(run_dir)
     run_dir = Path(run_dir)
     metrics = {epoch: {k: v for k, v in results[epoch].items() if k != "confusion"} for epoch in EPOCHS}
@@ -114,7 +114,7 @@ def _rounded(value):
 
 @dataclasses.dataclass
 class Collection:
-    """What ``collect`` did: each list holds (run folder, record folder or reason)."""
+    """What ``collect`` did: each list holds (run folder, result folder or reason)."""
 
     written: list = dataclasses.field(default_factory=list)
     unchanged: list = dataclasses.field(default_factory=list)
@@ -128,7 +128,7 @@ class Collection:
 
     def lines(self) -> list[str]:
         """A summary line, then one line per refused run."""
-        out = [f"{len(self.written)} records written, {len(self.unchanged)} unchanged, {len(self.unfinished)} "
+        out = [f"{len(self.written)} results written, {len(self.unchanged)} unchanged, {len(self.unfinished)} "
                f"unfinished, {len(self.failed)} failed and {len(self.conflicting)} conflicting runs refused"]
         for kind, items in (("unfinished", self.unfinished), ("failed", self.failed),
                             ("conflicting", self.conflicting)):
@@ -147,8 +147,8 @@ def run_folders(runs_root) -> list[Path]:
     )
 
 
-def record_folder(run: Path, runs_root, results_root) -> Path:
-    """Where a finished run's record goes: the same relative path; under short/ for the protocol shortened (its
+def result_folder(run: Path, runs_root, results_root) -> Path:
+    """Where a finished run's result goes: the same relative path; under short/ for the protocol shortened (its
     schedule alone departs from its cell's), under other/ for any other departure or a folder of no cell."""
     relative = Path(run).relative_to(runs_root)
     table, setting, run_name = relative.parts[:3]
@@ -161,9 +161,9 @@ def record_folder(run: Path, runs_root, results_root) -> Path:
 
 
 def collect(runs_root=None, results_root=None, replace: bool = False) -> Collection:
-    """Copy every finished run's record from runs_root (default runs/) into results_root (default results/).
+    """Copy every finished run's result from runs_root (default runs/) into results_root (default results/).
 
-    Unfinished and failed runs are refused and listed. A record already there is left as it is when
+    Unfinished and failed runs are refused and listed. A result already there is left as it is when
     identical (so collecting twice changes nothing), and otherwise refused (listing what differs)
     unless ``replace``.
     """
@@ -180,21 +180,21 @@ def collect(runs_root=None, results_root=None, replace: bool = False) -> Collect
             done.unfinished.append((run, f"not finished: {'?' if held.epoch is None else held.epoch} of {epochs} "
                                          "epochs checkpointed"))
             continue
-        target = record_folder(run, runs_root, results_root)
-        contents = record_files(run)
+        target = result_folder(run, runs_root, results_root)
+        contents = result_files(run)
         conflict = _conflict(contents, target)
         if conflict is None:
             done.unchanged.append((run, target))
         elif conflict and not replace:
             done.conflicting.append((run, f"{target} holds {conflict}; --replace to overwrite it"))
         else:
-            _write_record(contents, target)
+            _write_result(contents, target)
             done.written.append((run, target))
     return done
 
 
-def _write_record(contents: dict[str, bytes], target: Path) -> None:
-    """Write the record's files atomically, FINISHED last (removed first), and drop files it no longer has."""
+def _write_result(contents: dict[str, bytes], target: Path) -> None:
+    """Write the result's files atomically, FINISHED last (removed first), and drop files it no longer has."""
     (target / run_folder.FINISHED).unlink(missing_ok=True)
     for name, content in contents.items():
         files.atomic_write(target / name, lambda f, content=content: f.write(content))
@@ -203,7 +203,7 @@ def _write_record(contents: dict[str, bytes], target: Path) -> None:
 
 
 def _conflict(contents: dict[str, bytes], target: Path) -> str | None:
-    """None if target holds exactly this record, "" if it holds none, else what differs."""
+    """None if target holds exactly this result, "" if it holds none, else what differs."""
     if not target.exists() or not any(target.iterdir()):
         return ""
     existing = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
@@ -215,8 +215,8 @@ def _conflict(contents: dict[str, bytes], target: Path) -> str | None:
     theirs = json.loads(existing[run_folder.CONFIG])["config"]
     differing = differences(theirs, ours)
     if differing:
-        return f"a record of another configuration ({describe(differing)}: there -> here)"
-    return "a record of the same configuration with other results (another run of it)"
+        return f"a result of another configuration ({describe(differing)}: there -> here)"
+    return "a result of the same configuration with other results (another run of it)"
 
 
 def summarize_runs(runs: list[dict]) -> pd.DataFrame:

@@ -68,7 +68,8 @@ def render(df: pd.DataFrame, table: str) -> dict[str, str]:
         tex += [f"\\textit{{{_tex_escape(title)}}}\\\\", _tabular(header, rows), ""]
     md += _notes(shown)
     if left_out(df):
-        md += ["### Left out", "", "Finished runs in the cells' folders that are another experiment (trained with other "
+        md += ["### Left out", "",
+               "Finished runs in the cells' folders that are another experiment (trained with other "
                "parameters than the cell's protocol), not counted above:", ""]
         md += [f"- {line}" for line in left_out(df)] + [""]
     return {"md": "\n".join(md), "csv": df.to_csv(index=False), "tex": "\n".join(tex)}
@@ -80,7 +81,8 @@ def left_out(df: pd.DataFrame) -> list[str]:
 
 
 def write_table(df: pd.DataFrame, table: str, out_dir=None) -> list[Path]:
-    """Write out_dir/<table>.md, .csv and .tex (default: the repository's figures/), each atomically; returns their paths."""
+    """Write out_dir/<table>.md, .csv and .tex (default: the repository's figures/), each atomically; returns their
+    paths."""
     paths = []
     for kind, text in render(df, table).items():
         path = Path(out_dir or files.FIGURES) / f"{table}.{kind}"
@@ -90,7 +92,8 @@ def write_table(df: pd.DataFrame, table: str, out_dir=None) -> list[Path]:
 
 
 def _shown_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows to display: all but other MM variants' rows none of whose cells has a finished run (not in the ablation)."""
+    """The rows to display: all but other MM variants' rows none of whose cells has a finished run (not in the
+    ablation)."""
     row_has_runs = df.groupby("row")["seeds"].transform("sum") > 0
     return df[(df["variant"] == "equations") | (df["table"] == "ablation") | row_has_runs]
 

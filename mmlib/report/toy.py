@@ -13,21 +13,8 @@ points far from the origin). The margin losses scale the cosines by their own s;
 cross-entropy has none, so the toy multiplies the cosines by ``CE_SCALE`` (10, the paper's s) for
 it. The runs thus differ only by the loss: same data, same initial weights, same optimiser and steps.
 
-Why not an MLP feature extractor: one was tried (2 -> 32 -> 16, ReLU, then the cosine head). It can
-bend its feature space so that margins between features say little about distances in the plane,
-and it fits islands around the 20 minority points; across seeds its boundaries showed no consistent
-ordering between the losses.
-
-What the picture shows (seeds 0-7, 500 vs 20 points, 500 steps, the notebook's hyper-parameters):
-cross-entropy puts the boundary inside the minority's side (x1 ~ 0.65-0.85 at x2 = 0), so the
-minority's region is small (minority test error 7-14%, majority about 1% or less). LDAM, whose margin is
-largest for the rarest class, moves it toward the majority (x1 ~ 0.4-0.65) on every seed, enlarging
-the minority's region and lowering its test error (5-11%). MM with ``ldam=False`` gives every class
-the same sample-dependent shift, with no preference for the minority class; its boundary stays near
-cross-entropy's, its minority error lower on half of the seeds and higher on the other half
-(8-14%). With ``ldam=True`` (Eq. 6-7) MM's boundary lies nearer the majority than plain MM's on
-every seed. The paper's Fig. 2 is an illustration of the idea, not an experiment; this toy does
-not show MM alone moving the boundary toward the majority.
+Why a cosine head on the plane rather than a feature extractor, and what the figure shows: the README's
+"The toy of Fig. 2".
 """
 
 from collections.abc import Iterator, Mapping

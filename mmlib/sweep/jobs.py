@@ -8,8 +8,8 @@ kernel, for machines where Jupyter is not installed (its output goes to train.lo
 An executor runs a list of jobs, logging one line per run as its job ends, and returns an ``Outcome``:
 the runs that failed, stopped early (time limit, signal: they resume) or were not started.
 mmlib.sweep.local_executor.LocalExecutor runs them on worker threads of this machine, one per GPU;
-mmlib.sweep.ray_executor.RayExecutor runs each as a Ray task. Both execute a job with ``run_job`` and report
-it with ``record_outcome``, so a run's files and lines are the same whichever ran it.
+mmlib.sweep.ray_executor.RayExecutor runs each as a Ray task. Both execute a job with ``execute_job`` and report
+it with ``log_outcome``, so a run's files and lines are the same whichever ran it.
 """
 
 import os
@@ -29,11 +29,11 @@ from mmlib.train import run_folder
 TRAIN_NOTEBOOK = files.REPOSITORY / "notebooks" / "train.ipynb"
 RUNNERS = run_folder.LOGS  # how a job runs -> its log, written into every run directory of the job
 # What a run directory holds for its readers, less what only its trainer needs (checkpoints, checkpoint.json,
-# .lock): the files collect takes (mmlib.report.results.record_files), FAILED, the executed notebook and the job's log,
+# .lock): the files collect takes (mmlib.report.results.result_files), FAILED, the executed notebook and the job's log,
 # the figures the notebook saves beside them (curves, per_class, confusion; .png and .pdf) and TensorBoard's
 # scalars. Glob patterns, relative to the run directory.
-OUTPUTS = (run_folder.CONFIG, run_folder.COUNTS, run_folder.METRICS, run_folder.PER_CLASS, run_folder.FINISHED, run_folder.FAILED,
-           run_folder.NOTEBOOK, *RUNNERS.values(), "*.png", "*.pdf", "tensorboard/*")
+OUTPUTS = (run_folder.CONFIG, run_folder.COUNTS, run_folder.METRICS, run_folder.PER_CLASS, run_folder.FINISHED,
+           run_folder.FAILED, run_folder.NOTEBOOK, *RUNNERS.values(), "*.png", "*.pdf", "tensorboard/*")
 
 
 @dataclass
@@ -77,7 +77,7 @@ def outputs(run_dir: Path) -> list[Path]:
     return sorted({path for pattern in OUTPUTS for path in Path(run_dir).glob(pattern) if path.is_file()})
 
 
-def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=None) -> str:
+def execute_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=None) -> str:
     """Train the job in a fresh process (its own GPUs, its own failures); returns "done", "stopped" (early, its
     checkpoints written: StoppedError's exit code) or "failed".
 
@@ -95,10 +95,10 @@ def run_job(job: Job, gpu: int | None = None, runner: str = "notebook", started=
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = str(gpu)
     if runner == "notebook":
-        done = mmlib.notebook.run(TRAIN_NOTEBOOK, first / run_folder.NOTEBOOK, job.notebook_parameters(), env,
-                                  started=started)
+        done = mmlib.notebook.execute_in_new_process(TRAIN_NOTEBOOK, first / run_folder.NOTEBOOK,
+                                                     job.notebook_parameters(), env, started=started)
     else:
-        done = mmlib.notebook.run_module("mmlib.sweep.jobs", [], job.notebook_parameters(), env, started=started)
+        done = mmlib.notebook.call_module("mmlib.sweep.jobs", [], job.notebook_parameters(), env, started=started)
     files.write_text(first / RUNNERS[runner], done.stdout + done.stderr + f"{run_folder.EXIT_LINE}{done.returncode}\n")
     for other in job.run_dirs[1:]:  # every run of the job keeps its record of what happened
         other.mkdir(parents=True, exist_ok=True)
@@ -134,8 +134,8 @@ def configs_of(parameters: dict) -> tuple[list[RunConfig], list[Path]]:
     return configs, [Path(run["run_dir"]) for run in runs]
 
 
-def record_outcome(job: Job, status: str, seconds: float, done, total: int, log, outcome: Outcome) -> None:
-    """Log one line per run of a job that ended with ``status`` (run_job's; ``done`` counts runs), and add its
+def log_outcome(job: Job, status: str, seconds: float, done, total: int, log, outcome: Outcome) -> None:
+    """Log one line per run of a job that ended with ``status`` (execute_job's; ``done`` counts runs), and add its
     unfinished runs to ``outcome``. A run is judged by its own folder (run_folder.state): in a fused job one run
     can fail (diverge) while the others finish."""
     states = [run_folder.state(d) for d in job.run_dirs]
@@ -155,7 +155,7 @@ def record_outcome(job: Job, status: str, seconds: float, done, total: int, log,
         log(line)
 
 
-def record_error(job: Job, error: Exception, done, total: int, log, outcome: Outcome) -> None:
+def log_error(job: Job, error: Exception, done, total: int, log, outcome: Outcome) -> None:
     """Log and record as failed every run of a job the sweep could not run or judge (``error``, e.g. a full disk
     as it wrote the job's log): the job fails alone, and the sweep goes on."""
     for label, run_dir in zip(job.labels, job.run_dirs):
@@ -177,19 +177,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # a killed sweep or Ray worker must not leave its job training on: it stops as on SIGTERM (at the epoch's end)
     when_orphaned(lambda: os.kill(os.getpid(), signal.SIGTERM))
-    try:
+
+    def train() -> int:
         parameters = yaml.safe_load(Path(args[0]).read_text())
         configs, run_dirs = configs_of(parameters)
-        results = trainer.run_many(configs, run_dirs, Stop(parameters.get("deadline"), parameters.get("stop_file")))
-    except Exception as err:
-        code = errors.exit_code(err)
-        if code is None:
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return code
-    for result in results:
-        print(f"{result['run_dir']}: final {result['final']['error']:.2f}%, best {result['best']['error']:.2f}%")
-    return 0
+        results = trainer.train_many(configs, run_dirs, Stop(parameters.get("deadline"), parameters.get("stop_file")))
+        for result in results:
+            print(f"{result['run_dir']}: final {result['final']['error']:.2f}%, best {result['best']['error']:.2f}%")
+        return 0
+
+    return errors.exit_status(train)
 
 
 if __name__ == "__main__":

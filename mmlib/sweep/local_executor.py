@@ -1,6 +1,6 @@
 """The local executor of sweeps: jobs on worker threads of this machine, one worker per GPU.
 
-Each worker takes the next job and runs it in a fresh process (mmlib.sweep.jobs.run_job) that sees only its
+Each worker takes the next job and runs it in a fresh process (mmlib.sweep.jobs.execute_job) that sees only its
 GPU. With a deadline (--time-limit) a job that could not reach its first checkpoint in the time left
 (mmlib.sweep.timing, from what was measured, with the stop's margin) is not started (and reported apart where
 it needs more than the whole limit, which no rerun would change), and every started job stops before
@@ -12,28 +12,25 @@ creates their stop file); a second signal stops them at once, their previous che
 import itertools
 import queue
 import signal
-import tempfile
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import mmlib
 from mmlib import stopping
-from mmlib.stopping import handling
+from mmlib.stopping import handling, new_stop_file
 from mmlib.sweep import jobs, timing
 
 
 class LocalExecutor:
     """Jobs on this machine: one worker thread per GPU of ``gpus`` (each job seeing only its GPU), or one;
-    each job run by ``runner`` (mmlib.sweep.jobs.run_job)."""
+    each job run by ``runner`` (mmlib.sweep.jobs.execute_job)."""
 
     def __init__(self, gpus: list[int] | None = None, runner: str = "notebook"):
         jobs.check_runner(runner)
         self.gpus, self.runner = gpus or [None], runner
         self.workers = len(self.gpus)
 
-    def run(self, planned: list[jobs.Job], log=print, deadline: float | None = None, times=None) -> jobs.Outcome:
+    def execute(self, planned: list[jobs.Job], log=print, deadline: float | None = None, times=None) -> jobs.Outcome:
         """Run the jobs; ``deadline`` (time.time()) stops them in time, ``times`` (mmlib.sweep.timing.EpochTimes)
         tells which can still reach a checkpoint before it."""
         todo = queue.Queue()
@@ -41,7 +38,7 @@ class LocalExecutor:
             todo.put(job)
         outcome, lock = jobs.Outcome(), threading.Lock()
         total, done = sum(len(j.run_dirs) for j in planned), itertools.count(1)
-        stop_file = Path(tempfile.gettempdir()) / f"mmlib-stop-{uuid.uuid4().hex}"
+        stop_file = new_stop_file()
         stopping_signals, processes, killed = [], set(), set()  # signals received; running and killed processes
 
         def first_checkpoint(job: jobs.Job) -> float:
@@ -68,16 +65,17 @@ class LocalExecutor:
                 mine = []  # the job's process, as it starts
                 start = time.perf_counter()
                 try:
-                    status = jobs.run_job(job, gpu, self.runner, started=lambda p: (mine.append(p), processes.add(p)))
+                    status = jobs.execute_job(job, gpu, self.runner,
+                                              started=lambda p: (mine.append(p), processes.add(p)))
                     if status == "failed" and mine and mine[0] in killed:  # by a second signal: it resumes
                         status = "stopped"
                     with lock:
-                        jobs.record_outcome(job, status, time.perf_counter() - start, done, total, log, outcome)
+                        jobs.log_outcome(job, status, time.perf_counter() - start, done, total, log, outcome)
                         if times is not None:
                             times.learn_job(job)
                 except Exception as error:  # e.g. a full disk writing its log: this job fails, the others run
                     with lock:
-                        jobs.record_error(job, error, done, total, log, outcome)
+                        jobs.log_error(job, error, done, total, log, outcome)
                 finally:
                     processes.difference_update(mine)
 

@@ -78,7 +78,8 @@ it resumes from its last good checkpoint).
     for seed, cell in itertools.product(seeds, cells):
         run_dir = cell.path(out) / f"seed{seed}"
         root = data_roots.get(cell.setting.name, data_roots.get(cell.setting.dataset, data_roots.get(None)))
-        params = cell.run_params(**{"quiet": True, **(overrides or {})}, seed=seed, **({"data_root": root} if root else {}))
+        params = cell.run_params(**{"quiet": True, **(overrides or {})}, seed=seed,
+                                 **({"data_root": root} if root else {}))
         config = RunConfig.from_dict(params)
         sources.check(config)
         label = f"{table} {cell.setting.name} {cell.run_name} seed{seed}"
@@ -136,7 +137,8 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
     before it, and no job starts that could not reach its first checkpoint in the time left (mmlib.sweep.timing).
     The dry run prints the plan's estimated wall time from what was measured.
     """
-    planned = plan(table, out, seeds, settings, methods, mm_variants, mm_scale, data_roots, overrides, fuse, retry_failed)
+    planned = plan(table, out, seeds, settings, methods, mm_variants, mm_scale, data_roots, overrides, fuse,
+                   retry_failed)
     if planned.changed and not rerun_changed:
         raise ValueError("\n".join(
             [f"{len(planned.changed)} planned runs were trained with other parameters (recorded -> planned):"]
@@ -164,7 +166,7 @@ def sweep(table: str, out: str | Path = "runs", seeds=(0,), settings=None, metho
         log(f"moved {run_dir} aside to {aside}: it was trained with other parameters")
     for _, run_dir, _ in planned.failed if retry_failed else ():
         files.set_aside(run_dir / run_folder.FAILED, "retried")
-    outcome = (executor or LocalExecutor()).run(planned.jobs, log=log, deadline=deadline, times=times)
+    outcome = (executor or LocalExecutor()).execute(planned.jobs, log=log, deadline=deadline, times=times)
     outcome.failed += [] if retry_failed else [(label, run_folder.state(run_dir).evidence)
                                                for label, run_dir, _ in planned.failed]
     for line in summary(outcome):

@@ -1,7 +1,7 @@
 """The Ray executor of sweeps: every job is one Ray task, on this machine or across a cluster.
 
 A task executes notebooks/train.ipynb through papermill on its worker exactly as the local executor
-does (mmlib.sweep.jobs.run_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
+does (mmlib.sweep.jobs.execute_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
 filesystem that every node mounts, tasks write straight into the run directories under ``out``.
 Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its runs'
 outputs (mmlib.sweep.jobs.OUTPUTS: record, notebook, log, figures; no checkpoint); the driver writes them under
@@ -39,7 +39,8 @@ class NotSharedError(ValueError):
 
 def check_gpus_per_job(gpus_per_job: float) -> None:
     if gpus_per_job < 0 or (gpus_per_job > 1 and gpus_per_job != int(gpus_per_job)):
-        raise ValueError(f"--gpus-per-job must be a fraction of one GPU (0 to 1) or a whole number, got {gpus_per_job:g}")
+        raise ValueError(f"--gpus-per-job must be a fraction of one GPU (0 to 1) or a whole number, "
+                         f"got {gpus_per_job:g}")
 
 
 def scratch_root(out: Path) -> Path:
@@ -48,9 +49,9 @@ def scratch_root(out: Path) -> Path:
 
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
-def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
+def _execute_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
              lock_wait: float) -> tuple[str, float, list[dict] | None]:
-    """Run one job on a worker; returns (run_job's status, seconds, each run's files or None if shared)."""
+    """Run one job on a worker; returns (execute_job's status, seconds, each run's files or None if shared)."""
     if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
                              "every node mounts, or give --no-shared-fs")
@@ -59,10 +60,10 @@ def _run_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
         scratch = scratch_root(out)
         local = job.moved([scratch / d.relative_to(out) for d in job.run_dirs])
     # A retried task's killed attempt is reaped a moment late, a dead node's lock on NFS outlives it by the
-    # lease; still held after lock_wait, a run is another live process's: run_job leaves it alone and says so.
+    # lease; still held after lock_wait, a run is another live process's: execute_job leaves it alone and says so.
     _wait_for(lambda: all(run_folder.lock_owner(d) is None for d in local.run_dirs), lock_wait)
     start = time.perf_counter()
-    status = jobs.run_job(local, runner=runner)
+    status = jobs.execute_job(local, runner=runner)
     seconds = time.perf_counter() - start
     if marker is not None:
         return status, seconds, None
@@ -98,7 +99,7 @@ class RayExecutor:
     """Jobs as Ray tasks, on the cluster at ``address`` (None: a new local Ray instance), each asking for
     ``gpus_per_job`` GPUs (None: 1 where the cluster has GPUs, else 0) and one CPU; run directories under
     ``out``, written by the tasks (``shared_fs``) or sent back to the driver; each job run by ``runner``
-    (mmlib.sweep.jobs.run_job). A task finding one of its runs locked waits up to ``lock_wait`` seconds for it, then
+    (mmlib.sweep.jobs.execute_job). A task finding one of its runs locked waits up to ``lock_wait`` seconds for it, then
     fails it naming the holder's pid and host."""
 
     def __init__(self, out: str | Path, address: str | None = None, gpus_per_job: float | None = None,
@@ -108,10 +109,11 @@ class RayExecutor:
         jobs.check_runner(runner)
         if not lock_wait >= 0:
             raise ValueError(f"--lock-wait must be a number of seconds >= 0, got {lock_wait:g}")
-        self.out, self.address, self.gpus_per_job, self.shared_fs = Path(out).resolve(), address, gpus_per_job, shared_fs
+        self.out, self.address, self.gpus_per_job, self.shared_fs = (Path(out).resolve(), address, gpus_per_job,
+                                                                     shared_fs)
         self.runner, self.lock_wait = runner, lock_wait
 
-    def run(self, planned: list[jobs.Job], log=print, deadline: float | None = None, times=None) -> jobs.Outcome:
+    def execute(self, planned: list[jobs.Job], log=print, deadline: float | None = None, times=None) -> jobs.Outcome:
         """Run the jobs; with ``deadline`` (time.time(), the nodes' clocks agreeing) each job stops before it, its
         checkpoint written (one starting too late stops before its first epoch). ``times`` goes unused: Ray
         schedules every task at once."""
@@ -124,7 +126,7 @@ class RayExecutor:
         marker = self.out / f".ray-sweep-{uuid.uuid4().hex}" if self.shared_fs else None
         pending = {}
         try:
-            task = _run_job.options(num_gpus=self._gpus_per_job())
+            task = _execute_job.options(num_gpus=self._gpus_per_job())
             if marker is not None:
                 files.write_text(marker, "a sweep's workers check that they see this file\n")
             for job in planned:
@@ -139,11 +141,12 @@ class RayExecutor:
                     for run_dir, contents in zip(job.run_dirs, records or []):
                         _write_records(run_dir, contents)
                     with tqdm.external_write_mode():
-                        jobs.record_outcome(job, status, seconds, done, total, log, outcome)
+                        jobs.log_outcome(job, status, seconds, done, total, log, outcome)
                     bar.update(len(job.run_dirs))
             return outcome
         except KeyboardInterrupt:
-            log(f"interrupted: cancelled {len(pending)} notebooks; finished runs are kept, and the same command resumes")
+            log(f"interrupted: cancelled {len(pending)} notebooks; finished runs are kept, and the same command "
+                "resumes")
             raise
         finally:
             for ref in pending:

@@ -3,8 +3,8 @@
 A job's epoch (its K fused runs, with their evaluation) is taken to last as long as the last one measured
 for it: its own runs' last checkpointed epoch (checkpoint.json), else the median epoch of finished runs
 of the same setting, fusion and step (SAM or plain) in the sweep's folder (metrics.json), else, on a
-GPU, the K curve that benchmarks/throughput.py --save-curve measured on it (mmlib.train.fusion). Each job's process adds STARTUP
-seconds before its first epoch. Nothing measured, a job's time is unknown (None).
+GPU, the K curve that benchmarks/throughput.py --save-curve measured on it (mmlib.train.fusion). Each job's process
+adds STARTUP seconds before its first epoch. Nothing measured, a job's time is unknown (None).
 """
 
 import contextlib

@@ -43,7 +43,8 @@ def auto_fuse(gpus: list[int] | None = None) -> int:
     path, curve = cache_dir() / FUSE_CURVE, saved_curve()
     remedy = "run python benchmarks/throughput.py --save-curve on this GPU once, or give --fuse K"
     if curve is None:
-        raise ValueError(f"--fuse auto needs the K curve measured on this GPU ({name}), and {path} does not exist: {remedy}")
+        raise ValueError(f"--fuse auto needs the K curve measured on this GPU ({name}), and {path} does not exist: "
+                         f"{remedy}")
     if curve["device_name"] != name:
         raise ValueError(f"--fuse auto: {path} was measured on {curve['device_name']}, this GPU is {name}: {remedy}")
     return fuse_from_curve(curve["points"], min(torch.cuda.mem_get_info(g)[0] for g in gpus))
@@ -68,7 +69,8 @@ def curve_here() -> dict[int, float] | None:
 
 
 def fuse_from_curve(points: list[dict], free_bytes: int) -> int:
-    """The K of the curve with the most images/s among those whose peak fits FUSE_MEMORY_SHARE of free_bytes (else 1)."""
+    """The K of the curve with the most images/s among those whose peak fits FUSE_MEMORY_SHARE of free_bytes
+    (else 1)."""
     fits = [p for p in points if p["peak_mib"] * 2**20 <= FUSE_MEMORY_SHARE * free_bytes]
     return max(fits, key=lambda p: p["images_per_second"])["runs"] if fits else 1
 

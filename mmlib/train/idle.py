@@ -62,7 +62,8 @@ def follow() -> None:
 
 
 def _lower() -> str:
-    """This process, its threads to come and its children at the lowest CPU priority the system offers; how, in words."""
+    """This process, its threads to come and its children at the lowest CPU priority the system offers; how, in
+    words."""
     if not hasattr(os, "SCHED_IDLE"):
         os.nice(19 - os.nice(0))
         return "at nice 19"

@@ -347,4 +347,5 @@ def build_loss(name: str, cls_num_list: Sequence[int], **params) -> _WeightedLos
         raise ValueError(f"unknown loss {name!r}; valid: {', '.join(LOSSES)}")
     spec, counts = LOSSES[name], _check_counts(cls_num_list)
     loss = globals()[spec.cls]
-    return loss(counts, **spec.fixed, **params) if spec.counts else loss(num_classes=len(counts), **spec.fixed, **params)
+    return (loss(counts, **spec.fixed, **params) if spec.counts
+            else loss(num_classes=len(counts), **spec.fixed, **params))

@@ -1,7 +1,7 @@
-"""What K runs record while they train, and the files each leaves when it finishes.
+"""What K runs measure while they train, and the files each leaves when it finishes.
 
 Per epoch, each run's history entry (lr, train loss and error, seconds, test error when evaluated); the
-error records of its final epoch and of its best one (top-1, per-class and many/medium/few-shot
+evaluations of its final epoch and of its best one (top-1, per-class and many/medium/few-shot
 errors, confusion matrix); the step paths that trained it (mmlib.train.step: graphs or eager, and why); at
 the end metrics.json and per_class.csv (mmlib.train.run_folder). The trainer (mmlib.train.trainer) feeds it each
 epoch's numbers and stores ``of_run(k)`` in run k's checkpoint.
@@ -16,10 +16,11 @@ from mmlib import files
 from mmlib.train import run_folder
 
 BEST_NOTE = "best epoch chosen on the test set, as the released code reports it: an optimistic figure"
-PLAIN_NOTE = "the same epoch's errors of the plain logits z (ERM as trained); the enclosing record's are of z - tau log(prior)"
+PLAIN_NOTE = ("the same epoch's errors of the plain logits z (ERM as trained); the enclosing evaluation's are of "
+              "z - tau log(prior)")
 
 
-def error_record(epoch: int, confusion: torch.Tensor, groups: dict[str, list[int]]) -> dict:
+def evaluation(epoch: int, confusion: torch.Tensor, groups: dict[str, list[int]]) -> dict:
     """Top-1 error (%), per-class and many/medium/few-shot errors from one confusion matrix."""
     totals, correct = confusion.sum(1), confusion.diagonal()
     per_class = (100.0 * (1 - correct / totals.clamp(min=1))).tolist()
@@ -36,8 +37,8 @@ def error_record(epoch: int, confusion: torch.Tensor, groups: dict[str, list[int
     }
 
 
-class Records:
-    """The K runs' records so far: completed epochs, each run's history, final and best error records."""
+class Metrics:
+    """The K runs' metrics so far: completed epochs, each run's history, its final and best evaluations."""
 
     def __init__(self, runs: int, groups: dict[str, list[int]], posthoc: list[bool] | None = None):
         self.groups = groups
@@ -57,7 +58,7 @@ class Records:
         self.steps = [s.get("step", []) for s in saved]  # older checkpoints did not record it
 
     def of_run(self, k: int) -> dict:
-        """Run k's records, for its checkpoint."""
+        """Run k's metrics, for its checkpoint."""
         return {"epoch": self.epoch, "history": self.history[k], "final": self.final[k], "best": self.best[k],
                 "step": self.steps[k]}
 
@@ -69,17 +70,17 @@ class Records:
     def add_epoch(self, lr: float, losses: list[float], train_errors: list[float], seconds: float,
                   confusions: torch.Tensor | None = None, plain: torch.Tensor | None = None) -> list[dict]:
         """Each run's entry of the next epoch; with the test set's (K, C, C) confusions, its final and best
-        records too (a post-hoc run's hold the same epoch's plain record under "plain"). Returns the entries."""
+        evaluations too (a post-hoc run's hold the same epoch's plain evaluation under "plain"). Returns the entries."""
         self.epoch += 1
         entries = []
         for k, history in enumerate(self.history):
             entry = {"epoch": self.epoch, "lr": lr, "train_loss": losses[k], "train_error": train_errors[k],
                      "seconds": seconds}
             if confusions is not None:
-                record = error_record(self.epoch, confusions[k], self.groups)
+                record = evaluation(self.epoch, confusions[k], self.groups)
                 entry.update(test_error=record["error"], group_error=record["group_error"])
                 if self.posthoc[k]:
-                    record["plain"] = {**error_record(self.epoch, plain[k], self.groups), "note": PLAIN_NOTE}
+                    record["plain"] = {**evaluation(self.epoch, plain[k], self.groups), "note": PLAIN_NOTE}
                     entry["plain_test_error"] = record["plain"]["error"]
                 self.final[k] = record
                 if self.best[k] is None or record["error"] < self.best[k]["error"]:

@@ -68,7 +68,8 @@ class Head(nn.Module):
         self.bias = None if normed else nn.Parameter(torch.empty(runs * num_classes))
         with torch.no_grad():
             for w in self.weight.chunk(runs):
-                if normed:  # LDAM-DRW's NormedLinear: uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5) of its (F, C) weight
+                # LDAM-DRW's NormedLinear: uniform_(-1, 1).renorm_(2, 1, 1e-5).mul_(1e5) of its (F, C) weight
+                if normed:
                     w.copy_(torch.empty(in_features, num_classes).uniform_(-1, 1).renorm(2, 1, 1e-5).mul(1e5).T)
                 else:
                     nn.init.kaiming_normal_(w)

@@ -41,12 +41,13 @@ def environment(device: torch.device) -> dict:
 
 def deterministic_cublas(deterministic: bool, device: torch.device) -> None:
     """deterministic=True on CUDA: cuBLAS is deterministic only with CUBLAS_WORKSPACE_CONFIG set before its first
-    use (torch refuses its matrix products otherwise). Set it while CUDA has not started, else refuse with the remedy."""
+    use (torch refuses its matrix products otherwise). Set it while CUDA has not started, else refuse with the
+    remedy."""
     if not deterministic or device.type != "cuda" or os.environ.get("CUBLAS_WORKSPACE_CONFIG"):
         return
     if torch.cuda.is_initialized():
-        raise ValueError(f"deterministic=True on CUDA needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE_CONFIG} set before "
-                         f"CUDA starts, and this process has started it: export CUBLAS_WORKSPACE_CONFIG="
+        raise ValueError(f"deterministic=True on CUDA needs CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE_CONFIG} set "
+                         f"before CUDA starts, and this process has started it: export CUBLAS_WORKSPACE_CONFIG="
                          f"{CUBLAS_WORKSPACE_CONFIG} and start it again (or train with deterministic=False)")
     os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_WORKSPACE_CONFIG
 

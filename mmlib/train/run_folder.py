@@ -107,7 +107,8 @@ def _holder(fd: int) -> str:
 
 
 def lock_owner(folder: Path) -> str | None:
-    """The holder of ``folder``'s lock, "<pid> on <host>"; None if it is free (a snapshot: it may change right after)."""
+    """The holder of ``folder``'s lock, "<pid> on <host>"; None if it is free (a snapshot: it may change right
+    after)."""
     try:
         fd = os.open(Path(folder) / LOCK, os.O_RDONLY)
     except FileNotFoundError:

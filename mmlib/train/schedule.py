@@ -1,4 +1,5 @@
-"""When things happen in a run: the learning rate of each epoch, and the epochs that end with an evaluation or a checkpoint."""
+"""When things happen in a run: the learning rate of each epoch, and the epochs that end with an evaluation or a
+checkpoint."""
 
 from mmlib.config import RunConfig
 
@@ -14,5 +15,6 @@ def learning_rate(config: RunConfig, epoch: int) -> float:
 
 
 def due(epoch: int, every: int, epochs: int) -> bool:
-    """Whether 0-based ``epoch`` ends with an evaluation or checkpoint done every ``every`` epochs and after the last."""
+    """Whether 0-based ``epoch`` ends with an evaluation or checkpoint done every ``every`` epochs and after the
+    last."""
     return (epoch + 1) % every == 0 or epoch + 1 == epochs

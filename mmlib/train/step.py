@@ -1,39 +1,11 @@
 """The training step of K fused runs as a few tensor ops over static buffers: eager, or as CUDA graphs.
 
-One step: gather and augment the K runs' batches from this epoch's draws (mmlib.data.pipeline.TrainStream),
-forward the fused model, the K runs' losses, backward, the SGD update, and the accumulation of each
-run's loss sum, wrong predictions and first non-finite step. Everything a step reads that changes
-during training lives in tensors on the device that are updated in place: the epoch's draws, the
-step index, the learning rate, the losses' class weights (DRW), so the same step can be captured
-once as a CUDA graph and replayed (compile="graphs"): one launch a step instead of hundreds. The
-last partial batch of an epoch has its own graph (sharing the full batch's memory pool), so every
-epoch keeps the protocol exactly.
-
-A graph path that is wrong on some driver or library version would train silently wrong numbers, so
-each captured graph checks itself: its first replay is compared with the eager step taken from the
-same state (``step_difference``; one extra eager step per graph). A capture error or a difference
-above the tolerance continues the run on the eager step with one warning (compile="auto") or stops
-it (compile="graphs", StepCheckError). ``TrainStep.paths`` says which step trained, and why. What
-the first replay cannot show (an input replaced later, which a graph would not see) is refused at
-each epoch instead: class weights and optimizer state must change in place.
-
-The K losses stay K module calls (mmlib.train.losses, one formula each): batching them over
-(batch, K, classes) would need every formula written a second time over per-run parameter tensors,
-and inside a CUDA graph the K calls cost no Python or launch time anyway.
-
-Sharpness-aware minimization (SAM; Foret et al., ICLR 2021), as Rangwani et al. (NeurIPS 2022,
-"Escaping Saddle Points for Effective Generalization on Class-Imbalanced Data") train it on this
-protocol (github.com/val-iisc/Saddle-LongTail: cifar_train_sam.py with its sam.py, davda54/sam's
-SAM over torch.optim.SGD). With sam_rho > 0 a step takes the gradient g at w, moves each run to
-w + rho g / (||g|| + 1e-12) (||g||: the L2 norm over every parameter's gradient, each run its own
-norm and rho), takes the gradient at those weights, restores w exactly (a saved copy), then makes
-the SGD update (momentum, weight decay) with the second gradient. As in their code: weight decay
-enters only the update (at w), not the perturbation's gradient; both passes run in train mode, so
-BatchNorm normalises each pass by its own batch statistics and its running statistics are updated
-twice a step (at w, then at the perturbed weights); rho is constant from the first epoch (their
-run.sh uses --rho_schedule none), before and after the DRW switch. The loss and error a step
-records are the first pass's (at w); their code logs the second pass's. Both passes are in the one
-step, so a captured CUDA graph holds the two. Every rho 0 leaves the plain one-pass step.
+``TrainStep`` gathers and augments the K runs' batches (mmlib.data.pipeline.TrainStream), forwards the fused model,
+takes the K losses (one module call each, mmlib.train.losses), backward and the SGD update, sharpness-aware when
+sam_rho > 0, and sums each run's loss, errors and first non-finite step on the device. What changes during training
+is a device tensor updated in place, so the step can be captured once as a CUDA graph (compile="graphs"); each graph's
+first replay is checked against the eager step (``step_difference``), and ``TrainStep.paths`` says which step trained
+and why. The README's Speed and "Sharpness-aware minimization" say why it is built so and how SAM follows its code.
 """
 
 import math
@@ -237,7 +209,8 @@ class TrainStep:
         self.fast_steps: dict[int, Callable[[], None]] = {}  # batch size -> its checked fast step
         self.pool = None  # the graphs' shared memory pool
         self.checks: list[dict] = []  # each capture's check: batch size, largest difference and where
-        self.paths: list[dict] = [] if self.mode == "graphs" else [{"path": "eager", "reason": _eager_reason(compile, self.mode)}]
+        self.paths: list[dict] = ([] if self.mode == "graphs"
+                                  else [{"path": "eager", "reason": _eager_reason(compile, self.mode)}])
 
     def set_lr(self, lr: float) -> None:
         """The learning rate of the next steps, on the device and in the optimizer's group (what checkpoints record)."""
@@ -266,7 +239,7 @@ class TrainStep:
         self.first_bad.fill_(-1)
         for step, size in enumerate(self.sizes()):
             if self.mode != "graphs":
-                self._step(size)
+                self.eager_step(size)
             elif size in self.fast_steps:
                 self.fast_steps[size]()
             else:
@@ -276,7 +249,7 @@ class TrainStep:
         return ((self.loss_sum / self.samples).tolist(), (100.0 * self.wrong / self.samples).tolist(),
                 self.first_bad.tolist())
 
-    def _step(self, size: int) -> None:
+    def eager_step(self, size: int) -> None:
         """One step over `size` samples of every run, at self.step_index in this epoch's draws."""
         runs = len(self.streams)
         positions = self.step_index * self.batch_size + self.positions[:size]
@@ -329,14 +302,15 @@ class TrainStep:
                                    "was built, which would keep reading the old ones: set them before (all ones for "
                                    "none); later changes are copied in")
 
-    def _state(self) -> dict[str, torch.Tensor]:
+    def state(self) -> dict[str, torch.Tensor]:
         """Every tensor a step changes, by name."""
         names = {id(p): name for name, p in self.model.named_parameters()}
         return {
             **{f"parameter {names[id(p)]}": p for p in self.params},
             **{f"buffer {name}": b for name, b in self.model.named_buffers()},
             **{f"momentum of {names[id(p)]}": m for p, m in zip(self.params, self.momentum_buffers)},
-            "step index": self.step_index, "losses": self.loss_sum, "wrong": self.wrong, "first non-finite step": self.first_bad,
+            "step index": self.step_index, "losses": self.loss_sum, "wrong": self.wrong,
+            "first non-finite step": self.first_bad,
         }
 
     def _checked_fast_step(self, size: int) -> None:
@@ -345,16 +319,16 @@ class TrainStep:
         On a capture error or a difference above the tolerance, the eager step's result stands and the run
         continues eager (compile="auto") or stops (compile="graphs"). The check costs one eager step.
         """
-        state = self._state()
+        state = self.state()
         before = _copies(state)
         try:
             fast = self._fast_step(size)
         except RuntimeError as error:  # e.g. an operation that cannot be captured, or no memory for the graph
             _assign(state, before)  # a warm-up step may have stopped half-way
-            self._step(size)
+            self.eager_step(size)
             self._fall_back(f"over {size} samples could not be captured ({str(error).strip().splitlines()[0]})")
             return
-        self._step(size)
+        self.eager_step(size)
         eager = _copies(state)
         _assign(state, before)
         fast()
@@ -383,13 +357,13 @@ class TrainStep:
         self.mode, self.fast_steps, self.pool = "off", {}, None
         self.paths.append({"path": "eager", "reason": message})
 
-    def _warm_up(self, size: int) -> None:
+    def warm_up(self, size: int) -> None:
         """GRAPH_WARMUP_STEPS steps over `size` samples, each undone: what a step does once (cuDNN autotuning,
         lazy allocations) happens outside the capture, and training is as if they never ran."""
-        state = self._state()
+        state = self.state()
         saved = _copies(state)
         for _ in range(GRAPH_WARMUP_STEPS):
-            self._step(size)
+            self.eager_step(size)
             _assign(state, saved)
 
     def _fast_step(self, size: int):
@@ -403,13 +377,13 @@ class TrainStep:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._warm_up(size)
+            self.warm_up(size)
         torch.cuda.current_stream().wait_stream(side)
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            self._step(size)
+            self.eager_step(size)
         return graph.replay
 
 

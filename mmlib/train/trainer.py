@@ -1,7 +1,7 @@
 """Training under the LDAM-DRW protocol: one run, or K runs trained at once as one fused model.
 
-``run(config, run_dir)`` trains a run (resuming it from its checkpoint if there is one) and returns
-its results. ``run_many(configs, run_dirs)`` trains runs that differ only in seeds, loss
+``train(config, run_dir)`` trains a run (resuming it from its checkpoint if there is one) and returns
+its results. ``train_many(configs, run_dirs)`` trains runs that differ only in seeds, loss
 hyper-parameters or method (same head) as one model built of K grouped networks
 (mmlib.train.models, runs=K): each run keeps its own initialisation, data order, augmentation, class
 weights and BatchNorm statistics, so it trains as it would alone, and lands in its own run directory.
@@ -30,7 +30,7 @@ from mmlib.stopping import Stop
 from mmlib.train import idle, provenance, run_folder
 from mmlib.train.fusion import FUSABLE, fusion_key
 from mmlib.train.losses import build_loss, class_balanced_weights, log_prior
-from mmlib.train.metrics import Records, TensorBoard
+from mmlib.train.metrics import Metrics, TensorBoard
 from mmlib.train.models import (
     build_model,
     merge_optimizer_states,
@@ -51,12 +51,12 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def run(config: RunConfig | dict, run_dir: str | Path, stop: Stop | None = None) -> dict:
+def train(config: RunConfig | dict, run_dir: str | Path, stop: Stop | None = None) -> dict:
     """Train one run into ``run_dir`` (resuming it if interrupted) and return its results."""
-    return run_many([config], [run_dir], stop)[0]
+    return train_many([config], [run_dir], stop)[0]
 
 
-def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: Stop | None = None) -> list[dict]:
+def train_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: Stop | None = None) -> list[dict]:
     """Train several runs as one fused model; finished runs are skipped, interrupted ones resumed.
 
     Each unfinished run directory is locked (run_folder.locked) before anything is written into it. A run whose
@@ -91,7 +91,8 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
         pending = [i for i, h in enumerate(held) if not h.finished]
         if pending:
             first = configs[0]
-            dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number, first.download)
+            dataset = load_dataset(first.dataset, first.data_root, first.imb_type, first.ratio, first.rand_number,
+                                   first.download)
             by_epoch = {}
             for i in pending:  # runs fuse only when they resume from the same epoch
                 run_folder.remove_stale_temp_files(run_dirs[i])
@@ -99,7 +100,8 @@ def run_many(configs: list[RunConfig | dict], run_dirs: list[str | Path], stop: 
             diverged = []
             for group in by_epoch.values():
                 try:
-                    _Group([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device, stop).train()
+                    FusedTrainer([configs[i] for i in group], [run_dirs[i] for i in group], dataset, device,
+                                 stop).train()
                 except NonFiniteLossError as err:  # the other groups train all the same
                     diverged.append(str(err))
             if diverged:
@@ -150,7 +152,7 @@ def _refuse_other_parameters(before: dict, config: RunConfig, source: Path) -> N
                          "change on resume)")
 
 
-def _init_model(config: RunConfig, num_classes: int, backbone: dict | None) -> torch.nn.Module:
+def init_model(config: RunConfig, num_classes: int, backbone: dict | None) -> torch.nn.Module:
     """One run's network on the CPU, initialised from its seed (and the SSP backbone, if any)."""
     torch.manual_seed(config.seed)
     model = build_model(config.arch, num_classes, normed=get_method(config.method).normed)
@@ -209,8 +211,10 @@ class _Progress:
         self.bar.close()
 
 
-class _Group:
-    """K runs (K >= 1) of one setting, trained together as one model."""
+class FusedTrainer:
+    """K runs (K >= 1) of one setting, trained together as one model (train_many builds it for each group of
+    runs resuming from the same epoch): builds or resumes them, trains epoch by epoch, evaluates, checkpoints,
+    and writes each run's metrics."""
 
     def __init__(self, configs: list[RunConfig], run_dirs: list[Path], dataset: ImbalancedDataset, device,
                  stop: Stop):
@@ -233,18 +237,18 @@ class _Group:
             self.step = TrainStep(self.model, self.streams, self.criteria, self.optimizer, first.bf16,
                                   self.channels_last, first.compile, sam_rho=[c.sam_rho for c in self.configs])
             tensorboard = TensorBoard(self.configs, self.run_dirs)
-            progress = _Progress(self.configs, self.records.epoch, len(self.step.sizes()),
+            progress = _Progress(self.configs, self.metrics.epoch, len(self.step.sizes()),
                                  len(self.dataset.train_labels) * len(self.configs))
             try:
-                for epoch in range(self.records.epoch, first.epochs):
+                for epoch in range(self.metrics.epoch, first.epochs):
                     self._stop_if_asked(epoch)
                     start = time.perf_counter()
                     lr = self._schedule(epoch)
                     losses, train_errors, bad_steps = self.step.epoch(progress.step)
-                    self.records.note_step(self.step.paths)
+                    self.metrics.note_step(self.step.paths)
                     self._drop_diverged(epoch, losses, bad_steps)
                     evaluated = self._evaluate() if due(epoch, first.eval_every, first.epochs) else (None, None)
-                    entries = self.records.add_epoch(lr, losses, train_errors, time.perf_counter() - start, *evaluated)
+                    entries = self.metrics.add_epoch(lr, losses, train_errors, time.perf_counter() - start, *evaluated)
                     tensorboard.add(entries)
                     if due(epoch, first.checkpoint_every, first.epochs):
                         self._checkpoint()
@@ -252,14 +256,14 @@ class _Group:
             finally:
                 progress.close()
                 tensorboard.close()
-            self.records.write(self.run_dirs, self.dataset, skip=set(self.diverged))
+            self.metrics.write(self.run_dirs, self.dataset, skip=set(self.diverged))
         if self.diverged:
             raise NonFiniteLossError("; ".join(self.diverged.values()))
 
     def _stop_if_asked(self, epoch: int) -> None:
         """Before ``epoch``: if the stop says so (a signal, the sweep, or too little time for another epoch and its
         checkpoint, as long as the last ones took), write the checkpoint and raise StoppedError."""
-        history = self.records.history[0]
+        history = self.metrics.history[0]
         why = self.stop.reason((history[-1]["seconds"] if history else 0.0) + self.checkpoint_seconds)
         if why is None:
             return
@@ -267,7 +271,7 @@ class _Group:
         if epoch == 0:
             raise StoppedError(f"{runs}: stopped before the first epoch because {why}; nothing was trained, and the "
                                "same command starts it")
-        if self.checkpointed_epoch != self.records.epoch:
+        if self.checkpointed_epoch != self.metrics.epoch:
             self._checkpoint()
         raise StoppedError(f"{runs}: stopped after epoch {epoch} of {self.first.epochs} because {why}; the checkpoint "
                            "is written, and the same command resumes from it")
@@ -278,7 +282,7 @@ class _Group:
         train_x, train_y = to_device(self.dataset.train_images, self.dataset.train_labels, device)
         self.test_x, self.test_y = to_device(self.dataset.test_images, self.dataset.test_labels, device)
         backbone = ssp_backbone(first, self.dataset, device, self.stop) if self.methods[0].ssp else None
-        singles = [_init_model(c, self.dataset.num_classes, backbone) for c in self.configs]
+        singles = [init_model(c, self.dataset.num_classes, backbone) for c in self.configs]
         self.model = build_model(first.arch, self.dataset.num_classes, self.methods[0].normed, runs)
         self.model.load_state_dict(merge_state_dicts([m.state_dict() for m in singles]))
         self.model.to(device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
@@ -306,7 +310,8 @@ class _Group:
         for method, config, criterion, stream, weights in zip(
             self.methods, self.configs, self.criteria, self.streams, self.cb_weights
         ):
-            criterion.weight = weights if active(method.reweight, epoch, config.switch_epoch) else torch.ones_like(weights)
+            criterion.weight = (weights if active(method.reweight, epoch, config.switch_epoch)
+                                else torch.ones_like(weights))
             stream.set_class_weights(weights if active(method.resample, epoch, config.switch_epoch) else None)
         return lr
 
@@ -321,14 +326,15 @@ class _Group:
 
     def _resume(self) -> dict:
         """Load every run's checkpoint into the fused model, or start fresh; write config and counts."""
-        self.records = Records(len(self.configs), self.dataset.groups, [m.posthoc for m in self.methods])
+        self.metrics = Metrics(len(self.configs), self.dataset.groups, [m.posthoc for m in self.methods])
         saved = [run_folder.load_checkpoint(d, set_aside_corrupt=True) for d in self.run_dirs]
         self.checkpointed_epoch = None
         if any(s is not None for s in saved):
             epochs = {s and s["epoch"] for s in saved}
             if len(epochs) > 1:  # run_many groups by checkpoint.json; only a checkpoint corrupted since gets here
                 raise CorruptFileError(f"the checkpoints of {', '.join(map(str, self.run_dirs))} changed under "
-                                       f"their checkpoint.json (epochs {sorted(epochs, key=str)}); train them one by one")
+                                       f"their checkpoint.json (epochs {sorted(epochs, key=str)}); "
+                                       "train them one by one")
             for s, config, run_dir in zip(saved, self.configs, self.run_dirs):
                 _refuse_other_parameters(s["config"], config, run_dir / run_folder.CHECKPOINT)
             self.model.load_state_dict(merge_state_dicts([s["model"] for s in saved]))
@@ -338,8 +344,8 @@ class _Group:
             torch.set_rng_state(saved[0]["torch_rng"])
             if saved[0]["cuda_rng"] is not None and torch.cuda.is_available():
                 torch.cuda.set_rng_state_all(saved[0]["cuda_rng"])
-            self.records.load(saved)
-            self.checkpointed_epoch = self.records.epoch
+            self.metrics.load(saved)
+            self.checkpointed_epoch = self.metrics.epoch
         environment = provenance.environment(self.device)
         for config, run_dir in zip(self.configs, self.run_dirs):
             files.write_json(run_dir / run_folder.CONFIG, {**environment, "config": config.to_dict()})
@@ -365,9 +371,9 @@ class _Group:
                 "stream": self.streams[k].state_dict(),
                 "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                **self.records.of_run(k),
+                **self.metrics.of_run(k),
             })
-        self.checkpointed_epoch = self.records.epoch
+        self.checkpointed_epoch = self.metrics.epoch
         self.checkpoint_seconds = time.perf_counter() - start
 
     def _drop_diverged(self, epoch: int, losses: list[float], bad_steps: list[int]) -> None:

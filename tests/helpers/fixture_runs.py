@@ -37,8 +37,8 @@ def write_run(run_dir, params: dict, test_per_class: int, final_correct: list[in
     counts = imbalance.class_counts(*sources.dataset_size(config.dataset), config.imb_type, config.ratio)
     classes = [f"class{c}" for c in range(len(counts))]
     groups = imbalance.groups(counts)
-    final = metrics.error_record(config.epochs, confusion(final_correct, test_per_class), groups)
-    best = metrics.error_record(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
+    final = metrics.evaluation(config.epochs, confusion(final_correct, test_per_class), groups)
+    best = metrics.evaluation(max(1, config.epochs - 1), confusion(best_correct or final_correct, test_per_class),
                                   groups)
     history = [{"epoch": e + 1, "lr": schedule.learning_rate(config.resolve(), e), "train_loss": 2.0 / (e + 1),
                 "train_error": 50.0 / (e + 1), "seconds": 1.5, "test_error": final["error"] + 10.0 / (e + 1),

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 import PIL.Image
 import pytest
-from fixture_runs import cell_of, write_run
-from notebook_checks import assert_clean, assert_readable
+from helpers.fixture_runs import cell_of, write_run
+from helpers.notebook_checks import assert_clean, assert_readable, assert_same_drawing
 
 from mmlib import files, paper
 from mmlib.report import render, results, tables
@@ -27,6 +27,7 @@ ERRORS = {  # (method, variant): top-1 error (%) of each seed; 10 classes of 100
 }
 
 
+COMPUTED_ON_THE_CPU = ("fig2_toy.",)  # the toy of Fig. 2 is trained as the report renders it
 EVERY_REPORT_NOTEBOOK = ["ablation.ipynb", "beyond.ipynb", "compare.ipynb", "fig1_class_counts.ipynb", "fig2_toy.ipynb",
                          "fig3_per_class.ipynb", "table1.ipynb", "table2.ipynb", "table3.ipynb"]  # as executed
 
@@ -137,9 +138,10 @@ def test_quick_preset_with_only_some_runs_reports_what_exists(tmp_path):
 
 @pytest.mark.slow
 def test_the_committed_figures_are_what_report_renders_from_the_committed_results(tmp_path):
-    """figures/ is `python -m mmlib report` of results/, byte for byte: run it again (and commit what it writes)
-    whenever the records or the code that renders them change. Images are compared where this matplotlib is
-    the one that drew the committed ones (its version is in each file); another draws other bytes."""
+    """figures/ is `python -m mmlib report` of results/: run it again (and commit what it writes) whenever the
+    results or the code that renders them change. Byte for byte, except Fig. 2, whose toy the CPU trains as it is
+    drawn: within notebook_checks' stated tolerances, which hold across processors. Images are compared where this
+    matplotlib is the one that drew the committed ones (its version is in each file); another draws other bytes."""
     done = subprocess.run([sys.executable, "-m", "mmlib", "report", "--out", str(tmp_path)], capture_output=True,
                           text=True)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -148,10 +150,14 @@ def test_the_committed_figures_are_what_report_renders_from_the_committed_result
     committed = {p.name for p in files.FIGURES.iterdir() if p.is_file()}
     assert committed == {p.name for p in tmp_path.iterdir() if p.is_file()}
     for name in sorted(committed):
-        ours, theirs = (tmp_path / name).read_bytes(), (files.FIGURES / name).read_bytes()
-        if not _drawn_by_this_matplotlib(files.FIGURES / name):
+        ours, theirs = tmp_path / name, files.FIGURES / name
+        if not _drawn_by_this_matplotlib(theirs):
             continue
-        assert ours == theirs, f"figures/{name} is not what report renders now: run python -m mmlib report"
+        if name.startswith(COMPUTED_ON_THE_CPU):  # another processor rounds otherwise: within stated tolerances
+            assert_same_drawing(ours, theirs)
+        else:  # drawn from results/ alone: deterministic to the byte
+            assert ours.read_bytes() == theirs.read_bytes(), f"figures/{name} is not what report renders now: run " \
+                                                             "python -m mmlib report"
 
 
 def _drawn_by_this_matplotlib(path) -> bool:

@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
-from tiny import quick
+from helpers.tiny import quick
 
 from mmlib import files
 from mmlib.choices import METHODS
@@ -76,8 +76,8 @@ def test_short_runs_keep_the_schedules_shape():
 
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_and_writes_complete_results(method, tmp_path, digits):
-    # evaluated after the last epoch only (the best-epoch rule: tests/test_records.py): 8 s of the suite
-    results = trainer.run(quick(method=method, switch_epoch=1, ssp_epochs=1, eval_every=2), tmp_path / method)
+    # evaluated after the last epoch only (the best-epoch rule: tests/train/test_metrics.py): 8 s of the suite
+    results = trainer.train(quick(method=method, switch_epoch=1, ssp_epochs=1, eval_every=2), tmp_path / method)
     run_dir = tmp_path / method
     assert run_folder.is_finished(run_dir)
     for name in (run_folder.CONFIG, run_folder.COUNTS, run_folder.CHECKPOINT, run_folder.METRICS, run_folder.PER_CLASS):
@@ -104,7 +104,7 @@ def test_every_method_trains_and_writes_complete_results(method, tmp_path, digit
 
 @pytest.mark.slow
 def test_digits_is_learnable_in_a_few_epochs(tmp_path):
-    results = trainer.run(quick(method="erm", ratio=1.0, imb_type="balanced", epochs=6, batch_size=64), tmp_path / "r")
+    results = trainer.train(quick(method="erm", ratio=1.0, imb_type="balanced", epochs=6, batch_size=64), tmp_path / "r")
     assert results["final"]["error"] < 50  # chance is 90%
 
 
@@ -114,7 +114,7 @@ def test_digits_is_learnable_in_a_few_epochs(tmp_path):
 @pytest.mark.slow
 def test_drw_weights_switch_exactly_at_the_switch_epoch(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    trainer.run(quick(method="ldam-drw", epochs=4, switch_epoch=2), tmp_path / "r")
+    trainer.train(quick(method="ldam-drw", epochs=4, switch_epoch=2), tmp_path / "r")
     expected = class_balanced_weights(digits.cls_num_list, 0.9999)
     ones = torch.ones(digits.num_classes)
     for call, weights in zip(calls, [ones, ones, expected, expected]):
@@ -124,7 +124,7 @@ def test_drw_weights_switch_exactly_at_the_switch_epoch(tmp_path, monkeypatch, d
 
 def test_drs_resamples_after_the_switch(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    trainer.run(quick(method="erm-drs", epochs=3, switch_epoch=1), tmp_path / "r")
+    trainer.train(quick(method="erm-drs", epochs=3, switch_epoch=1), tmp_path / "r")
     counts = digits.cls_num_list
     assert calls[0]["labels"][0] == Counter(dict(enumerate(counts)))  # uniform: each image once
     for call in calls:  # no re-weighting
@@ -145,7 +145,7 @@ def test_drs_resamples_after_the_switch(tmp_path, monkeypatch, digits):
 
 def test_cb_rs_resamples_from_the_first_epoch(tmp_path, monkeypatch, digits):
     calls = spy_epochs(monkeypatch)
-    trainer.run(quick(method="cb-rs", epochs=1), tmp_path / "r")
+    trainer.train(quick(method="cb-rs", epochs=1), tmp_path / "r")
     assert calls[0]["labels"][0] != Counter(dict(enumerate(digits.cls_num_list)))
 
 
@@ -158,7 +158,7 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
     backbone = ssp.ssp_backbone(config, digits, torch.device("cpu"))
     assert [c["transform"] for c in calls] == [ssp.rotate, ssp.rotate]
     assert not any(k.startswith("fc.") for k in backbone)
-    model = trainer._init_model(config, digits.num_classes, backbone)
+    model = trainer.init_model(config, digits.num_classes, backbone)
     for name, tensor in model.state_dict().items():
         if name.startswith("fc."):
             assert tensor.shape == (digits.num_classes, 64)  # a fresh cosine head
@@ -168,7 +168,7 @@ def test_ssp_pretrains_once_and_fine_tuning_starts_from_the_backbone(tmp_path, m
                                   digits, torch.device("cpu"))
     assert len(calls) == 2  # the second seed reused the cached backbone
     assert all(torch.equal(again[k], backbone[k]) for k in backbone)
-    trainer.run(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2), tmp_path / "r")
+    trainer.train(quick(method="ldam-drw-ssp", epochs=1, switch_epoch=0, ssp_epochs=2), tmp_path / "r")
     assert len(calls) == 3 and calls[2]["transform"] is None
 
 
@@ -185,7 +185,7 @@ def test_rotation_turns_each_image_by_its_label():
 @pytest.mark.slow
 def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
     params = quick(method="mm-drw", epochs=4, switch_epoch=2, checkpoint_every=1)
-    straight = trainer.run(params, tmp_path / "straight")
+    straight = trainer.train(params, tmp_path / "straight")
 
     real_save = run_folder.save_checkpoint
     saves = []
@@ -198,11 +198,11 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(run_folder, "save_checkpoint", crash_after_two_epochs)
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(params, tmp_path / "resumed")
+        trainer.train(params, tmp_path / "resumed")
     monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
     assert not run_folder.is_finished(tmp_path / "resumed")
     assert torch.load(tmp_path / "resumed" / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 2
-    resumed = trainer.run(params, tmp_path / "resumed")
+    resumed = trainer.train(params, tmp_path / "resumed")
     for key in ("final", "best"):
         assert resumed[key]["per_class_error"] == straight[key]["per_class_error"]
         assert resumed[key]["confusion"] == straight[key]["confusion"]
@@ -211,16 +211,16 @@ def test_resume_equals_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_finished_runs_are_skipped(tmp_path, monkeypatch):
-    first = trainer.run(quick(method="erm", epochs=1), tmp_path / "r")
+    first = trainer.train(quick(method="erm", epochs=1), tmp_path / "r")
     calls = spy_epochs(monkeypatch)
-    again = trainer.run(quick(method="erm", epochs=1), tmp_path / "r")
+    again = trainer.train(quick(method="erm", epochs=1), tmp_path / "r")
     assert calls == [] and again["final"] == first["final"]
 
 
 def test_a_run_dir_with_other_parameters_is_refused(tmp_path):
-    trainer.run(quick(method="erm", epochs=1), tmp_path / "r")
+    trainer.train(quick(method="erm", epochs=1), tmp_path / "r")
     with pytest.raises(ValueError, match=r"other parameters \(method: 'erm' -> 'focal'.*config.json"):
-        trainer.run(quick(method="focal", epochs=1), tmp_path / "r")
+        trainer.train(quick(method="focal", epochs=1), tmp_path / "r")
 
 
 def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_path, monkeypatch, digits):
@@ -238,14 +238,14 @@ def test_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(tmp_
     monkeypatch.setattr(losses.CrossEntropyLoss, "forward", poisoned)
     with pytest.raises(trainer.NonFiniteLossError,
                        match=rf"at epoch 2, step 2 of {steps_per_epoch}; its last checkpoint \(after epoch 1\) is kept"):
-        trainer.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
+        trainer.train(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
     assert torch.load(tmp_path / "r" / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 1
     assert not run_folder.is_finished(tmp_path / "r")
     failure = run_folder.failure(tmp_path / "r")
     assert (failure["epoch"], failure["step"], failure["checkpoint_epoch"]) == (2, 2, 1)
     with pytest.raises(trainer.NonFiniteLossError, match=r"failed before: non-finite loss .* To retry it from its last "
                                                           r"checkpoint, delete .*FAILED \(a sweep: --retry-failed\)"):
-        trainer.run(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
+        trainer.train(quick(method="erm", epochs=3, checkpoint_every=1), tmp_path / "r")
 
 
 # Grouped and plain convolutions sum in other orders, by how much depends on the processor's kernels: a fused
@@ -269,13 +269,13 @@ def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it
 
     monkeypatch.setattr(losses.FocalLoss, "forward", poisoned)
     with pytest.raises(trainer.NonFiniteLossError, match=r"non-finite loss in run .*f1 \(focal\) at epoch 2, step 2"):
-        trainer.run_many([quick(method="erm", **schedule), quick(method="focal", **schedule)],
+        trainer.train_many([quick(method="erm", **schedule), quick(method="focal", **schedule)],
                           [tmp_path / "f0", tmp_path / "f1"])
     monkeypatch.undo()
     assert run_folder.failure(tmp_path / "f1")["checkpoint_epoch"] == 1 and not run_folder.is_finished(tmp_path / "f1")
     assert torch.load(tmp_path / "f1" / run_folder.CHECKPOINT, weights_only=False)["epoch"] == 1
     fused = run_folder.load_results(tmp_path / "f0")
-    alone = trainer.run(quick(method="erm", **schedule), tmp_path / "alone")
+    alone = trainer.train(quick(method="erm", **schedule), tmp_path / "alone")
     assert [h["epoch"] for h in fused["history"]] == [1, 2, 3]
     for a, b in zip(fused["history"], alone["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=FUSED_LOSS_RTOL)
@@ -307,7 +307,7 @@ def test_a_diverging_run_of_a_fused_group_stops_alone_and_the_other_trains_as_it
 )
 def test_bad_parameters_fail_before_training(overrides, message, tmp_path):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        trainer.run(quick(**overrides), tmp_path / "r")
+        trainer.train(quick(**overrides), tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
 
@@ -325,9 +325,9 @@ def test_fused_runs_train_as_each_would_alone(tmp_path):
     schedule = dict(epochs=2, switch_epoch=1, lr=0.01, warmup_epochs=0, lr_milestones=[1])
     variants = [quick(method="mm-drw", seed=0, **schedule),
                 quick(method="mm-drw", seed=1, beta=1.2, mm_variant="released", **schedule)]
-    fused = trainer.run_many(variants, [tmp_path / "f0", tmp_path / "f1"])
+    fused = trainer.train_many(variants, [tmp_path / "f0", tmp_path / "f1"])
     for k, params in enumerate(variants):
-        alone = trainer.run(params, tmp_path / f"alone{k}")
+        alone = trainer.train(params, tmp_path / f"alone{k}")
         for a, b in zip(fused[k]["history"], alone["history"]):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=FUSED_LOSS_RTOL)
         assert fused[k]["final"]["confusion"] == alone["final"]["confusion"]
@@ -342,9 +342,9 @@ def test_fused_runs_train_as_each_would_alone(tmp_path):
 
 def test_runs_that_cannot_fuse_are_refused(tmp_path):
     with pytest.raises(ValueError, match="cannot train fused: they differ in epochs"):
-        trainer.run_many([quick(epochs=2), quick(epochs=3)], [tmp_path / "a", tmp_path / "b"])
+        trainer.train_many([quick(epochs=2), quick(epochs=3)], [tmp_path / "a", tmp_path / "b"])
     with pytest.raises(ValueError, match="head"):
-        trainer.run_many([quick(method="erm"), quick(method="ldam")], [tmp_path / "a", tmp_path / "b"])
+        trainer.train_many([quick(method="erm"), quick(method="ldam")], [tmp_path / "a", tmp_path / "b"])
 
 
 # --- command line --------------------------------------------------------------------------
@@ -387,8 +387,8 @@ def final_state(run_dir):
 
 @pytest.mark.slow
 def test_channels_last_matches_the_plain_path(tmp_path):
-    plain = trainer.run(quick(channels_last=False, **SMALL_LR), tmp_path / "plain")
-    fast = trainer.run(quick(channels_last=True, **SMALL_LR), tmp_path / "channels_last")
+    plain = trainer.train(quick(channels_last=False, **SMALL_LR), tmp_path / "plain")
+    fast = trainer.train(quick(channels_last=True, **SMALL_LR), tmp_path / "channels_last")
     moved = (torch.tensor(fast["final"]["confusion"]) - torch.tensor(plain["final"]["confusion"])).abs().sum()
     assert moved <= 4  # at most two of 597 test predictions flip on float rounding
     for a, b in zip(fast["history"], plain["history"]):
@@ -399,8 +399,8 @@ def test_channels_last_matches_the_plain_path(tmp_path):
 
 
 def test_bf16_autocast_stays_close_to_float32(tmp_path):
-    plain = trainer.run(quick(**SMALL_LR), tmp_path / "plain")
-    bf16 = trainer.run(quick(bf16=True, **SMALL_LR), tmp_path / "bf16")
+    plain = trainer.train(quick(**SMALL_LR), tmp_path / "plain")
+    bf16 = trainer.train(quick(bf16=True, **SMALL_LR), tmp_path / "bf16")
     for a, b in zip(bf16["history"], plain["history"]):  # bf16 keeps 8 bits of mantissa
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=2e-2)
     assert bf16["final"]["error"] == pytest.approx(plain["final"]["error"], abs=5.0)
@@ -415,8 +415,8 @@ def test_compiled_step_matches_the_plain_path(tmp_path, monkeypatch):
     """
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda model, mode: real_compile(model, mode=mode, backend="aot_eager"))
-    plain = trainer.run(quick(**SMALL_LR), tmp_path / "plain")
-    compiled = trainer.run(quick(compile="default", **SMALL_LR), tmp_path / "compiled")
+    plain = trainer.train(quick(**SMALL_LR), tmp_path / "plain")
+    compiled = trainer.train(quick(compile="default", **SMALL_LR), tmp_path / "compiled")
     assert len(load_dataset("digits", imb_type="exp", ratio=10.0).train_labels) % 128 != 0  # a partial batch
     for a, b in zip(compiled["history"], plain["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
@@ -426,5 +426,5 @@ def test_compiled_step_matches_the_plain_path(tmp_path, monkeypatch):
 
 
 def test_tensorboard_scalars_are_written_when_asked(tmp_path):
-    trainer.run(quick(method="erm", epochs=1, tensorboard=True), tmp_path / "r")
+    trainer.train(quick(method="erm", epochs=1, tensorboard=True), tmp_path / "r")
     assert list((tmp_path / "r" / "tensorboard").glob("events.out.tfevents.*"))

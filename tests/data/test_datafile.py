@@ -39,7 +39,7 @@ def test_round_trip_is_bit_identical(exported):
 def test_mosaic_keeps_every_pixel_of_several_rows():
     """600 random images: three mosaic rows, the last one padded; random pixels leave WebP nothing to smooth."""
     images = np.random.default_rng(0).integers(0, 256, (600, 32, 32, 3), dtype=np.uint8)
-    decoded = datafile._decode_mosaic(datafile._encode_mosaic(images), list(images.shape))
+    decoded = datafile.decode_mosaic(datafile.encode_mosaic(images), list(images.shape))
     assert np.array_equal(decoded, images)
 
 
@@ -96,7 +96,7 @@ def test_refuses_a_foreign_format(exported, tmp_path):
 
 def test_a_missing_file_fails_before_anything_is_written(tmp_path):
     config = RunConfig(dataset="digits", data_root=str(tmp_path / "absent.npz"))  # parameters, not their data
-    for check in (sources.check, lambda c: trainer.run(c, tmp_path / "r")):
+    for check in (sources.check, lambda c: trainer.train(c, tmp_path / "r")):
         with pytest.raises(FileNotFoundError, match="does not exist; write it with `python -m mmlib export-data"):
             check(config)
     assert not (tmp_path / "r").exists()
@@ -113,8 +113,8 @@ def test_command_line_errors_name_the_option(tmp_path, capsys):
 def test_a_run_from_the_file_equals_a_run_from_the_source(exported, tmp_path):
     params = dict(method="erm", dataset="digits", imb_type="exp", ratio=10.0, rand_number=3, arch="resnet8", epochs=1,
                   batch_size=128, quiet=True)
-    direct = trainer.run(params, tmp_path / "direct")
-    from_file = trainer.run({**params, "data_root": str(exported)}, tmp_path / "file")
+    direct = trainer.train(params, tmp_path / "direct")
+    from_file = trainer.train({**params, "data_root": str(exported)}, tmp_path / "file")
     assert from_file["final"] == direct["final"]
     assert [h["train_loss"] for h in from_file["history"]] == [h["train_loss"] for h in direct["history"]]
 

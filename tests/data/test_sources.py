@@ -227,7 +227,7 @@ def test_image_folder_cache_hit_and_invalidation(tmp_path, monkeypatch):
         raise AssertionError(f"decoded {path} although the cache holds it")
 
     with monkeypatch.context() as patch:
-        patch.setattr(sources, "_decode_image", no_decoding)
+        patch.setattr(sources, "decode_image", no_decoding)
         cached = load_balanced("cifar10", root)
     assert_same_split(cached, train_images, train_labels, test_images, test_labels)
     assert cached.classes == first.classes
@@ -256,7 +256,7 @@ def test_a_moved_copy_reuses_the_cache_one_file_per_content(tmp_path, monkeypatc
         raise AssertionError(f"decoded {path} although the cache holds its content")
 
     with monkeypatch.context() as patch:
-        patch.setattr(sources, "_decode_image", no_decoding)
+        patch.setattr(sources, "decode_image", no_decoding)
         assert_same_split(load_balanced("cifar10", moved), *split)
     assert len(list(cache.glob("*.npz"))) == 1
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mmlib.train.metrics import Records
+from mmlib.train.metrics import Metrics
 
 
 def confusion(correct: int) -> torch.Tensor:
@@ -14,7 +14,7 @@ def confusion(correct: int) -> torch.Tensor:
 
 
 def test_the_best_epoch_is_the_first_with_the_lowest_error_and_the_final_the_last_evaluated():
-    records = Records(2, {"many": [0], "medium": [], "few": [1]})
+    records = Metrics(2, {"many": [0], "medium": [], "few": [1]})
     correct = [(10, 16), (14, 18), (12, 18), (None, None)]  # of 20, per epoch, for runs 0 and 1; epoch 4: none
     for epoch, (a, b) in enumerate(correct, start=1):
         evaluated = torch.stack([confusion(a), confusion(b)]) if a is not None else None

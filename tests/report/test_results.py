@@ -1,4 +1,4 @@
-"""Records of finished runs: collect (finished, unfinished, failed, conflicting, idempotent, small) and load."""
+"""Metrics of finished runs: collect (finished, unfinished, failed, conflicting, idempotent, small) and load."""
 
 import json
 import subprocess
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from fixture_runs import cell_of, confusion, write_run
+from helpers.fixture_runs import cell_of, confusion, write_run
 
 from mmlib import files
 from mmlib.config import resolved
@@ -89,7 +89,7 @@ def test_unfinished_and_failed_runs_are_refused_and_listed(tmp_path):
     assert done.failed == [(failed, f"FileNotFoundError: no data root given (see {failed / 'train.ipynb'})")]
     assert not (tmp_path / "results" / CELL.path(".") / "seed1").exists()
     lines = done.lines()
-    assert lines[0] == "1 records written, 0 unchanged, 1 unfinished, 1 failed and 0 conflicting runs refused"
+    assert lines[0] == "1 results written, 0 unchanged, 1 unfinished, 1 failed and 0 conflicting runs refused"
     assert any(str(interrupted) in line and "37 of 200" in line for line in lines[1:])
 
 
@@ -168,7 +168,7 @@ def test_a_real_run_round_trips_and_the_cli_collects(tmp_path, monkeypatch):
     quick = cell_of("quick", "digits-step-10", "mm-drw")
     # a real digits run, put where a table1 run would be so that collect takes it: another experiment, filed apart
     run_dir = CELL.path(tmp_path / "runs") / "seed0"
-    trained = trainer.run(quick.run_params(seed=0, arch="resnet8", epochs=2, quiet=True), run_dir)
+    trained = trainer.train(quick.run_params(seed=0, arch="resnet8", epochs=2, quiet=True), run_dir)
     unfinished = CELL.path(tmp_path / "runs") / "seed1"
     unfinished.mkdir()
 
@@ -177,7 +177,7 @@ def test_a_real_run_round_trips_and_the_cli_collects(tmp_path, monkeypatch):
 
     assert done.returncode == 1, done.stderr
     record = tmp_path / "results" / "other" / CELL.path(".") / "seed0"
-    assert f"recorded {run_dir} -> {record}" in done.stdout
+    assert f"collected {run_dir} -> {record}" in done.stdout
     assert f"unfinished: {unfinished}: not finished: 0 of ? epochs checkpointed" in done.stdout
     loaded = results.load(record)
     assert loaded["final"]["error"] == pytest.approx(trained["final"]["error"], rel=1e-5)

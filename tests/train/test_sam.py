@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from test_reliability import checkpointed, cli_args, finish, kill, same_results, start, wait_for
-from tiny import quick
+from helpers.processes import checkpointed, cli_args, finish, kill, same_results, start, wait_for
+from helpers.tiny import quick
 
 from mmlib import files, paper
 from mmlib.config import RunConfig
@@ -190,9 +190,9 @@ def test_sam_rho_is_fixed_for_a_run_and_fuses_only_with_other_sam_runs(tmp_path)
     run_dir = tmp_path / "run"
     run_folder.save_checkpoint(run_dir, {"epoch": 1, "config": RunConfig(**quick(sam_rho=0.5)).resolve().to_dict()})
     with pytest.raises(ValueError, match=r"other parameters \(sam_rho: 0.5 -> 0.8; recorded in checkpoint.pt\)"):
-        trainer.run(quick(sam_rho=0.8), run_dir)
+        trainer.train(quick(sam_rho=0.8), run_dir)
     with pytest.raises(ValueError, match=r"cannot train fused: they differ in head, SSP pre-training or SAM"):
-        trainer.run_many([quick(sam_rho=0.0), quick(sam_rho=0.5)], [tmp_path / "a", tmp_path / "b"])
+        trainer.train_many([quick(sam_rho=0.0), quick(sam_rho=0.5)], [tmp_path / "a", tmp_path / "b"])
     assert fusion.fusion_key(RunConfig(**quick(sam_rho=0.5))) == fusion.fusion_key(
         RunConfig(**quick(method="ldam-drw", seed=3, sam_rho=0.8)))
     jobs = plan.plan("beyond", tmp_path / "runs", seeds=[0, 1], settings=["cifar10-exp-100"],
@@ -206,7 +206,7 @@ def test_sam_rho_is_fixed_for_a_run_and_fuses_only_with_other_sam_runs(tmp_path)
 
 def test_the_sam_rows_render_beside_the_published_numbers(tmp_path):
     """Finished LDAM-DRW + SAM runs in the beyond table, against Rangwani et al.'s 18.1 on CIFAR-10-LT-100."""
-    from fixture_runs import write_run
+    from helpers.fixture_runs import write_run
 
     from mmlib.report import cells, tables
 
@@ -231,7 +231,7 @@ def test_sam_in_a_captured_graph_equals_the_eager_step(tmp_path):
     at small rho."""
     run = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", epochs=4, batch_size=32, lr=0.01,
                warmup_epochs=2, lr_milestones=[3], switch_epoch=2, method="ldam-drw", device="cuda", quiet=True)
-    runs = {mode: trainer.run_many([{**run, "compile": mode, "sam_rho": 0.05},
+    runs = {mode: trainer.train_many([{**run, "compile": mode, "sam_rho": 0.05},
                                      {**run, "compile": mode, "sam_rho": 0.1, "seed": 1}],
                                     [tmp_path / mode / "a", tmp_path / mode / "b"]) for mode in ("off", "graphs")}
     for k in range(2):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import quick
+from helpers.tiny import quick
 
 import mmlib.train.step
 from mmlib.choices import METHODS, get_method
@@ -22,7 +22,7 @@ from mmlib.errors import StepCheckError
 from mmlib.report import results
 from mmlib.train import fusion, provenance, run_folder, trainer
 from mmlib.train.losses import CrossEntropyLoss, LDAMLoss, build_loss, class_balanced_weights
-from mmlib.train.metrics import Records
+from mmlib.train.metrics import Metrics
 from mmlib.train.models import build_model, merge_state_dicts
 from mmlib.train.step import TrainStep, resolve_compile, sgd_update, step_difference
 
@@ -125,10 +125,10 @@ def test_warm_up_before_a_graph_capture_leaves_no_trace(digits):
                      torch.optim.SGD(model.parameters(), 0.1, momentum=0.9), bf16=False, channels_last=False)
     step.epoch()  # momentum and statistics away from their initial values
     step.step_index.fill_(3)  # where the partial batch's graph is captured: the epoch's last step
-    before = {name: t.clone() for name, t in step._state().items()}
-    step._warm_up(486 - 3 * 128)  # an index past the draws would fail: each step starts where the first did
+    before = {name: t.clone() for name, t in step.state().items()}
+    step.warm_up(486 - 3 * 128)  # an index past the draws would fail: each step starts where the first did
     assert all(p.grad is not None for p in step.params)  # the steps ran
-    for name, tensor in step._state().items():
+    for name, tensor in step.state().items():
         assert torch.equal(tensor, before[name]), name
     assert len(before) == len(step.params) + len(list(model.buffers())) + len(step.params) + 4
 
@@ -150,7 +150,7 @@ def test_compile_modes_and_their_refusals():
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where CUDA is absent")
 def test_graphs_without_cuda_fail_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="compile='graphs' needs a CUDA device"):
-        trainer.run(dict(method="erm", dataset="digits", arch="resnet8", epochs=2, quiet=True, compile="graphs"),
+        trainer.train(dict(method="erm", dataset="digits", arch="resnet8", epochs=2, quiet=True, compile="graphs"),
                      tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
@@ -162,7 +162,7 @@ BUILT_LR = 0.1  # the optimizer's lr when the step is built; the schedule then s
 
 def correct_stand_in(step, size):
     """A fast step that computes what the eager step does."""
-    return lambda: step._step(size)
+    return lambda: step.eager_step(size)
 
 
 def stale_lr(step, size):
@@ -170,7 +170,7 @@ def stale_lr(step, size):
     def run():
         scheduled = step.neg_lr.clone()
         step.neg_lr.fill_(-BUILT_LR)
-        step._step(size)
+        step.eager_step(size)
         step.neg_lr.copy_(scheduled)
     return run
 
@@ -179,7 +179,7 @@ def skips_batchnorm(step, size):
     """Leaves BatchNorm's running statistics and batch count as they were."""
     def run():
         statistics = [b.clone() for b in step.model.buffers()]
-        step._step(size)
+        step.eager_step(size)
         for buffer, value in zip(step.model.buffers(), statistics):
             buffer.copy_(value)
     return run
@@ -213,7 +213,7 @@ def small_step(digits, compile: str) -> TrainStep:
 
 
 def epoch_and_state(step: TrainStep) -> tuple:
-    return step.epoch(), {name: t.clone() for name, t in step._state().items()}
+    return step.epoch(), {name: t.clone() for name, t in step.state().items()}
 
 
 @pytest.fixture(scope="module")
@@ -303,15 +303,15 @@ def test_replaced_weights_or_optimizer_state_are_refused(digits):
 
 def test_records_keep_every_distinct_step_path_across_a_resume():
     graphs, eager = {"path": "graphs", "reason": "checked"}, {"path": "eager", "reason": "the check failed"}
-    records = Records(2, {})
+    records = Metrics(2, {})
     records.note_step([graphs])
     records.note_step([graphs])
     assert [records.of_run(k)["step"] for k in (0, 1)] == [[graphs], [graphs]]
-    resumed = Records(1, {})
+    resumed = Metrics(1, {})
     resumed.load([{**records.of_run(0), "epoch": 1}])
     resumed.note_step([eager])
     assert resumed.of_run(0)["step"] == [graphs, eager]
-    older = Records(1, {})
+    older = Metrics(1, {})
     older.load([{"epoch": 1, "history": [], "final": None, "best": None}])  # a checkpoint from before the record
     assert older.of_run(0)["step"] == []
 
@@ -320,18 +320,18 @@ def test_records_keep_every_distinct_step_path_across_a_resume():
 def test_a_run_through_a_failed_check_finishes_and_records_its_step(tmp_path, cpu_as_cuda):
     cpu_as_cuda(skips_batchnorm)
     with pytest.warns(RuntimeWarning, match="the CUDA graph step over 128 samples differs"):
-        result = trainer.run(quick(method="ldam-drw"), tmp_path / "run")
+        result = trainer.train(quick(method="ldam-drw"), tmp_path / "run")
     assert run_folder.is_finished(tmp_path / "run")
     [path] = result["step"]
     assert path["path"] == "eager" and "at buffer " in path["reason"]
     assert torch.load(tmp_path / "run" / run_folder.CHECKPOINT, weights_only=False)["step"] == [path]
-    assert json.loads(results.record_files(tmp_path / "run")[run_folder.METRICS])["step"] == [path]
+    assert json.loads(results.result_files(tmp_path / "run")[run_folder.METRICS])["step"] == [path]
     assert results.summarize_runs([result])["step"].tolist() == ["eager"]  # train.ipynb's summary
 
 
 # --- the device check's environment -------------------------------------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 JUPYTER = ("nbformat", "papermill", "jupyter_client")
 
 
@@ -343,7 +343,7 @@ def test_the_device_check_and_a_sweep_run_without_jupyter(tmp_path):
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text("import sys\n" + "".join(f"sys.modules[{n!r}] = None\n" for n in JUPYTER))
-    path = os.pathsep.join([str(blocker)] + [str(ROOT / d) for d in ("", "benchmarks", "tests")])
+    path = os.pathsep.join([str(blocker)] + [str(ROOT / d) for d in ("", "benchmarks", "tests", "tests/train")])
     env = {**os.environ, "PYTHONPATH": path}
     code = ("import mmlib.train.step, mmlib.train.trainer, mmlib.train.fusion, mmlib.sweep.plan, mmlib.sweep.jobs, gpu_check, throughput, "
             "test_step, test_losses, test_models, test_sam\ntry:\n    import nbformat\nexcept ImportError as error:\n    print(error)")
@@ -457,8 +457,8 @@ def _final_state(run_dir):
 
 @cuda
 def test_graph_path_equals_eager_over_64_steps_with_a_drw_switch_and_partial_batches(tmp_path):
-    eager = trainer.run({**CUDA_RUN, "compile": "off"}, tmp_path / "eager")
-    graphs = trainer.run({**CUDA_RUN, "compile": "graphs"}, tmp_path / "graphs")
+    eager = trainer.train({**CUDA_RUN, "compile": "off"}, tmp_path / "eager")
+    graphs = trainer.train({**CUDA_RUN, "compile": "graphs"}, tmp_path / "graphs")
     # cuDNN autotuning may pick other convolution algorithms in each run: float rounding, grown over 64 steps.
     for a, b in zip(graphs["history"], eager["history"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
@@ -478,9 +478,9 @@ def test_four_fused_runs_equal_separate_runs_on_cuda(tmp_path):
                 {**CUDA_RUN, "compile": "graphs", "seed": 1, "cb_beta": 0.999},
                 {**CUDA_RUN, "compile": "graphs", "method": "mm-drw", "seed": 2},
                 {**CUDA_RUN, "compile": "graphs", "method": "mm-drw", "mm_variant": "released", "seed": 3}]
-    fused = trainer.run_many(variants, [tmp_path / f"f{k}" for k in range(4)])
+    fused = trainer.train_many(variants, [tmp_path / f"f{k}" for k in range(4)])
     for k, params in enumerate(variants):
-        alone = trainer.run(params, tmp_path / f"alone{k}")
+        alone = trainer.train(params, tmp_path / f"alone{k}")
         for a, b in zip(fused[k]["history"], alone["history"]):
             assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3)
         reference = _final_state(tmp_path / f"alone{k}")
@@ -559,7 +559,7 @@ def test_deterministic_cuda_runs_set_cublas_and_repeat_exactly(tmp_path):
         from mmlib.train import trainer
         states = []
         for name in ("a", "b"):
-            trainer.run({dict(CUDA_RUN, deterministic=True)!r}, {str(tmp_path)!r} + "/" + name)
+            trainer.train({dict(CUDA_RUN, deterministic=True)!r}, {str(tmp_path)!r} + "/" + name)
             states.append(torch.load({str(tmp_path)!r} + "/" + name + "/checkpoint.pt", weights_only=False)["model"])
         assert all(torch.equal(states[0][k], states[1][k]) for k in states[0]), "the two runs differ"
     """)

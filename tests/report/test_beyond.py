@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from tiny import quick
+from helpers.tiny import quick
 
 from mmlib import paper
 from mmlib.__main__ import main
@@ -22,8 +22,8 @@ from mmlib.train.models import build_model
 @pytest.mark.slow
 def test_erm_posthoc_trains_as_erm_and_predicts_with_adjusted_logits(tmp_path):
     digits = load_dataset("digits", imb_type="exp", ratio=10.0)
-    erm = trainer.run(quick(method="erm", seed=3), tmp_path / "erm")
-    posthoc = trainer.run(quick(method="erm-posthoc", seed=3, tau=1.5), tmp_path / "posthoc")
+    erm = trainer.train(quick(method="erm", seed=3), tmp_path / "erm")
+    posthoc = trainer.train(quick(method="erm-posthoc", seed=3, tau=1.5), tmp_path / "posthoc")
     # The same seed: the same initialisation, data order and loss, hence the same network as ERM's.
     assert posthoc["final"]["plain"]["confusion"] == erm["final"]["confusion"]
     assert posthoc["final"]["plain"]["error"] == erm["final"]["error"]
@@ -56,9 +56,9 @@ def test_logit_adjusted_runs_take_tau():
 
 
 def test_runs_of_two_methods_with_one_seed_share_initialisation():
-    linear = trainer._init_model(RunConfig(**quick(method="la", seed=5)).resolve(), 10, None).state_dict()
-    cosine = trainer._init_model(RunConfig(**quick(method="mm-drw", seed=5)).resolve(), 10, None).state_dict()
-    other = trainer._init_model(RunConfig(**quick(method="mm-drw", seed=6)).resolve(), 10, None).state_dict()
+    linear = trainer.init_model(RunConfig(**quick(method="la", seed=5)).resolve(), 10, None).state_dict()
+    cosine = trainer.init_model(RunConfig(**quick(method="mm-drw", seed=5)).resolve(), 10, None).state_dict()
+    other = trainer.init_model(RunConfig(**quick(method="mm-drw", seed=6)).resolve(), 10, None).state_dict()
     # The backbone is drawn first and identically; then the head, of its own kind (unit-norm cosine, Kaiming linear).
     assert set(linear) - set(cosine) == {"fc.bias"} and set(cosine) <= set(linear)
     for name, value in cosine.items():
@@ -81,7 +81,7 @@ def test_runs_of_two_methods_with_one_seed_share_data_order_until_resampling(tmp
     monkeypatch.setattr(trainer, "TrainStream", Recording)
     for method in ("la", "mm-drw", "erm-drs"):
         Recording.name = method
-        trainer.run(quick(method=method, seed=2, switch_epoch=1), tmp_path / method)
+        trainer.train(quick(method=method, seed=2, switch_epoch=1), tmp_path / method)
     assert len(drawn["la"]) == len(drawn["mm-drw"]) == len(drawn["erm-drs"]) == 2  # two epochs
 
     def same(a, b):

@@ -7,7 +7,7 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-from fixture_runs import cell_of, protocol_config
+from helpers.fixture_runs import cell_of, protocol_config
 from matplotlib.container import BarContainer
 
 from mmlib import files, paper
@@ -369,7 +369,7 @@ def test_fig3_draws_one_group_per_trained_method_with_named_error_bars(tmp_path)
         assert [b.get_height() for b in ax.patches] == pytest.approx([30, 31, 20, 21, 10, 11])
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels == [f"{label_of(cell_of('quick', 'digits-exp-10', m))} (n = 2 seeds)" for m in errors]
-    assert "±1 std over the n seeds" in fig._suptitle.get_text()
+    assert "±1 std over the n seeds" in fig.get_suptitle()
     assert legend_outside_axes(fig)
     paths = figures.save_figure(fig, tmp_path / "figures", "fig3")
     assert [p.name for p in paths] == ["fig3.png", "fig3.pdf"]
@@ -418,7 +418,7 @@ def test_reports_of_real_runs(tmp_path, monkeypatch):
     for method in ("erm", "mm-drw"):
         cell = cell_of("quick", "digits-step-10", method)
         config = cell.run_params(arch="resnet8", epochs=2, quiet=True)
-        results[method] = trainer.run(config, cell.path(runs) / "seed0")
+        results[method] = trainer.train(config, cell.path(runs) / "seed0")
 
     assert cells.gather("quick", runs, settings=["digits-step-10"], methods=["erm", "mm-drw"])["seeds"].sum() == 0
     trained = {"arch": "resnet8", "epochs": 2}  # not the quick table's protocol (20 epochs of batch 32): say so
@@ -451,7 +451,7 @@ def test_run_curves_read_on_their_own():
 
     fig = figures.plot_history(result)
 
-    assert fig._suptitle.get_text() == "Learning curves of mm-drw, seed 0, resnet8, 20 epochs: digits step ratio 10"
+    assert fig.get_suptitle() == "Learning curves of mm-drw, seed 0, resnet8, 20 epochs: digits step ratio 10"
     for ax in fig.axes:
         assert ax.get_xlabel() == "epoch" and ax.get_ylabel() and ax.get_title()
     loss_ax, lr_ax, error_ax = fig.axes

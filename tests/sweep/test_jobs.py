@@ -25,15 +25,15 @@ def two_jobs(out):
 def test_a_job_the_sweep_cannot_run_fails_alone_and_the_next_runs(tmp_path, monkeypatch):
     planned, started = two_jobs(tmp_path), []
 
-    def run_job(job, *args, **kwargs):
+    def execute_job(job, *args, **kwargs):
         started.append(job.labels[0])
         if len(started) == 1:
             raise OSError(28, "No space left on device")
         return "done"
 
-    monkeypatch.setattr("mmlib.sweep.jobs.run_job", run_job)
+    monkeypatch.setattr("mmlib.sweep.jobs.execute_job", execute_job)
     lines = []
-    outcome = LocalExecutor(runner="python").run(planned, log=lines.append)
+    outcome = LocalExecutor(runner="python").execute(planned, log=lines.append)
     assert started == [job.labels[0] for job in planned]
     assert outcome.failed[0] == (planned[0].labels[0], run_folder.state(planned[0].run_dirs[0]).evidence)
     assert lines[0] == (f"[1/2] {planned[0].labels[0]}: FAILED: the sweep could not run its job: OSError: [Errno 28] "
@@ -43,15 +43,15 @@ def test_a_job_the_sweep_cannot_run_fails_alone_and_the_next_runs(tmp_path, monk
 def test_a_job_failing_while_the_sweep_stops_is_reported_failed_not_stopped(tmp_path, monkeypatch):
     planned = two_jobs(tmp_path)
 
-    def run_job(job, *args, **kwargs):  # the sweep is signalled while its job fails for a reason of its own
+    def execute_job(job, *args, **kwargs):  # the sweep is signalled while its job fails for a reason of its own
         os.kill(os.getpid(), signal.SIGUSR1)
         deadline = time.monotonic() + 30
         while not Path(job.stop_file).exists() and time.monotonic() < deadline:  # the main thread's handler ran
             time.sleep(0.05)
         return "failed"
 
-    monkeypatch.setattr("mmlib.sweep.jobs.run_job", run_job)
-    outcome = LocalExecutor(runner="python").run(planned, log=print)
+    monkeypatch.setattr("mmlib.sweep.jobs.execute_job", execute_job)
+    outcome = LocalExecutor(runner="python").execute(planned, log=print)
     assert [label for label, _ in outcome.failed] == planned[0].labels and outcome.stopped == []
     assert outcome.not_started == planned[1].labels
 

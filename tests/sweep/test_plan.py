@@ -91,7 +91,7 @@ def test_data_roots_per_dataset(tmp_path):
 
 @pytest.mark.slow
 def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path, monkeypatch):
-    """Through the python runner (the notebook runner: the quick preset's test, tests/test_report.py)."""
+    """Through the python runner (the notebook runner: the quick preset's test, tests/report/test_report_notebooks.py)."""
     out = tmp_path / "runs"
     erm = dict(settings=["digits-step-10"], methods=["erm"], overrides=TINY, executor=IN_PROCESS)
     erm0, erm1 = (out / "quick" / "digits-step-10" / "erm" / f"seed{k}" for k in (0, 1))
@@ -107,7 +107,7 @@ def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path
 
     monkeypatch.setattr(run_folder, "save_checkpoint", crash)
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(quick_plan(out, methods=["erm"]).jobs[0].params[0], erm0)
+        trainer.train(quick_plan(out, methods=["erm"]).jobs[0].params[0], erm0)
     monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
     first_epoch = torch.load(erm0 / run_folder.CHECKPOINT, weights_only=False)["history"][0]
     # erm seed 1's folder holds a checkpoint of random bytes: planning goes on, its job fails, alone.
@@ -140,13 +140,13 @@ def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
         time.sleep(0.2)  # long enough for both workers to take jobs
         return subprocess.CompletedProcess([module], 0, "", "")
 
-    monkeypatch.setattr(mmlib.notebook, "run_module", fake_run_module)  # what every runner starts its process with
+    monkeypatch.setattr(mmlib.notebook, "call_module", fake_run_module)  # what every runner starts its process with
     jobs = quick_plan(tmp_path, seeds=[0, 1, 2]).jobs
-    outcome = LocalExecutor([0, 1]).run(jobs, log=lambda line: None)
+    outcome = LocalExecutor([0, 1]).execute(jobs, log=lambda line: None)
     assert set(seen) == {"0", "1"} and len(seen) == len(jobs)
     assert len(outcome.failed) == len(jobs)  # the fake ran nothing, so no run finished
     seen.clear()
-    LocalExecutor().run(jobs, log=lambda line: None)
+    LocalExecutor().execute(jobs, log=lambda line: None)
     assert seen == [None] * len(jobs)
 
 
@@ -177,7 +177,7 @@ ERM = dict(settings=["digits-step-10"], methods=["erm"])
 def test_a_smoke_sweep_then_the_real_one_stops_before_training_and_rerun_changed_replaces_the_old_runs(tmp_path):
     out = tmp_path / "runs"
     for job in plan.plan("quick", out, [0, 1], **ERM, overrides={**TINY, "epochs": 1}).jobs:  # the smoke sweep's
-        trainer.run(job.params[0], job.run_dirs[0])  # runs, trained here (a sweep's jobs: the tests above)
+        trainer.train(job.params[0], job.run_dirs[0])  # runs, trained here (a sweep's jobs: the tests above)
     seed0, seed1 = (out / "quick" / "digits-step-10" / "erm" / f"seed{k}" for k in (0, 1))
     (seed1 / run_folder.FINISHED).unlink()  # seed 1 now reads as interrupted after its one epoch: resumable
     before = {p: p.read_bytes() for d in (seed0, seed1) for p in d.rglob("*") if p.is_file()}

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,73 +19,21 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers.processes import checkpointed, cli_args, finish, kill, same_results, start, wait_for
+from helpers.tiny import quick
 
 from mmlib import __main__ as cli
-from mmlib import errors, files
+from mmlib import errors
 from mmlib.config import RunConfig
 from mmlib.data.sources import load_dataset
 from mmlib.sweep import plan
 from mmlib.sweep.local_executor import LocalExecutor
 from mmlib.train import losses, run_folder, trainer
 
-TINY = dict(dataset="digits", imb_type="exp", ratio=10.0, arch="resnet8", batch_size=128, quiet=True,
-            eval_batch_size=512, checkpoint_every=1)
-
 
 def tiny(**overrides) -> dict:
-    return {**TINY, "epochs": 2, **overrides}
-
-
-def cli_args(params: dict) -> list[str]:
-    args = []
-    for key, value in params.items():
-        flag = "--" + key.replace("_", "-")
-        args += ([flag] if value else [f"--no-{key.replace('_', '-')}"]) if isinstance(value, bool) else [flag, str(value)]
-    return args
-
-
-def start(code_or_args, tmp_path, cache="cache") -> subprocess.Popen:
-    """A real process: `python -m mmlib train ARGS`, or `python -c CODE`."""
-    env = {**os.environ, "MMLIB_CACHE": str(tmp_path / cache), "OMP_NUM_THREADS": "1"}
-    command = ["-c", code_or_args] if isinstance(code_or_args, str) else ["-m", "mmlib", "train", *code_or_args]
-    return subprocess.Popen([sys.executable, *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(condition, process: subprocess.Popen, what: str, timeout=240.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the process ended before {what}: {process.communicate()}"
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
-def checkpointed(folder: Path, epoch: int = 1):
-    def done() -> bool:
-        try:
-            return files.read_json(folder / run_folder.CHECKPOINT_INFO)["epoch"] >= epoch
-        except (OSError, errors.CorruptFileError):
-            return False
-    return done
-
-
-def kill(process: subprocess.Popen) -> None:
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    assert process.returncode == -signal.SIGKILL
-
-
-def finish(process: subprocess.Popen) -> None:
-    out, err = process.communicate()
-    assert process.returncode == 0, err
-
-
-def same_results(a: Path, b: Path) -> None:
-    """Byte-identical results but for wall-clock seconds."""
-    ra, rb = run_folder.load_results(a), run_folder.load_results(b)
-    strip = lambda history: [{k: v for k, v in e.items() if k != "seconds"} for e in history]  # noqa: E731
-    assert strip(ra["history"]) == strip(rb["history"])
-    assert ra["final"] == rb["final"] and ra["best"] == rb["best"]
-    assert (a / run_folder.PER_CLASS).read_bytes() == (b / run_folder.PER_CLASS).read_bytes()
+    """quick's run, checkpointed after every epoch: what the kill-and-resume tests need."""
+    return quick(**{"checkpoint_every": 1, **overrides})
 
 
 # --- one process per run directory; kills resume exactly -------------------------------------------
@@ -112,14 +59,14 @@ def test_a_second_process_on_a_run_dir_fails_at_once_and_a_kill_releases_the_loc
     (run_dir / run_folder.CONFIG).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(lr: 0.1 -> 0.05, seed: 0 -> 1, data_seed: 0 -> 1; "
                                          r"recorded in checkpoint.pt\)"):
-        trainer.run(tiny(epochs=100, seed=1, lr=0.05), run_dir)
+        trainer.train(tiny(epochs=100, seed=1, lr=0.05), run_dir)
 
 
 FUSED = """
 import sys
 from mmlib.train import trainer
 params = dict({tiny}, method="mm-drw")
-trainer.run_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.argv[1:])
+trainer.train_many([dict(params, seed=0), dict(params, seed=1, beta=1.2)], sys.argv[1:])
 """
 
 
@@ -166,7 +113,7 @@ def test_a_run_killed_during_ssp_pretraining_resumes_exactly(tmp_path):
 @pytest.mark.slow
 def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_path, monkeypatch):
     params = tiny(epochs=3, checkpoint_every=2)
-    straight = trainer.run(params, tmp_path / "straight")
+    straight = trainer.train(params, tmp_path / "straight")
     real_save, saved = run_folder.save_checkpoint, []
 
     def crash_at_epoch_3(folder, state):
@@ -177,10 +124,10 @@ def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_pa
 
     monkeypatch.setattr(run_folder, "save_checkpoint", crash_at_epoch_3)
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(params, tmp_path / "run")
+        trainer.train(params, tmp_path / "run")
     assert saved == [2]
     monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
-    resumed = trainer.run({**params, "checkpoint_every": 3}, tmp_path / "run")  # may change on resume
+    resumed = trainer.train({**params, "checkpoint_every": 3}, tmp_path / "run")  # may change on resume
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
     assert run_folder.load_checkpoint(tmp_path / "run")["epoch"] == 3  # after the last epoch
@@ -190,7 +137,7 @@ def test_checkpoint_every_n_epochs_and_after_the_last_and_resume_from_any(tmp_pa
 def interrupted_run(tmp_path, epochs=2) -> Path:
     """A run whose checkpoints (epoch N and N-1) exist, as if killed just before writing its results."""
     run_dir = tmp_path / "run"
-    trainer.run(tiny(epochs=epochs), run_dir)
+    trainer.train(tiny(epochs=epochs), run_dir)
     for name in (run_folder.FINISHED, run_folder.METRICS, run_folder.PER_CLASS):
         (run_dir / name).unlink()
     return run_dir
@@ -206,7 +153,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_with_a_warning(tmp_pa
     with pytest.warns(UserWarning, match=rf"{latest} \(RuntimeError: PytorchStreamReader.*\) is unusable, moved to "
                                          rf"{run_dir}/checkpoint.corrupt-.*\.pt; resuming from the previous checkpoint "
                                          rf"{run_dir / run_folder.PREVIOUS_CHECKPOINT} \(epoch 1\)"):
-        resumed = trainer.run(tiny(), run_dir)
+        resumed = trainer.train(tiny(), run_dir)
     assert [e["train_loss"] for e in resumed["history"]] == [e["train_loss"] for e in straight["history"]]
     assert resumed["final"] == straight["final"]
     assert not stale.exists()
@@ -225,7 +172,7 @@ def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_
 
     monkeypatch.setattr(run_folder, "save_checkpoint", stop_after_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        trainer.run(params, run_dir)
+        trainer.train(params, run_dir)
     epoch_1 = previous.read_bytes()
     for attempt in (1, 2):
         latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # the epoch-2 checkpoint, truncated
@@ -239,10 +186,10 @@ def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_
         with pytest.warns(UserWarning) as caught:
             if attempt == 1:  # resumes from epoch 1, checkpoints epoch 2 again and is interrupted again
                 with pytest.raises(KeyboardInterrupt):
-                    trainer.run(params, run_dir)
+                    trainer.train(params, run_dir)
             else:
                 monkeypatch.setattr(run_folder, "save_checkpoint", real_save)
-                resumed = trainer.run(params, run_dir)
+                resumed = trainer.train(params, run_dir)
         after = datetime.datetime.now(datetime.timezone.utc)
         set_aside = sorted(run_dir.glob("checkpoint.corrupt-*.pt"), key=lambda p: p.stat().st_mtime_ns)
         assert len(set_aside) == attempt and set_aside[-1].read_bytes() == corrupt
@@ -253,7 +200,7 @@ def test_a_corrupt_checkpoint_twice_in_a_row_is_set_aside_and_the_good_previous_
             f") is unusable, moved to {set_aside[-1]}; resuming from the previous checkpoint {previous} (epoch 1)")
         if attempt == 1:  # the interrupted resume's save of epoch 2 left the good epoch-1 copy where it was
             assert previous.read_bytes() == epoch_1 and run_folder.load_checkpoint(run_dir)["epoch"] == 2
-    trainer.run(params, tmp_path / "straight")
+    trainer.train(params, tmp_path / "straight")
     assert [e["epoch"] for e in resumed["history"]] == [1, 2]
     same_results(run_dir, tmp_path / "straight")
 
@@ -279,7 +226,7 @@ def test_planning_reads_the_epoch_without_loading_checkpoints_and_survives_corru
     jobs = plan.plan("quick", tmp_path, seeds=[0, 1, 2], **PLAN).jobs
     assert [len(j.run_dirs) for j in jobs] == [3]
     seed0, seed1, seed2 = jobs[0].run_dirs
-    trainer.run(jobs[0].params[0], seed0)
+    trainer.train(jobs[0].params[0], seed0)
     (seed0 / run_folder.FINISHED).unlink()
     (seed1 / run_folder.CHECKPOINT).parent.mkdir(parents=True)
     (seed1 / run_folder.CHECKPOINT).write_bytes(os.urandom(2048))
@@ -304,7 +251,7 @@ def test_a_sweep_leaves_a_run_another_process_holds_alone(tmp_path):
     assert holder.stdout.readline() == "held\n"
     lines = []
     try:
-        failures = LocalExecutor().run(jobs, log=lines.append).failed
+        failures = LocalExecutor().execute(jobs, log=lines.append).failed
     finally:
         kill(holder)
     assert failures == [(jobs[0].labels[0], run_dir / "train.ipynb")]
@@ -381,7 +328,7 @@ def test_non_finite_loss_in_the_first_epoch_says_no_checkpoint_exists(tmp_path, 
     real_forward = losses.CrossEntropyLoss.forward
     monkeypatch.setattr(losses.CrossEntropyLoss, "forward", lambda self, x, y: real_forward(self, x, y) * math.nan)
     run_dir = tmp_path / "run"
-    steps = math.ceil(len(load_dataset("digits", imb_type="exp", ratio=10.0).train_labels) / TINY["batch_size"])
+    steps = math.ceil(len(load_dataset("digits", imb_type="exp", ratio=10.0).train_labels) / tiny()["batch_size"])
     assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny(method="erm"))]) == 6
     assert capsys.readouterr().err == (
         f"error: non-finite loss in run {run_dir} (erm) at epoch 1, step 1 of {steps}; no checkpoint was written yet. "
@@ -414,7 +361,7 @@ def test_a_full_disk_is_one_error_line_and_the_run_resumes_once_space_is_free(tm
     assert not list(run_dir.glob(".*.tmp"))
     monkeypatch.setattr(os, "write", real_write)
     assert cli.main(["train", "--run-dir", str(run_dir), *cli_args(tiny())]) == 0
-    trainer.run(tiny(), tmp_path / "straight")
+    trainer.train(tiny(), tmp_path / "straight")
     same_results(run_dir, tmp_path / "straight")
 
 
@@ -435,7 +382,7 @@ def test_exit_codes_per_kind_of_error():
 
 def test_an_unreadable_json_file_is_named(tmp_path):
     run_dir = tmp_path / "run"
-    trainer.run(tiny(method="erm", epochs=1), run_dir)
+    trainer.train(tiny(method="erm", epochs=1), run_dir)
     (run_dir / run_folder.CONFIG).write_text("{'not': json")
     with pytest.raises(errors.CorruptFileError, match=rf"{run_dir / run_folder.CONFIG} is not readable JSON \(Expecting"):
         run_folder.load_results(run_dir)
@@ -488,11 +435,11 @@ def test_parameters_must_be_a_dict():
 
 def test_a_resumed_run_accepts_only_resumable_changes(tmp_path):
     run_dir = tmp_path / "run"
-    trainer.run(tiny(method="erm", epochs=1), run_dir)
+    trainer.train(tiny(method="erm", epochs=1), run_dir)
     assert json.loads((run_dir / run_folder.CHECKPOINT_INFO).read_text())["config"]["epochs"] == 1
-    trainer.run(tiny(method="erm", epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
+    trainer.train(tiny(method="erm", epochs=1, checkpoint_every=5, eval_batch_size=64), run_dir)  # how, not what
     with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in config.json\)"):
-        trainer.run(tiny(method="erm", epochs=2), run_dir)  # finished: its results were written with config.json
+        trainer.train(tiny(method="erm", epochs=2), run_dir)  # finished: its results were written with config.json
     (run_dir / run_folder.FINISHED).unlink()
     with pytest.raises(ValueError, match=r"other parameters \(epochs: 1 -> 2, .*; recorded in checkpoint.pt\)"):
-        trainer.run(tiny(method="erm", epochs=2), run_dir)
+        trainer.train(tiny(method="erm", epochs=2), run_dir)

@@ -6,7 +6,7 @@ import matplotlib
 import matplotlib.image
 import pandas as pd
 import pytest
-from fixture_runs import protocol_config
+from helpers.fixture_runs import protocol_config
 
 from mmlib import files, paper
 from mmlib.report import compare

@@ -1,0 +1,1 @@
+"""What several test modules share: small run parameters, fixture runs, real processes, notebook checks."""
