@@ -135,6 +135,7 @@ def target_ties(logits: torch.Tensor, labels: torch.Tensor) -> int:
     return int((z_target == z_other).sum())
 
 
+@pytest.mark.slow  # bf16 on a CPU without bf16 units is emulated
 def test_bf16_cosine_logits_tie_far_more_often_than_the_float32_heads(digits):
     """Digits' test set (597 images) through a ResNet-8 under bf16 autocast, its cosine head's class vectors set to
     the classes' mean training features (nearest class mean, where a cosine head's training leads): every cosine

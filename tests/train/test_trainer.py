@@ -74,9 +74,15 @@ def test_short_runs_keep_the_schedules_shape():
 # --- every method --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", list(METHODS))
+# The fast tier trains one method of each kind (plain CE, a margin loss on the cosine head, MM, re-sampling);
+# the whole suite trains every method.
+FAST_TIER_METHODS = ("erm", "ldam-drw", "mm-drw", "cb-rs")
+
+
+@pytest.mark.parametrize("method", [m if m in FAST_TIER_METHODS else pytest.param(m, marks=pytest.mark.slow)
+                                    for m in METHODS])
 def test_every_method_trains_and_writes_complete_results(method, tmp_path, digits):
-    # evaluated after the last epoch only (the best-epoch rule: tests/train/test_metrics.py): 8 s of the suite
+    # evaluated after the last epoch only (the best-epoch rule: tests/train/test_metrics.py)
     results = trainer.train(quick(method=method, switch_epoch=1, ssp_epochs=1, eval_every=2), tmp_path / method)
     run_dir = tmp_path / method
     assert run_folder.is_finished(run_dir)
@@ -398,6 +404,7 @@ def test_channels_last_matches_the_plain_path(tmp_path):
         torch.testing.assert_close(tensor, reference[name], rtol=2e-2, atol=1e-2)
 
 
+@pytest.mark.slow  # bf16 on a CPU without bf16 units is emulated
 def test_bf16_autocast_stays_close_to_float32(tmp_path):
     plain = trainer.train(quick(**SMALL_LR), tmp_path / "plain")
     bf16 = trainer.train(quick(bf16=True, **SMALL_LR), tmp_path / "bf16")
