@@ -1,8 +1,8 @@
 """Time `python -m mmlib report` on a fixture results tree of the whole of Table 1.
 
-The tree holds, for every Table 1 cell and both MM variants (144 cells), ``--seeds`` records
+The tree holds, for every Table 1 cell and both MM variants (144 cells), ``--seeds`` finished runs
 (200 epochs, CIFAR-sized class counts and test sets) with made-up errors near the paper's numbers:
-what a full GPU sweep would leave in results/. The records are written by tests/fixture_runs.py and
+what a full GPU sweep would leave in results/. The runs are written by tests/helpers/fixture_runs.py and
 collected by ``mmlib.report.results.collect`` (also timed), then the report renders every table, Fig. 1-3
 and reproduction.md from them.
 
@@ -22,7 +22,7 @@ import numpy as np
 REPOSITORY = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY / "tests"))
 
-import fixture_runs  # noqa: E402  (after the tests folder is on the path)
+from helpers import fixture_runs  # noqa: E402  (after the tests folder is on the path)
 
 from mmlib import paper  # noqa: E402
 from mmlib.data import sources
@@ -58,14 +58,14 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         where = args.keep or Path(scratch)
-        runs, records, out = where / "runs", where / "results", where / "figures"
+        runs, collected_root, out = where / "runs", where / "results", where / "figures"
         print(f"{write_tree(runs, args.seeds)} fixture runs written under {runs}")
         start = time.perf_counter()
-        collected = results.collect(runs, records)
-        print(f"collect: {len(collected.written)} records in {time.perf_counter() - start:.1f} s, "
-              f"{sum(p.stat().st_size for p in records.rglob('*') if p.is_file()) / 1e6:.1f} MB")
+        collected = results.collect(runs, collected_root)
+        print(f"collect: {len(collected.written)} results in {time.perf_counter() - start:.1f} s, "
+              f"{sum(p.stat().st_size for p in collected_root.rglob('*') if p.is_file()) / 1e6:.1f} MB")
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mmlib", "report", "--results", str(records), "--out", str(out)],
+        subprocess.run([sys.executable, "-m", "mmlib", "report", "--results", str(collected_root), "--out", str(out)],
                        check=True, cwd=REPOSITORY)
         print(f"report: {time.perf_counter() - start:.1f} s for every table, Fig. 1-3 and reproduction.md")
 

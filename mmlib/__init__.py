@@ -41,18 +41,37 @@ RENAMED = {
     "mmlib.training": {"run": "train", "run_many": "train_many"},
     "mmlib.records": {"Records": "Metrics", "error_record": "evaluation"},
     "mmlib.results": {"record_files": "result_files", "record_folder": "result_folder"},
+    "mmlib.jobs": {"run_job": "execute_job", "record_outcome": "log_outcome", "record_error": "log_error"},
 }
 
 
 class _Renamed(types.ModuleType):
     """An old module path whose names partly changed: the new module's names, and the old ones with a warning."""
 
+    def _new(self):
+        return importlib.import_module(MOVED[self.__name__])
+
     def __getattr__(self, name):
+        if name == "__all__":  # `from OLD import *`: the new module's public names
+            return getattr(self._new(), "__all__", [n for n in dir(self._new()) if not n.startswith("_")])
         new = RENAMED[self.__name__].get(name)
         if new is not None:
             warnings.warn(f"{self.__name__}.{name} is now {MOVED[self.__name__]}.{new}; the old name goes in "
                           "mmlib 0.3", FutureWarning, stacklevel=2)
-        return getattr(importlib.import_module(MOVED[self.__name__]), new or name)
+        return getattr(self._new(), new or name)
+
+    def __setattr__(self, name, value):  # e.g. mock.patch("mmlib.training.X"): patch the module that uses it
+        if name.startswith("__"):
+            return super().__setattr__(name, value)
+        setattr(self._new(), RENAMED[self.__name__].get(name, name), value)
+
+    def __delattr__(self, name):  # mock.patch's undo
+        if name.startswith("__"):
+            return super().__delattr__(name)
+        delattr(self._new(), RENAMED[self.__name__].get(name, name))
+
+    def __dir__(self):
+        return sorted(set(dir(self._new())) | set(RENAMED[self.__name__]))
 
 
 class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -188,16 +188,21 @@ def check_type(name: str, value, annotation, default=None) -> None:
         if "None" not in str(annotation):
             raise ValueError(f"{name} must not be None")
         return
-    base = next(t for t in (list, dict, bool, int, float, str) if re.search(rf"\b{t.__name__}\b", str(annotation)))
-    if base is list:
-        element = re.search(r"list\[(\w+)\]", str(annotation))
-        if not isinstance(value, (list, tuple)) or element and not all(
-                type(v).__name__ == element.group(1) for v in value):
-            raise ValueError(f"{name} must be a list{element and f' of {element.group(1)}' or ''}{like}, got {value!r}")
+    allowed = {list: (list, tuple), dict: (dict,), bool: (bool,), int: (int,), float: (int, float), str: (str,)}
+    base = next((t for t in allowed if re.search(rf"\b{t.__name__}\b", str(annotation))), None)
+    if base is None:  # a notebook default of another type (a tuple, say): not checked, as a default of None
         return
-    allowed = {dict: (dict,), int: (int,), float: (int, float), bool: (bool,), str: (str,)}[base]
-    if not isinstance(value, allowed) or (base is not bool and isinstance(value, bool)):
-        raise ValueError(f"{name} must be of type {base.__name__}{like}, got {value!r}")
+
+    def of_type(kind, item) -> bool:
+        return isinstance(item, allowed[kind]) and (kind is bool or not isinstance(item, bool))
+
+    if not of_type(base, value):
+        raise ValueError(f"{name} must be {'a list' if base is list else f'of type {base.__name__}'}{like}, "
+                         f"got {value!r}")
+    element = re.search(r"list\[(\w+)\]", str(annotation))
+    by_name = {kind.__name__: kind for kind in allowed}
+    if base is list and element and not all(of_type(by_name[element.group(1)], item) for item in value):
+        raise ValueError(f"{name} must be a list of {element.group(1)}{like}, got {value!r}")
 
 
 def validate(config: RunConfig) -> None:
@@ -283,7 +288,7 @@ def from_args(args: argparse.Namespace) -> RunConfig:
 
 def differences(recorded: dict, planned: dict, free=INCIDENTAL) -> list[tuple[str, object, object]]:
     """(name, recorded value, planned value) of every parameter outside ``free`` in which two resolved
-    configurations differ, in the order of RunConfig's fields. A parameter a record lacks (written by an
+    configurations differ, in the order of RunConfig's fields. A parameter a recorded configuration lacks (written by an
     mmlib older than the parameter, e.g. sam_rho) counts as its default, which keeps the old behaviour."""
     defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
     names = RunConfig.names() + sorted((set(recorded) | set(planned)) - set(RunConfig.names()))
@@ -299,7 +304,7 @@ def describe(found: list[tuple[str, object, object]]) -> str:
 def resolved(params: dict) -> dict:
     """The resolved configuration of run parameters, without checking that their data exists.
 
-    Used to compare a record with what its cell or plan expects, on any machine: the data root and
+    Used to compare a run's recorded configuration with what its cell or plan expects, on any machine: the data root and
     the download flag are incidental, so a root that exists here (".") stands in for them while the
     parameters are validated and resolved.
     """

@@ -1,6 +1,6 @@
 """Files written whole and the repository's folders: a crash or a full disk never leaves half a file.
 
-Every file mmlib writes (run folders, records, caches, dataset files, figures, tables) goes through
+Every file mmlib writes (run folders, results, caches, dataset files, figures, tables) goes through
 ``atomic_write``: a temporary file beside the target, fsync'ed, then renamed over it. Nothing is
 deleted to make room: ``set_aside`` renames a file or folder out of the way instead.
 """
@@ -18,7 +18,7 @@ from mmlib.errors import CorruptFileError, NoSpaceError, is_no_space
 # Defaults of the notebooks and the CLI, the same wherever they are started from: the checkout's folders.
 REPOSITORY = Path(__file__).resolve().parent.parent
 RUNS = REPOSITORY / "runs"
-RESULTS = REPOSITORY / "results"  # finished runs' records (mmlib.report.results), committed
+RESULTS = REPOSITORY / "results"  # finished runs' results (mmlib.report.results), committed
 FIGURES = REPOSITORY / "figures"
 
 
@@ -79,7 +79,7 @@ def write_json(path: Path, obj) -> None:
 
 
 def save_torch(path: Path, obj) -> None:
-    import torch  # here, not at the top: reading records and planning need no torch (a second's import)
+    import torch  # here, not at the top: reading results and planning need no torch (a second's import)
 
     atomic_write(path, lambda f: torch.save(obj, f))
 

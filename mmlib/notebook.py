@@ -149,8 +149,9 @@ def call_module(module: str, args: list[str], parameters: dict, env: dict | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """python -m mmlib.notebook IN OUT [PARAMS.yaml]: execute IN into OUT; a failure is one line and exit 1 (75 for a
-    run stopped early by a time limit or signal, StoppedError's)."""
+    """python -m mmlib.notebook IN OUT [PARAMS.yaml]: execute IN into OUT; a failure is one line and its exit code: 1
+    for a failed cell (75 for a run stopped early by a time limit or signal, StoppedError's), else the error's
+    (mmlib.errors: 3 for a notebook that cannot be read or written, for instance)."""
     import papermill
     import yaml
 

@@ -20,7 +20,12 @@ def test_each_wing_imports_only_the_wings_before_it_and_the_root_only_the_root()
 
 def test_an_old_module_path_imports_its_new_module_with_a_warning():
     code = ("import warnings\nwarnings.simplefilter('always')\nimport mmlib.losses, mmlib.train.losses\n"
-            "assert mmlib.losses is mmlib.train.losses\nfrom mmlib.training import run\nprint(run.__qualname__)")
+            "assert mmlib.losses is mmlib.train.losses\nfrom mmlib.training import run\nprint(run.__qualname__)\n"
+            # patching through the old path patches the module that uses the name, and undoes it
+            "import unittest.mock, mmlib.train.trainer as trainer\n"
+            "with unittest.mock.patch('mmlib.training.select_device', lambda name: 'patched'):\n"
+            "    assert trainer.select_device('cpu') == 'patched'\n"
+            "assert trainer.select_device('cpu').type == 'cpu' and 'train_many' in dir(mmlib.training)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "train", done.stderr
     assert "FutureWarning: mmlib.training.run is now mmlib.train.trainer.train; the old name goes in" in done.stderr

@@ -49,7 +49,7 @@ def main() -> int:
             return 1
         return 0
     cell.source = parameters_source()
-    nbformat.write(notebook, NOTEBOOK)
+    NOTEBOOK.write_text(nbformat.writes(notebook) + "\n")  # the final newline the committed notebooks end with
     return 0
 
 

@@ -3,7 +3,7 @@
 Executes notebooks/walkthrough.ipynb with its default parameters (mmlib.notebook.execute: papermill on an
 encrypted kernel, from the repository's root) and writes it back with its outputs, once it ran through; papermill's
 timings are left out, so that the file changes only where the outputs do. The notebook's metadata then records what
-the outputs were computed from: a digest of its code cells and one of the records in results/ that its section 6
+the outputs were computed from: a digest of its code cells and one of the results in results/ that its section 6
 reads. tests/test_walkthrough.py recomputes both: a code cell edited, or results/ changed, since the last
 regeneration fails the test, which names this command.
 """
@@ -33,7 +33,7 @@ def code_digest(executed: nbformat.NotebookNode) -> str:
 
 
 def results_digest(results_root: Path = files.RESULTS) -> str:
-    """SHA-256 of every record file below results_root (names and contents; the folder's own README aside)."""
+    """SHA-256 of every result file below results_root (names and contents; the folder's own README aside)."""
     digest = hashlib.sha256()
     for path in sorted(p for p in Path(results_root).rglob("*") if p.is_file() and p.parent != Path(results_root)):
         digest.update(path.relative_to(results_root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")

@@ -19,9 +19,8 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from mmlib.data import cache
-from mmlib.data import datafile
 from mmlib.choices import DATASETS
+from mmlib.data import cache, datafile
 from mmlib.data.imbalance import ImbalancedDataset, class_counts, select_indices
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")

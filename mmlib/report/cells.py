@@ -1,7 +1,7 @@
 """Finished runs gathered into the cells of the paper's tables: one row per cell, and per-class errors.
 
 ``gather`` turns a results root (results/<table>/<setting>/<run name>/seed<k>, mmlib.report.results's
-records, or a runs/ folder of the same layout) into one row per cell of a paper table: mean and
+results, or a runs/ folder of the same layout) into one row per cell of a paper table: mean and
 std over seeds of the final-epoch error, and beside it of the best-epoch error (chosen on the test
 set, as the released code reports it, hence optimistic), with the paper's number and the
 difference. ``per_class`` gives Fig. 3's numbers (mmlib.report.figures draws them). mmlib.report.tables lays
@@ -40,7 +40,7 @@ class CellRuns:
 
 
 def cell_runs(cell: paper.Cell, results_root, protocol: dict | None = None) -> CellRuns:
-    """The finished seed<k> folders of the cell (records or runs) that are its seeds, and those that are another
+    """The finished seed<k> folders of the cell (results or runs) that are its seeds, and those that are another
     experiment (mmlib.paper.departures: trained with other parameters), in seed order: the one rule that
     decides what a table, a figure and a comparison count. ``protocol``: run parameters the seeds took beyond
     the cell's (default: its table's protocol, paper.PROTOCOLS), e.g. {"epochs": 30} to gather a shortened sweep."""

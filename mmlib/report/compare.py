@@ -52,7 +52,7 @@ def paired_differences(results_root, pairs=None, settings=None, tables=None, epo
 
     pairs: (A, B) method specs (None: DEFAULT_PAIRS); settings: setting names (None: every setting of
     the tables where A or B has a cell); tables: where runs are looked up, in order (None:
-    DEFAULT_TABLES). results_root: the records (None: the repository's results/) or a runs/ folder. protocol:
+    DEFAULT_TABLES). results_root: the results (None: the repository's results/) or a runs/ folder. protocol:
     run parameters the runs took beyond their cells' (mmlib.report.cells.cell_runs).
     """
     pairs = DEFAULT_PAIRS if pairs is None else pairs

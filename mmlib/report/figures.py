@@ -239,6 +239,6 @@ def plot_confusion(result: dict, epoch: str = "final"):
 def _run_title(result: dict) -> str:
     config = result["config"]["config"]
     variant = " (released code)" if config["method"].startswith("mm") and config["mm_variant"] == "released" else ""
-    variant += f" + SAM rho={config['sam_rho']:g}" if config.get("sam_rho") else ""  # records before SAM lack it
+    variant += f" + SAM rho={config['sam_rho']:g}" if config.get("sam_rho") else ""  # results before SAM lack it
     return (f"{config['method']}{variant}, seed {config['seed']}, {config['arch']}, {config['epochs']} epochs: "
             f"{result['class_counts']['description'].split(':')[0]}")

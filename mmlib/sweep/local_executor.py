@@ -91,12 +91,14 @@ class LocalExecutor:
                     process.kill()  # the last checkpoint stays: checkpoints are written whole or not at all
 
         workers = [threading.Thread(target=worker, args=(gpu,)) for gpu in self.gpus]
-        with handling(on_signal):
-            for w in workers:
-                w.start()
-            for w in workers:
-                while w.is_alive():  # a timed join, so that the main thread gets to run the signal handler
-                    w.join(timeout=0.5)
-        stop_file.unlink(missing_ok=True)
+        try:
+            with handling(on_signal):
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    while w.is_alive():  # a timed join, so that the main thread gets to run the signal handler
+                        w.join(timeout=0.5)
+        finally:  # Ctrl-C too
+            stop_file.unlink(missing_ok=True)
         return outcome
 

@@ -4,7 +4,7 @@ A task executes notebooks/train.ipynb through papermill on its worker exactly as
 does (mmlib.sweep.jobs.execute_job), on the GPUs Ray assigns it (Ray sets CUDA_VISIBLE_DEVICES). With a
 filesystem that every node mounts, tasks write straight into the run directories under ``out``.
 Without one (``shared_fs=False``) a task trains in a node-local scratch folder and returns its runs'
-outputs (mmlib.sweep.jobs.OUTPUTS: record, notebook, log, figures; no checkpoint); the driver writes them under
+outputs (mmlib.sweep.jobs.OUTPUTS: its result's files, notebook, log, figures; no checkpoint); the driver writes them under
 ``out``. A task whose worker dies is retried (MAX_RETRIES) and resumes from its checkpoint where that
 survives; a notebook that fails for its own reasons is not retried. Ctrl-C cancels every pending task.
 """
@@ -50,8 +50,8 @@ def scratch_root(out: Path) -> Path:
 
 @ray.remote(num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False)
 def _execute_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
-             lock_wait: float) -> tuple[str, float, list[dict] | None]:
-    """Run one job on a worker; returns (execute_job's status, seconds, each run's files or None if shared)."""
+                 lock_wait: float) -> tuple[str, float, list[dict] | None]:
+    """Execute one job on a worker; returns (execute_job's status, seconds, each run's files or None if shared)."""
     if marker is not None and not _wait_for(marker.exists, MARKER_WAIT):
         raise NotSharedError(f"--out {out} is not shared with node {socket.gethostname()}: put it on a filesystem "
                              "every node mounts, or give --no-shared-fs")
@@ -67,11 +67,11 @@ def _execute_job(job: jobs.Job, out: Path, marker: Path | None, runner: str,
     seconds = time.perf_counter() - start
     if marker is not None:
         return status, seconds, None
-    records = [_output_files(d) for d in local.run_dirs]
+    outputs = [_output_files(d) for d in local.run_dirs]
     for run_dir in local.run_dirs:
         if run_folder.is_finished(run_dir):  # its files are on their way to the driver
             shutil.rmtree(run_dir)
-    return status, seconds, records
+    return status, seconds, outputs
 
 
 def _wait_for(condition, seconds: float) -> bool:
@@ -89,7 +89,7 @@ def _output_files(run_dir: Path) -> dict[str, bytes]:
     return {path.relative_to(run_dir).as_posix(): path.read_bytes() for path in jobs.outputs(run_dir)}
 
 
-def _write_records(run_dir: Path, contents: dict[str, bytes]) -> None:
+def _write_outputs(run_dir: Path, contents: dict[str, bytes]) -> None:
     """Write a run's files under the driver's run directory, FINISHED last (as a run writes them)."""
     for name in sorted(contents, key=lambda n: n == run_folder.FINISHED):
         files.atomic_write(run_dir / name, lambda f, data=contents[name]: f.write(data))
@@ -137,9 +137,9 @@ class RayExecutor:
                 while pending:
                     [ref], _ = ray.wait(list(pending), num_returns=1)
                     job = pending.pop(ref)
-                    status, seconds, records = _outcome(ref, job, log)
-                    for run_dir, contents in zip(job.run_dirs, records or []):
-                        _write_records(run_dir, contents)
+                    status, seconds, outputs = _outcome(ref, job, log)
+                    for run_dir, contents in zip(job.run_dirs, outputs or []):
+                        _write_outputs(run_dir, contents)
                     with tqdm.external_write_mode():
                         jobs.log_outcome(job, status, seconds, done, total, log, outcome)
                     bar.update(len(job.run_dirs))

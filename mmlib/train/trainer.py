@@ -331,7 +331,7 @@ class FusedTrainer:
         self.checkpointed_epoch = None
         if any(s is not None for s in saved):
             epochs = {s and s["epoch"] for s in saved}
-            if len(epochs) > 1:  # run_many groups by checkpoint.json; only a checkpoint corrupted since gets here
+            if len(epochs) > 1:  # train_many groups by checkpoint.json; only a checkpoint corrupted since gets here
                 raise CorruptFileError(f"the checkpoints of {', '.join(map(str, self.run_dirs))} changed under "
                                        f"their checkpoint.json (epochs {sorted(epochs, key=str)}); "
                                        "train them one by one")

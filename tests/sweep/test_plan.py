@@ -135,12 +135,12 @@ def test_sweep_skips_finished_resumes_interrupted_and_isolates_failures(tmp_path
 def test_one_worker_per_gpu_each_seeing_only_its_own(tmp_path, monkeypatch):
     seen = []
 
-    def fake_run_module(module, args, parameters, env=None, cwd=None, started=None):
+    def fake_call_module(module, args, parameters, env=None, cwd=None, started=None):
         seen.append(env.get("CUDA_VISIBLE_DEVICES"))
         time.sleep(0.2)  # long enough for both workers to take jobs
         return subprocess.CompletedProcess([module], 0, "", "")
 
-    monkeypatch.setattr(mmlib.notebook, "call_module", fake_run_module)  # what every runner starts its process with
+    monkeypatch.setattr(mmlib.notebook, "call_module", fake_call_module)  # what every runner starts its process with
     jobs = quick_plan(tmp_path, seeds=[0, 1, 2]).jobs
     outcome = LocalExecutor([0, 1]).execute(jobs, log=lambda line: None)
     assert set(seen) == {"0", "1"} and len(seen) == len(jobs)
