@@ -230,8 +230,6 @@ def failure(run_dir: Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class State:
     """What a run folder holds, as every reader needs it (``state``)."""
@@ -274,18 +272,17 @@ def state(run_dir: Path) -> State:
             epoch, config = (0, None) if info is None else (info["epoch"], info["config"])
     except (OSError, CorruptFileError, KeyError, TypeError) as err:
         epoch, unreadable = None, str(err)
-    failure_told, evidence = (None, None) if finished else _failure(run_dir)
-    return State(run_dir, finished, epoch, config, failure_told, evidence, lock_owner(run_dir), failure(run_dir),
-                 unreadable)
+    marker = failure(run_dir)
+    failure_told, evidence = (None, None) if finished else _failure(run_dir, marker)
+    return State(run_dir, finished, epoch, config, failure_told, evidence, lock_owner(run_dir), marker, unreadable)
 
 
-def _failure(run_dir: Path) -> tuple[str | None, Path | None]:
+def _failure(run_dir: Path, marker: dict | None) -> tuple[str | None, Path | None]:
     logs = [run_dir / name for name in LOGS.values() if (run_dir / name).exists()]
     log = max(logs, key=lambda path: path.stat().st_mtime) if logs else None  # the last job's (its runner may vary)
     error = notebook_error(run_dir / NOTEBOOK) if log is None or log.name == LOGS["notebook"] else None
     error = None if error is not None and error.startswith(f"{StoppedError.__name__}:") else error
     evidence = run_dir / NOTEBOOK if error is not None else log or run_dir / NOTEBOOK
-    marker = failure(run_dir)
     if marker is not None:
         return marker["reason"], evidence
     if error is not None:
